@@ -1,4 +1,57 @@
-//! tokengate: a gateway in front of the token-management API of new-api-compatible LLM aggregators.
+//! tokengate: a gateway in front of the token-management API (`/api/token…`) of new-api-compatible
+//! LLM aggregators (new-api, one-api and their forks).
+//!
+//! It holds the upstream credential, authenticates internal callers with their own keys, forwards
+//! only the routes of the token API (in canonical form, with the credential injected), and
+//! refuses everything else. `SPEC.md` is the contract; this crate is laid out so that each of its
+//! sections has one obvious home.
+//!
+//! # Layout
+//!
+//! ```text
+//! cli.rs          the command line: serve, check, keys new, health
+//! config.rs       the TOML file: serde structs refusing unknown keys, checked at load
+//! gateway.rs      the running state built from a config (secrets and files resolved)
+//! server.rs       listeners, HTTP/1.1 + HTTP/2, graceful drain
+//! stack.rs        the request stack, top to bottom, in one function
+//! admin.rs        /healthz, /readyz, /metrics
+//! route.rs        SPEC §2: (method, path, query) → Endpoint, canonical upstream path
+//! caller.rs       SPEC §3: keys, digests, the Caller of a request
+//! headers.rs      SPEC §3: which headers cross, caller IP
+//! upstream.rs     the upstream client: credential injection, timeouts, status mapping
+//! forward.rs      the innermost service
+//! error.rs        GatewayError and the SPEC §9 envelope
+//! layers/         one concern per layer (see stack.rs)
+//! ```
+//!
+//! # Request stack
+//!
+//! ```text
+//! request context (id, deadline) → access log + metrics → rescue (errors → envelope)
+//!   → source ip → authenticate → route → authorize → read body → forward
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
+pub mod caller;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod forward;
+pub mod gateway;
+pub mod headers;
+pub mod layers;
+pub mod metrics;
+pub mod route;
+pub mod secret;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
+pub mod upstream;
+
+pub use config::Config;
+pub use gateway::Gateway;
+pub use server::run;

@@ -1,0 +1,107 @@
+//! The operations listener (`server.admin_listen`): `/healthz` (the process serves), `/readyz`
+//! (it can do its job) and `/metrics` (Prometheus text). Never exposed to callers.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+use tower::util::BoxCloneSyncService;
+
+use crate::context::RequestId;
+use crate::error::{Body, GatewayError, JSON_UTF8};
+use crate::gateway::Gateway;
+use crate::route::Operation;
+use crate::upstream::UpstreamRequest;
+
+/// The admin service.
+pub fn service(
+    gateway: Gateway,
+) -> BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible> {
+    BoxCloneSyncService::new(tower::service_fn(move |request: Request<Incoming>| {
+        let gateway = gateway.clone();
+        async move {
+            Ok::<_, Infallible>(handle(&gateway, request.method(), request.uri().path()).await)
+        }
+    }))
+}
+
+async fn handle(gateway: &Gateway, method: &Method, path: &str) -> Response<Body> {
+    let id = RequestId::next();
+    match (method, path) {
+        (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
+        (&Method::GET, "/readyz") => {
+            let upstream = upstream_check(gateway).await;
+            let ready = upstream.is_ok();
+            gateway.metrics.set_ready(ready);
+            let status = if ready {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            let upstream = match upstream {
+                Ok(state) => state.to_string(),
+                Err(problem) => problem,
+            };
+            json(
+                status,
+                serde_json::json!({ "ready": ready, "checks": { "upstream": upstream } }),
+            )
+        }
+        (&Method::GET, "/metrics") => {
+            let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        (_, "/healthz" | "/readyz" | "/metrics") => {
+            GatewayError::MethodNotAllowed { allow: "GET" }.into_response(&id)
+        }
+        _ => GatewayError::NotFound.into_response(&id),
+    }
+}
+
+/// With `upstream.ready_check`, asks the upstream for one token with the held credential: any
+/// HTTP answer that is not a refusal of that credential counts as ready.
+async fn upstream_check(gateway: &Gateway) -> Result<&'static str, String> {
+    if !gateway.ready_check {
+        return Ok("not checked");
+    }
+    let Some(credential) = &gateway.held_credential else {
+        return Ok("not checked (passthrough mode holds no credential)");
+    };
+    let answer = gateway
+        .upstream
+        .send(UpstreamRequest {
+            op: Operation::List,
+            method: Method::GET,
+            path_and_query: "/api/token/?p=1&page_size=1",
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            credential,
+            deadline: Instant::now() + gateway.request_timeout,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    // new-api answers a bad credential with HTTP 200 and `success: false` in some eras.
+    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
+    if body["success"] == false {
+        let message = body["message"].as_str().unwrap_or("no message");
+        return Err(format!("the upstream refused the request: {message}"));
+    }
+    Ok("ok")
+}
+
+fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, JSON_UTF8);
+    response
+}

@@ -1,0 +1,211 @@
+//! Who is calling: gateway keys, their digests, and the caller a request is made for.
+//!
+//! A key is never stored or logged in clear: the config holds its SHA-256, and a presented key
+//! is looked up by its digest. In pass-through mode there are no keys: the caller's own upstream
+//! access token is the credential, and its identity is `token:<12 hex digits of its SHA-256>`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderValue;
+use ring::digest::{digest, SHA256};
+use ring::rand::{SecureRandom, SystemRandom};
+
+use crate::config::{AuthScheme, ClientConfig};
+use crate::error::GatewayError;
+use crate::route::{Operation, OperationSet};
+use crate::secret::strip_bearer;
+use crate::upstream::Credential;
+
+/// The prefix of every key `tokengate keys new` makes, so a leaked key is recognisable (and
+/// secret scanners can be taught it).
+pub const KEY_PREFIX: &str = "tg_";
+
+/// A fresh gateway key: the prefix and 32 random bytes in hex.
+pub fn new_key() -> Result<String, GatewayError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| GatewayError::Internal("the system random number generator failed".into()))?;
+    Ok(format!("{KEY_PREFIX}{}", hex::encode(bytes)))
+}
+
+/// The lowercase hex SHA-256 of a key, as `key_sha256` holds it.
+pub fn key_digest_hex(key: &str) -> String {
+    hex::encode(digest(&SHA256, key.as_bytes()))
+}
+
+/// The caller a request is made for, inserted by the authenticate layer.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The client name (hold mode) or `token:<12 hex>` (pass-through mode).
+    pub name: Arc<str>,
+    /// The operations it may use.
+    pub allow: OperationSet,
+    /// The credential its requests carry upstream.
+    pub credential: Arc<Credential>,
+}
+
+impl Caller {
+    /// Whether the caller may use `op`.
+    pub fn may(&self, op: Operation) -> bool {
+        self.allow.contains(op)
+    }
+}
+
+/// How callers are recognised.
+#[derive(Debug)]
+pub enum Authenticator {
+    /// Hold mode: configured clients, by key digest; all share the gateway's credential.
+    Keys {
+        /// Clients by the SHA-256 of their key.
+        clients: HashMap<[u8; 32], Caller>,
+    },
+    /// Pass-through mode: the caller's token is the credential.
+    Passthrough {
+        /// How the token is sent upstream.
+        scheme: AuthScheme,
+        /// `New-Api-User` when the caller sends none.
+        default_user: HeaderValue,
+    },
+}
+
+impl Authenticator {
+    /// The hold-mode table of configured clients. The digests were checked at load.
+    pub fn keys(clients: &[ClientConfig], credential: Arc<Credential>) -> Authenticator {
+        let clients = clients
+            .iter()
+            .filter_map(|client| {
+                let mut digest = [0u8; 32];
+                hex::decode_to_slice(&client.key_sha256, &mut digest).ok()?;
+                let caller = Caller {
+                    name: client.name.as_str().into(),
+                    allow: client.allow.iter().copied().collect(),
+                    credential: credential.clone(),
+                };
+                Some((digest, caller))
+            })
+            .collect();
+        Authenticator::Keys { clients }
+    }
+
+    /// Identifies the caller from its `Authorization` value (and, in pass-through mode, its
+    /// `New-Api-User`).
+    pub fn authenticate(
+        &self,
+        authorization: Option<&HeaderValue>,
+        new_api_user: Option<&HeaderValue>,
+    ) -> Result<Caller, GatewayError> {
+        let Some(value) = authorization else {
+            return Err(GatewayError::MissingKey);
+        };
+        let text = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+            GatewayError::BadRequest("the Authorization header is not valid UTF-8".into())
+        })?;
+        let key = strip_bearer(text);
+        if key.is_empty() {
+            return Err(GatewayError::MissingKey);
+        }
+        let sha = digest(&SHA256, key.as_bytes());
+        match self {
+            Authenticator::Keys { clients } => {
+                let mut digest = [0u8; 32];
+                digest.copy_from_slice(sha.as_ref());
+                clients
+                    .get(&digest)
+                    .cloned()
+                    .ok_or(GatewayError::UnknownKey)
+            }
+            Authenticator::Passthrough {
+                scheme,
+                default_user,
+            } => {
+                let user = new_api_user
+                    .cloned()
+                    .unwrap_or_else(|| default_user.clone());
+                let credential =
+                    Credential::new(key, *scheme, user).map_err(GatewayError::BadRequest)?;
+                Ok(Caller {
+                    name: format!("token:{}", &hex::encode(sha)[..12]).into(),
+                    allow: OperationSet::all(),
+                    credential: Arc::new(credential),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credential() -> Arc<Credential> {
+        Arc::new(Credential::new("upstream", AuthScheme::Raw, HeaderValue::from(1)).unwrap())
+    }
+
+    #[test]
+    fn new_keys_are_prefixed_random_and_match_their_digest() {
+        let a = new_key().unwrap();
+        let b = new_key().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("tg_") && a.len() == 3 + 64);
+        assert_eq!(
+            key_digest_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn keys_are_found_by_digest_in_every_spelling() {
+        let key = "tg_secret";
+        let table = Authenticator::keys(
+            &[ClientConfig {
+                name: "team-a".into(),
+                key_sha256: key_digest_hex(key),
+                allow: vec![Operation::List],
+            }],
+            credential(),
+        );
+        for spelling in [
+            "Bearer tg_secret",
+            "bearer  tg_secret",
+            "BEARER tg_secret",
+            "tg_secret",
+            "Bearer\ttg_secret",
+        ] {
+            let caller = table
+                .authenticate(Some(&HeaderValue::from_static(spelling)), None)
+                .unwrap();
+            assert_eq!(&*caller.name, "team-a", "{spelling}");
+            assert!(caller.may(Operation::List) && !caller.may(Operation::Create));
+        }
+        let unknown = table.authenticate(Some(&HeaderValue::from_static("Bearer tg_other")), None);
+        assert_eq!(unknown.unwrap_err().code(), "unauthenticated");
+        assert!(matches!(
+            table.authenticate(None, None),
+            Err(GatewayError::MissingKey)
+        ));
+        assert!(matches!(
+            table.authenticate(Some(&HeaderValue::from_static("Bearer ")), None),
+            Err(GatewayError::MissingKey)
+        ));
+        let latin1 = HeaderValue::from_bytes(b"Bearer \xe9t\xe9").unwrap();
+        assert_eq!(
+            table.authenticate(Some(&latin1), None).unwrap_err().code(),
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn passthrough_identity_is_the_token_digest() {
+        let auth = Authenticator::Passthrough {
+            scheme: AuthScheme::Raw,
+            default_user: HeaderValue::from(1),
+        };
+        let caller = auth
+            .authenticate(Some(&HeaderValue::from_static("Bearer abc")), None)
+            .unwrap();
+        assert_eq!(&*caller.name, "token:ba7816bf8f01");
+        assert!(Operation::ALL.iter().all(|op| caller.may(*op)));
+    }
+}

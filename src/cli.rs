@@ -1,0 +1,312 @@
+//! The command line (SPEC §7): `serve`, `check`, `keys new`, `health`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::caller::{key_digest_hex, new_key};
+use crate::config::{valid_client_name, Config, ConfigErrors, Mode};
+use crate::gateway::Gateway;
+use crate::{server, telemetry};
+
+/// tokengate: a gateway for the token API of new-api-compatible LLM aggregators.
+#[derive(Debug, Parser)]
+#[command(name = "tokengate", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Serve(ConfigArg),
+    /// Load a configuration, resolve its secrets and files, and print a summary (exit 1 on any fault).
+    Check(ConfigArg),
+    /// Manage gateway keys.
+    Keys {
+        /// What to do with keys.
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Ask a running gateway's admin listener for /healthz (exit 0 when healthy); for container health checks.
+    Health(HealthArgs),
+}
+
+/// `--config`
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file.
+    #[arg(
+        long,
+        env = "TOKENGATE_CONFIG",
+        default_value = "config/tokengate.toml"
+    )]
+    pub config: PathBuf,
+}
+
+/// `keys` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Make a new random gateway key and print it with the `[[clients]]` lines that admit it.
+    New {
+        /// The client name to put in the `[[clients]]` entry.
+        #[arg(long, default_value = "new-client")]
+        client: String,
+    },
+}
+
+/// `health` arguments.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// The admin address to ask, instead of `server.admin_listen` from the configuration.
+    #[arg(long)]
+    admin: Option<SocketAddr>,
+}
+
+/// Runs a parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Serve(args) => serve(&args.config),
+        Command::Check(args) => check(&args.config),
+        Command::Keys {
+            command: KeysCommand::New { client },
+        } => keys_new(&client),
+        Command::Health(args) => health(args),
+    }
+}
+
+/// Prints configuration faults, one per line, each naming its key.
+fn report(path: &Path, errors: &ConfigErrors) {
+    eprintln!(
+        "tokengate: the configuration {} is not valid:",
+        path.display()
+    );
+    for error in &errors.0 {
+        eprintln!("  {error}");
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn serve(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            report(path, &errors);
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(config.log.format);
+    let gateway = match Gateway::build(&config) {
+        Ok(gateway) => gateway,
+        Err(errors) => {
+            report(path, &errors);
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tokengate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| format!("cannot listen on {addr}: {e}"))
+        };
+        let (api, admin) = match (
+            bind(config.server.listen).await,
+            bind(config.server.admin_listen).await,
+        ) {
+            (Ok(api), Ok(admin)) => (api, admin),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::error!("{error}");
+                return ExitCode::FAILURE;
+            }
+        };
+        tracing::info!(
+            listen = %api.local_addr().map_or(config.server.listen, |a| a),
+            admin_listen = %admin.local_addr().map_or(config.server.admin_listen, |a| a),
+            upstream = %gateway.upstream.url(),
+            mode = ?config.upstream.mode,
+            clients = config.clients.len(),
+            "tokengate listening"
+        );
+        let grace = Duration::from_millis(config.server.shutdown_grace_ms);
+        server::run(gateway, api, admin, shutdown_signal(), grace).await;
+        ExitCode::SUCCESS
+    })
+}
+
+/// Resolves on `SIGTERM` or `SIGINT` (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            report(path, &errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let gateway = match Gateway::build(&config) {
+        Ok(gateway) => gateway,
+        Err(errors) => {
+            report(path, &errors);
+            return ExitCode::FAILURE;
+        }
+    };
+    let upstream = &config.upstream;
+    println!("{}: OK", path.display());
+    println!(
+        "  listen         {}  (admin {})",
+        config.server.listen, config.server.admin_listen
+    );
+    println!(
+        "  upstream       {}  (timeout {} ms)",
+        gateway.upstream.url(),
+        upstream.timeout_ms
+    );
+    match upstream.mode {
+        Mode::Hold => {
+            let source = match (&upstream.access_token_file, &upstream.access_token_env) {
+                (Some(file), _) => format!("file {}", file.display()),
+                (None, Some(env)) => format!("environment variable {env}"),
+                (None, None) => {
+                    format!("environment variable {}", crate::config::DEFAULT_TOKEN_ENV)
+                }
+            };
+            println!(
+                "  credential     held: access token from {source}, sent {:?}, New-Api-User {}",
+                upstream.auth_scheme, upstream.user_id
+            );
+            println!("  clients        {}", config.clients.len());
+            for client in &config.clients {
+                let allow: Vec<&str> = client.allow.iter().map(|op| op.as_str()).collect();
+                println!("    {:<20} allow: {}", client.name, allow.join(", "));
+            }
+        }
+        Mode::Passthrough => {
+            println!("  credential     passthrough: each caller's own upstream token is forwarded");
+            if !config.clients.is_empty() {
+                println!("  warning        [[clients]] are not used in passthrough mode");
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn keys_new(client: &str) -> ExitCode {
+    if !valid_client_name(client) {
+        eprintln!(
+            "tokengate: --client must be 1 to 64 characters of letters, digits, `.`, `_` or `-`"
+        );
+        return ExitCode::from(2);
+    }
+    let key = match new_key() {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("tokengate: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("# Gateway key for client \"{client}\". Hand it to the caller over a secure channel:");
+    println!("# it is shown once, and tokengate keeps only its SHA-256 digest.");
+    println!("{key}");
+    println!();
+    println!("# Add to the configuration, then choose the operations the caller may use:");
+    println!("[[clients]]");
+    println!("name = \"{client}\"");
+    println!("key_sha256 = \"{}\"", key_digest_hex(&key));
+    println!("allow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"delete\", \"batch_delete\"]");
+    ExitCode::SUCCESS
+}
+
+fn health(args: HealthArgs) -> ExitCode {
+    let addr = match args.admin {
+        Some(addr) => addr,
+        None => match Config::load(&args.config.config) {
+            Ok(config) => config.server.admin_listen,
+            Err(errors) => {
+                report(&args.config.config, &errors);
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    // A listener on all interfaces is asked on loopback.
+    let addr = if addr.ip().is_unspecified() {
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port())
+    } else {
+        addr
+    };
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await?;
+        let mut head = [0u8; 12];
+        stream.read_exact(&mut head).await?;
+        Ok::<_, std::io::Error>(head.starts_with(b"HTTP/1.1 200"))
+    };
+    let result = match runtime() {
+        Ok(runtime) => {
+            runtime.block_on(async { tokio::time::timeout(Duration::from_secs(3), probe).await })
+        }
+        Err(error) => {
+            eprintln!("tokengate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match result {
+        Ok(Ok(true)) => ExitCode::SUCCESS,
+        Ok(Ok(false)) => {
+            eprintln!("tokengate: {addr} answered /healthz with an error status");
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            eprintln!("tokengate: cannot ask {addr}: {error}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("tokengate: {addr} did not answer within 3 s");
+            ExitCode::FAILURE
+        }
+    }
+}

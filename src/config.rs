@@ -1,0 +1,462 @@
+//! The configuration file (SPEC §10): plain serde structs, every one refusing unknown keys, with
+//! the defaults of the spec, checked once at load.
+//!
+//! Loading has two steps. [`Config::load`] parses the TOML and checks every rule that needs only
+//! the file (collecting *all* faults, each naming its key). [`crate::gateway::Gateway::build`]
+//! then resolves what lies outside the file (secrets from `*_env`/`*_file`, CA files). Both run in
+//! `tokengate check` and `tokengate serve`.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::route::Operation;
+
+/// The whole configuration file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The caller-facing and admin listeners.
+    pub server: ServerConfig,
+    /// The new-api upstream and the credential the gateway holds for it.
+    pub upstream: UpstreamConfig,
+    /// Log output.
+    pub log: LogConfig,
+    /// The internal callers and what each may do.
+    pub clients: Vec<ClientConfig>,
+}
+
+/// `[server]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// The caller-facing listener.
+    pub listen: SocketAddr,
+    /// The operations listener (`/healthz`, `/readyz`, `/metrics`); keep it on loopback or a
+    /// private network.
+    pub admin_listen: SocketAddr,
+    /// The largest request body read; a larger one is a 413 before the rest is read.
+    pub max_body_bytes: usize,
+    /// Bounds the whole request as the caller sees it (408 while the caller sends, 504 while the
+    /// upstream answers).
+    pub request_timeout_ms: u64,
+    /// How long in-flight requests may run on after `SIGTERM`/`SIGINT`.
+    pub shutdown_grace_ms: u64,
+    /// Proxies whose `X-Forwarded-For` is honoured (CIDRs or single addresses).
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            max_body_bytes: 65536,
+            request_timeout_ms: 15_000,
+            shutdown_grace_ms: 10_000,
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+/// A network in CIDR form; a bare address means that one address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Cidr(pub IpNet);
+
+impl TryFrom<String> for Cidr {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Ok(Cidr(net.trunc()));
+        }
+        text.parse::<IpAddr>()
+            .map(|ip| Cidr(IpNet::from(ip)))
+            .map_err(|_| format!("`{text}` is not an IP address or CIDR (such as 10.0.0.0/8)"))
+    }
+}
+
+/// `[upstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// Base URL of new-api (`http://` or `https://`, optionally with a path prefix).
+    pub url: String,
+    /// Whether the gateway holds the credential or passes the caller's through.
+    pub mode: Mode,
+    /// Sent as `New-Api-User` (the id of the user who owns the access token).
+    pub user_id: i64,
+    /// Environment variable holding the access token (default `TOKENGATE_UPSTREAM_TOKEN`).
+    pub access_token_env: Option<String>,
+    /// File holding the access token (instead of `access_token_env`).
+    pub access_token_file: Option<PathBuf>,
+    /// How the token is sent: raw, or `Bearer <token>`.
+    pub auth_scheme: AuthScheme,
+    /// How long the upstream may take to answer one request.
+    pub timeout_ms: u64,
+    /// Whether `/readyz` also asks the upstream.
+    pub ready_check: bool,
+    /// PEM file of the private CA that signs an `https://` upstream (instead of the web PKI).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            url: "http://127.0.0.1:3000".into(),
+            mode: Mode::Hold,
+            user_id: 1,
+            access_token_env: None,
+            access_token_file: None,
+            auth_scheme: AuthScheme::Raw,
+            timeout_ms: 10_000,
+            ready_check: false,
+            ca_file: None,
+        }
+    }
+}
+
+/// The default of `upstream.access_token_env`.
+pub const DEFAULT_TOKEN_ENV: &str = "TOKENGATE_UPSTREAM_TOKEN";
+
+/// `upstream.mode`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The gateway holds the upstream credential; callers use gateway keys.
+    Hold,
+    /// Callers send their own upstream access token, which the gateway forwards.
+    Passthrough,
+}
+
+/// `upstream.auth_scheme`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthScheme {
+    /// `Authorization: <token>`, which every new-api era accepts.
+    Raw,
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// JSON lines or human-readable text.
+    pub format: LogFormat,
+}
+
+/// `log.format`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// One `[[clients]]` entry: an internal caller.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    /// The caller's name, as it appears in logs, metrics and the audit trail.
+    pub name: String,
+    /// Lowercase hex SHA-256 of the caller's gateway key (`tokengate keys new` makes both).
+    pub key_sha256: String,
+    /// The operations the caller may use.
+    pub allow: Vec<Operation>,
+}
+
+/// One fault in a configuration, naming its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The dotted key at fault (`upstream.url`, `clients[1].key_sha256`), or the file for a
+    /// syntax error.
+    pub key: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every fault found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl ConfigErrors {
+    /// One fault.
+    pub fn one(key: impl Into<String>, message: impl Into<String>) -> ConfigErrors {
+        ConfigErrors(vec![ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors::one(
+                path.display().to_string(),
+                format!("cannot read the configuration: {e}"),
+            )
+        })?;
+        Config::parse(&text).map_err(|mut errors| {
+            for error in &mut errors.0 {
+                if error.key.is_empty() {
+                    error.key = path.display().to_string();
+                }
+            }
+            errors
+        })
+    }
+
+    /// Parses and checks configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![syntax_error(&e)]))?;
+        let errors = config.check();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The rules that need more than the types: every fault, each naming its key.
+    fn check(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        let mut fault = |key: String, message: String| errors.push(ConfigError { key, message });
+
+        let server = &self.server;
+        if server.max_body_bytes == 0 || server.max_body_bytes > 16 << 20 {
+            fault(
+                "server.max_body_bytes".into(),
+                "must be from 1 to 16777216".into(),
+            );
+        }
+        for (key, value) in [
+            ("server.request_timeout_ms", server.request_timeout_ms),
+            ("server.shutdown_grace_ms", server.shutdown_grace_ms),
+            ("upstream.timeout_ms", self.upstream.timeout_ms),
+        ] {
+            if value == 0 || value > 3_600_000 {
+                fault(key.into(), "must be from 1 to 3600000 (one hour)".into());
+            }
+        }
+        if server.listen == server.admin_listen && server.listen.port() != 0 {
+            fault(
+                "server.admin_listen".into(),
+                "must differ from server.listen".into(),
+            );
+        }
+
+        let upstream = &self.upstream;
+        if let Err(message) = crate::upstream::UpstreamUrl::parse(&upstream.url) {
+            fault("upstream.url".into(), message);
+        }
+        if upstream.user_id < 1 {
+            fault(
+                "upstream.user_id".into(),
+                "must be a user id of 1 or more".into(),
+            );
+        }
+        match upstream.mode {
+            Mode::Hold => {
+                if upstream.access_token_env.is_some() && upstream.access_token_file.is_some() {
+                    fault(
+                        "upstream.access_token_file".into(),
+                        "set either upstream.access_token_env or upstream.access_token_file, not both".into(),
+                    );
+                }
+            }
+            Mode::Passthrough => {
+                for (key, set) in [
+                    (
+                        "upstream.access_token_env",
+                        upstream.access_token_env.is_some(),
+                    ),
+                    (
+                        "upstream.access_token_file",
+                        upstream.access_token_file.is_some(),
+                    ),
+                ] {
+                    if set {
+                        fault(
+                            key.into(),
+                            "passthrough mode holds no credential: remove this key".into(),
+                        );
+                    }
+                }
+            }
+        }
+
+        for (i, client) in self.clients.iter().enumerate() {
+            if !valid_client_name(&client.name) {
+                fault(
+                    format!("clients[{i}].name"),
+                    "must be 1 to 64 characters of letters, digits, `.`, `_` or `-`".into(),
+                );
+            }
+            if self.clients[..i].iter().any(|c| c.name == client.name) {
+                fault(
+                    format!("clients[{i}].name"),
+                    format!("`{}` is used by another client", client.name),
+                );
+            }
+            let digest = &client.key_sha256;
+            if digest.len() != 64
+                || !digest
+                    .bytes()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+            {
+                fault(
+                    format!("clients[{i}].key_sha256"),
+                    "must be 64 lowercase hex digits (the SHA-256 of the key; `tokengate keys new` prints it)".into(),
+                );
+            } else if self.clients[..i].iter().any(|c| c.key_sha256 == *digest) {
+                fault(
+                    format!("clients[{i}].key_sha256"),
+                    "the same key digest is given to another client".into(),
+                );
+            }
+        }
+        errors
+    }
+}
+
+/// Whether `name` is usable as a client name (it appears in logs, metrics labels and audit records).
+pub fn valid_client_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A TOML syntax or type error, with the key the parser names and where it stands.
+fn syntax_error(error: &toml::de::Error) -> ConfigError {
+    ConfigError {
+        key: String::new(),
+        message: error.to_string().trim_end().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_the_spec_defaults() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.server.admin_listen.to_string(), "127.0.0.1:9090");
+        assert_eq!(config.server.max_body_bytes, 65536);
+        assert_eq!(config.upstream.url, "http://127.0.0.1:3000");
+        assert_eq!(config.upstream.mode, Mode::Hold);
+        assert_eq!(config.upstream.auth_scheme, AuthScheme::Raw);
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_by_name() {
+        let error = Config::parse("[server]\nlisen = \"127.0.0.1:1\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("lisen"), "{error}");
+        let error = Config::parse(
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"\"\nallow = []\nmax_quota = 1\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("max_quota"), "{error}");
+        let error = Config::parse("[upstream]\ntimeout_ms = \"fast\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("timeout_ms"), "{error}");
+        let error =
+            Config::parse("[[clients]]\nname = \"a\"\nkey_sha256 = \"\"\nallow = [\"lst\"]\n")
+                .unwrap_err()
+                .to_string();
+        assert!(error.contains("lst"), "{error}");
+    }
+
+    #[test]
+    fn every_semantic_fault_is_reported_with_its_key() {
+        let text = r#"
+            [server]
+            max_body_bytes = 0
+            trusted_proxies = ["10.0.0.0/8", "192.168.1.7"]
+            [upstream]
+            url = "ftp://x"
+            user_id = 0
+            access_token_env = "A"
+            access_token_file = "/b"
+            [[clients]]
+            name = "team a"
+            key_sha256 = "ABC"
+            allow = ["list"]
+            [[clients]]
+            name = "team-b"
+            key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            allow = []
+            [[clients]]
+            name = "team-b"
+            key_sha256 = "0000000000000000000000000000000000000000000000000000000000000000"
+            allow = []
+        "#;
+        let errors = Config::parse(text).unwrap_err().0;
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "server.max_body_bytes",
+                "upstream.url",
+                "upstream.user_id",
+                "upstream.access_token_file",
+                "clients[0].name",
+                "clients[0].key_sha256",
+                "clients[2].name",
+                "clients[2].key_sha256",
+            ]
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_take_cidrs_and_addresses() {
+        let config =
+            Config::parse("[server]\ntrusted_proxies = [\"10.1.2.3/8\", \"::1\"]\n").unwrap();
+        let nets: Vec<String> = config
+            .server
+            .trusted_proxies
+            .iter()
+            .map(|c| c.0.to_string())
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "::1/128"]);
+        assert!(Config::parse("[server]\ntrusted_proxies = [\"10.0.0.0/33\"]\n").is_err());
+    }
+}

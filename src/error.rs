@@ -1,0 +1,179 @@
+//! The one error type of the request path, and its rendering as the SPEC §9 envelope.
+//!
+//! Every refusal the gateway makes itself is a [`GatewayError`]. Layers return it as their
+//! `Service::Error`; the rescue layer at the top of the stack renders it once, with the request
+//! id, so no layer writes an error body of its own. The `Display` text is the `message` a person
+//! reads; it never carries internal detail (addresses, causes), which stays in the `#[source]`
+//! chain and is logged.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+
+use crate::context::RequestId;
+
+/// The body type of every response the gateway returns (upstream bodies are read whole).
+pub type Body = Full<Bytes>;
+
+/// A boxed error, as causes travel in the source chain.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a request was not answered by the upstream, one variant per cause (SPEC §9).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A path, id, query or header fault (SPEC §2, §3).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No gateway key in `Authorization`.
+    #[error("a gateway key is required: send it as `Authorization: Bearer <key>`")]
+    MissingKey,
+    /// A key that no configured client has.
+    #[error("the gateway key is not known to this gateway")]
+    UnknownKey,
+    /// The operation is not in the caller's `allow` list.
+    #[error("client `{client}` may not use operation `{op}` (not in its `allow` list)")]
+    OperationNotAllowed {
+        /// The caller's client name.
+        client: String,
+        /// The operation's policy name.
+        op: &'static str,
+    },
+    /// A path outside SPEC §2.
+    #[error("no such route: this gateway serves only the token API (/api/token/...)")]
+    NotFound,
+    /// A SPEC §2 path with a method it does not take.
+    #[error("method not allowed on this path; allowed: {allow}")]
+    MethodNotAllowed {
+        /// The value of the `Allow` header.
+        allow: &'static str,
+    },
+    /// The caller did not send its request within `server.request_timeout_ms`.
+    #[error("the request was not received within {0} ms")]
+    RequestTimeout(u64),
+    /// A body over `server.max_body_bytes`.
+    #[error("the request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(usize),
+    /// The upstream answered 429 with an empty body.
+    #[error("the upstream is rate limiting requests; retry later")]
+    UpstreamRateLimited,
+    /// A fault of the gateway itself; the cause is logged, never sent.
+    #[error("internal error")]
+    Internal(#[source] BoxError),
+    /// The upstream refused or reset the connection, redirected, or failed TLS.
+    #[error("the upstream is unavailable: {reason}")]
+    UpstreamUnavailable {
+        /// What happened, in words that reveal nothing about the upstream's address.
+        reason: &'static str,
+        /// The underlying error, for the log.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The upstream refused the gateway's own credential (401/403).
+    #[error("the upstream refused the gateway's credential; the operator must check the upstream access token and user id")]
+    UpstreamAuthFailed,
+    /// No upstream answer within `upstream.timeout_ms` (or the request's deadline).
+    #[error("the upstream did not answer within {0} ms")]
+    UpstreamTimeout(u64),
+}
+
+impl GatewayError {
+    /// The stable code of SPEC §9, for programs to branch on.
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::MissingKey | GatewayError::UnknownKey => "unauthenticated",
+            GatewayError::OperationNotAllowed { .. } => "forbidden",
+            GatewayError::NotFound => "not_found",
+            GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
+            GatewayError::RequestTimeout(_) => "request_timeout",
+            GatewayError::BodyTooLarge(_) => "body_too_large",
+            GatewayError::UpstreamRateLimited => "upstream_rate_limited",
+            GatewayError::Internal(_) => "internal",
+            GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
+            GatewayError::UpstreamAuthFailed => "upstream_auth_failed",
+            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+        }
+    }
+
+    /// The HTTP status of SPEC §9.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::MissingKey | GatewayError::UnknownKey => StatusCode::UNAUTHORIZED,
+            GatewayError::OperationNotAllowed { .. } => StatusCode::FORBIDDEN,
+            GatewayError::NotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamAuthFailed => {
+                StatusCode::BAD_GATEWAY
+            }
+            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// Whether the fault is the gateway's or the upstream's (logged at error/warn level) rather
+    /// than the caller's (logged only in the access line).
+    pub fn is_server_side(&self) -> bool {
+        self.status().is_server_error()
+    }
+
+    /// The SPEC §9 envelope for this error, carrying the request id.
+    pub fn into_response(self, request_id: &RequestId) -> Response<Body> {
+        let body = serde_json::json!({
+            "success": false,
+            "message": self.to_string(),
+            "error": { "code": self.code(), "request_id": request_id.as_str() },
+        });
+        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, JSON_UTF8);
+        if let GatewayError::MethodNotAllowed { allow } = self {
+            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        response.extensions_mut().insert(ErrorCode(self.code()));
+        response
+    }
+}
+
+/// The `Content-Type` of every JSON body the gateway writes.
+pub const JSON_UTF8: HeaderValue = HeaderValue::from_static("application/json; charset=utf-8");
+
+/// The SPEC §9 code of a response the gateway made itself, kept in the response's extensions
+/// for the access log and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ErrorCode(pub &'static str);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn envelope_carries_code_message_and_request_id() {
+        let id = RequestId::from_static("rid-1");
+        let response = GatewayError::MethodNotAllowed { allow: "GET, POST" }.into_response(&id);
+        assert_eq!(response.status(), 405);
+        assert_eq!(response.headers()[header::ALLOW], "GET, POST");
+        assert_eq!(response.headers()[header::CONTENT_TYPE], JSON_UTF8);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["success"], false);
+        assert_eq!(json["error"]["code"], "method_not_allowed");
+        assert_eq!(json["error"]["request_id"], "rid-1");
+        assert!(json["message"].as_str().unwrap().contains("GET, POST"));
+    }
+
+    #[test]
+    fn internal_detail_is_not_in_the_message() {
+        let error = GatewayError::UpstreamUnavailable {
+            reason: "connection refused",
+            source: Some("tcp connect error: 10.1.2.3:3000".into()),
+        };
+        assert!(!error.to_string().contains("10.1.2.3"));
+        assert_eq!(error.status(), 502);
+    }
+}

@@ -1,0 +1,74 @@
+//! The innermost service: sends the routed request upstream in canonical form, with the caller's
+//! headers filtered and the credential injected, and hands back the upstream's answer.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::Service;
+
+use crate::caller::Caller;
+use crate::error::{Body, GatewayError};
+use crate::headers;
+use crate::layers::check::context;
+use crate::layers::BoxFuture;
+use crate::route::Route;
+use crate::upstream::{Upstream, UpstreamRequest};
+
+/// Forwards to the [`Upstream`].
+#[derive(Clone)]
+pub struct Forward {
+    upstream: Arc<Upstream>,
+}
+
+impl Forward {
+    /// Forwards to `upstream`.
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        Forward { upstream }
+    }
+}
+
+impl Service<Request<Bytes>> for Forward {
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        Box::pin(async move {
+            let context = context(&request)?.clone();
+            let (parts, body) = request.into_parts();
+            let (Some(route), Some(caller)) = (
+                parts.extensions.get::<Route>(),
+                parts.extensions.get::<Caller>(),
+            ) else {
+                return Err(GatewayError::Internal(
+                    "forward runs after route and authenticate".into(),
+                ));
+            };
+            let path_and_query = route.upstream_path_and_query();
+            let answer = upstream
+                .send(UpstreamRequest {
+                    op: route.operation(),
+                    method: route.endpoint.method(),
+                    path_and_query: &path_and_query,
+                    headers: headers::to_upstream(&parts.headers, context.source_ip(), &context.id),
+                    body,
+                    credential: &caller.credential,
+                    deadline: context.deadline,
+                })
+                .await?;
+            let mut response = Response::new(Full::new(answer.body));
+            *response.status_mut() = answer.status;
+            *response.headers_mut() = headers::to_caller(answer.headers, &context.id);
+            Ok(response)
+        })
+    }
+}

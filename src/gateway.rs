@@ -1,0 +1,96 @@
+//! The running gateway's state, built once from a checked [`Config`]: everything outside the file
+//! (the upstream token, CA files) is resolved here, so `check` and `serve` fail the same way.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderValue;
+use ipnet::IpNet;
+
+use crate::caller::Authenticator;
+use crate::config::{Config, ConfigError, ConfigErrors, Mode, DEFAULT_TOKEN_ENV};
+use crate::metrics::Metrics;
+use crate::secret::{self, Secret};
+use crate::upstream::{Credential, Upstream};
+
+/// Everything the request stack and the admin listener share.
+#[derive(Clone, Debug)]
+pub struct Gateway {
+    /// The pooled upstream client.
+    pub upstream: Arc<Upstream>,
+    /// How callers are recognised.
+    pub authenticator: Arc<Authenticator>,
+    /// `server.trusted_proxies`.
+    pub trusted_proxies: Arc<[IpNet]>,
+    /// `server.max_body_bytes`.
+    pub max_body_bytes: usize,
+    /// `server.request_timeout_ms`.
+    pub request_timeout: Duration,
+    /// `upstream.ready_check`.
+    pub ready_check: bool,
+    /// The held credential (hold mode), for the readiness probe.
+    pub held_credential: Option<Arc<Credential>>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+}
+
+impl Gateway {
+    /// Resolves secrets and files and builds the state; every fault names its key.
+    pub fn build(config: &Config) -> Result<Gateway, ConfigErrors> {
+        let metrics = Arc::new(Metrics::new());
+        let mut errors = Vec::new();
+        let upstream = Upstream::new(&config.upstream, metrics.clone())
+            .map_err(|(key, message)| errors.push(ConfigError { key, message }))
+            .ok();
+        let held_credential = match config.upstream.mode {
+            Mode::Hold => match held_credential(config) {
+                Ok(credential) => Some(Arc::new(credential)),
+                Err(error) => {
+                    errors.push(error);
+                    None
+                }
+            },
+            Mode::Passthrough => None,
+        };
+        let (Some(upstream), true) = (upstream, errors.is_empty()) else {
+            return Err(ConfigErrors(errors));
+        };
+        let authenticator = match &held_credential {
+            Some(credential) => Authenticator::keys(&config.clients, credential.clone()),
+            None => Authenticator::Passthrough {
+                scheme: config.upstream.auth_scheme,
+                default_user: HeaderValue::from(config.upstream.user_id),
+            },
+        };
+        Ok(Gateway {
+            upstream: Arc::new(upstream),
+            authenticator: Arc::new(authenticator),
+            trusted_proxies: config.server.trusted_proxies.iter().map(|c| c.0).collect(),
+            max_body_bytes: config.server.max_body_bytes,
+            request_timeout: Duration::from_millis(config.server.request_timeout_ms),
+            ready_check: config.upstream.ready_check,
+            held_credential,
+            metrics,
+        })
+    }
+}
+
+/// Reads the upstream access token from `access_token_file` or `access_token_env`.
+fn held_credential(config: &Config) -> Result<Credential, ConfigError> {
+    let upstream = &config.upstream;
+    let (key, token): (&str, Result<Secret, String>) =
+        match (&upstream.access_token_file, &upstream.access_token_env) {
+            (Some(path), _) => ("upstream.access_token_file", secret::from_file(path)),
+            (None, Some(name)) => ("upstream.access_token_env", secret::from_env(name)),
+            (None, None) => (
+                "upstream.access_token_env",
+                secret::from_env(DEFAULT_TOKEN_ENV),
+            ),
+        };
+    let error = |message: String| ConfigError {
+        key: key.to_string(),
+        message,
+    };
+    let token = token.map_err(error)?;
+    Credential::held(&token, upstream.auth_scheme, upstream.user_id).map_err(error)
+}

@@ -1,0 +1,286 @@
+//! Which headers cross the gateway, in each direction (SPEC §3).
+//!
+//! Towards the upstream, the caller's headers pass except: its credentials (`Authorization`,
+//! `New-Api-User`, and `Cookie`, which new-api would authenticate before the header),
+//! `Accept-Encoding` (the gateway reads upstream bodies), hop-by-hop headers, framing headers the
+//! client recomputes, the caller's `X-Request-Id`, and forwarding headers unless the peer is a
+//! trusted proxy. The gateway then sets `X-Forwarded-For` to the one caller IP and its own
+//! `X-Request-Id`; the credential is added by [`crate::upstream`]. Towards the caller, hop-by-hop
+//! and framing headers and `Set-Cookie` are dropped and the gateway's `X-Request-Id` is set.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue};
+use ipnet::IpNet;
+
+use crate::context::{RequestId, SourceIp};
+use crate::error::GatewayError;
+use crate::upstream::NEW_API_USER;
+
+/// `X-Request-Id`
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Forwarded-For`
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), plus those the client
+/// library sets itself for the new hop.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::CONTENT_LENGTH
+        || name == header::HOST
+        || name.as_str().starts_with("proxy-")
+}
+
+/// Headers that say where a request came from; only a trusted proxy may set them.
+fn is_forwarding(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-real-ip"
+}
+
+/// The names listed in `Connection` (they are hop-by-hop for this message).
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// The headers to send upstream for a caller's request (before the credential is added).
+pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId) -> HeaderMap {
+    let listed = connection_listed(inbound);
+    let mut out = HeaderMap::with_capacity(inbound.len() + 2);
+    for (name, value) in inbound {
+        let dropped = is_hop_by_hop(name)
+            || listed.contains(name)
+            || name == header::AUTHORIZATION
+            || name == NEW_API_USER
+            || name == header::COOKIE
+            || name == header::ACCEPT_ENCODING
+            || name == header::EXPECT
+            || name == X_REQUEST_ID
+            || name == X_FORWARDED_FOR
+            || (is_forwarding(name) && !source.via_trusted_proxy);
+        if !dropped {
+            out.append(name.clone(), value.clone());
+        }
+    }
+    out.insert(X_FORWARDED_FOR, HeaderValue::from(IpHeader(source.ip)));
+    if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
+        out.insert(X_REQUEST_ID, id);
+    }
+    out
+}
+
+/// The upstream's response headers as the caller gets them.
+pub fn to_caller(upstream: HeaderMap, request_id: &RequestId) -> HeaderMap {
+    let listed = connection_listed(&upstream);
+    let mut out = HeaderMap::with_capacity(upstream.len() + 1);
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in upstream {
+        // `HeaderMap::into_iter` yields the name only with the first of repeated values.
+        if let Some(name) = name {
+            last = Some(name);
+        }
+        if let Some(name) = &last {
+            let dropped = is_hop_by_hop(name)
+                || listed.contains(name)
+                || *name == X_REQUEST_ID
+                // A session cookie of the upstream account must never reach a caller.
+                || *name == header::SET_COOKIE;
+            if !dropped {
+                out.append(name.clone(), value);
+            }
+        }
+    }
+    if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
+        out.insert(X_REQUEST_ID, id);
+    }
+    out
+}
+
+/// An IP address as a header value.
+struct IpHeader(IpAddr);
+
+impl From<IpHeader> for HeaderValue {
+    fn from(ip: IpHeader) -> HeaderValue {
+        // An IP address is always a valid header value.
+        HeaderValue::from_str(&ip.0.to_string()).unwrap_or(HeaderValue::from_static("0.0.0.0"))
+    }
+}
+
+/// The caller IP (SPEC §3): the peer, unless the peer is a trusted proxy; then the right-most
+/// `X-Forwarded-For` entry that is not itself trusted (or the left-most, when all are).
+pub fn source_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[IpNet],
+) -> Result<SourceIp, GatewayError> {
+    let peer = peer.to_canonical();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if !is_trusted(&peer) {
+        return Ok(SourceIp {
+            ip: peer,
+            via_trusted_proxy: false,
+        });
+    }
+    let mut entries = Vec::new();
+    for value in headers.get_all(X_FORWARDED_FOR) {
+        let text = std::str::from_utf8(value.as_bytes()).map_err(|_| {
+            GatewayError::BadRequest("the X-Forwarded-For header is not valid UTF-8".into())
+        })?;
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            let ip: IpAddr = entry.parse().map_err(|_| {
+                GatewayError::BadRequest(format!(
+                    "the X-Forwarded-For entry `{}` is not an IP address",
+                    entry.escape_debug()
+                ))
+            })?;
+            entries.push(ip.to_canonical());
+        }
+    }
+    let ip = entries
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(ip))
+        .or(entries.first())
+        .copied()
+        .unwrap_or(peer);
+    Ok(SourceIp {
+        ip,
+        via_trusted_proxy: true,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn credentials_hop_by_hop_and_untrusted_forwarding_are_dropped() {
+        let inbound = headers(&[
+            ("authorization", "Bearer tg_caller"),
+            ("new-api-user", "99"),
+            ("cookie", "session=abc"),
+            ("accept-encoding", "gzip"),
+            ("connection", "keep-alive, x-custom-hop"),
+            ("x-custom-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-authorization", "Basic x"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-request-id", "caller-id"),
+            ("accept-language", "zh-CN"),
+            ("content-type", "application/json"),
+            ("user-agent", "curl/8"),
+        ]);
+        let source = SourceIp {
+            ip: "10.1.1.1".parse().unwrap(),
+            via_trusted_proxy: false,
+        };
+        let out = to_upstream(&inbound, source, &RequestId::from_static("gw-id"));
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "accept-language",
+                "content-type",
+                "user-agent",
+                "x-forwarded-for",
+                "x-request-id"
+            ]
+        );
+        assert_eq!(out["x-forwarded-for"], "10.1.1.1");
+        assert_eq!(out["x-request-id"], "gw-id");
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_forwarding_headers() {
+        let inbound = headers(&[
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        let source = SourceIp {
+            ip: "1.2.3.4".parse().unwrap(),
+            via_trusted_proxy: true,
+        };
+        let out = to_upstream(&inbound, source, &RequestId::from_static("id"));
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+    }
+
+    #[test]
+    fn source_ip_honours_only_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let xff = headers(&[("x-forwarded-for", "9.9.9.9, 1.2.3.4, 10.0.0.2")]);
+        let from_proxy = source_ip("10.0.0.1".parse().unwrap(), &xff, &trusted).unwrap();
+        assert_eq!(from_proxy.ip.to_string(), "1.2.3.4");
+        let direct = source_ip("8.8.8.8".parse().unwrap(), &xff, &trusted).unwrap();
+        assert_eq!(direct.ip.to_string(), "8.8.8.8");
+        let all_trusted = headers(&[("x-forwarded-for", "10.0.0.5, 10.0.0.6")]);
+        assert_eq!(
+            source_ip("10.0.0.1".parse().unwrap(), &all_trusted, &trusted)
+                .unwrap()
+                .ip
+                .to_string(),
+            "10.0.0.5"
+        );
+        let none = source_ip("10.0.0.1".parse().unwrap(), &HeaderMap::new(), &trusted).unwrap();
+        assert_eq!(none.ip.to_string(), "10.0.0.1");
+        let mapped = source_ip(
+            "::ffff:8.8.4.4".parse().unwrap(),
+            &HeaderMap::new(),
+            &trusted,
+        )
+        .unwrap();
+        assert_eq!(mapped.ip.to_string(), "8.8.4.4");
+        let bad = headers(&[("x-forwarded-for", "not-an-ip")]);
+        assert_eq!(
+            source_ip("10.0.0.1".parse().unwrap(), &bad, &trusted)
+                .unwrap_err()
+                .code(),
+            "bad_request"
+        );
+    }
+
+    #[test]
+    fn caller_gets_the_gateway_request_id_and_no_hop_headers() {
+        let upstream = headers(&[
+            ("content-type", "application/json"),
+            ("x-request-id", "upstream-id"),
+            ("transfer-encoding", "chunked"),
+            ("set-cookie", "session=upstream"),
+            ("cache-control", "no-store"),
+            ("cache-control", "private"),
+        ]);
+        let out = to_caller(upstream, &RequestId::from_static("gw"));
+        assert_eq!(out["x-request-id"], "gw");
+        assert!(out.get("transfer-encoding").is_none());
+        assert!(out.get("set-cookie").is_none());
+        assert_eq!(out.get_all("cache-control").iter().count(), 2);
+    }
+}

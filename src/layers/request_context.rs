@@ -1,0 +1,96 @@
+//! Gives every request its [`RequestContext`]: the gateway's own request id (echoed to the caller
+//! as `X-Request-Id`), the caller's id kept apart, and the deadline of
+//! `server.request_timeout_ms`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use super::BoxFuture;
+use crate::context::{PeerAddr, RequestContext};
+use crate::error::Body;
+use crate::headers::X_REQUEST_ID;
+
+/// The longest caller `X-Request-Id` kept (a longer one is ignored, not trusted or truncated).
+const MAX_CALLER_ID: usize = 128;
+
+/// Builds [`RequestContextService`].
+#[derive(Clone, Debug)]
+pub struct RequestContextLayer {
+    timeout: Duration,
+}
+
+impl RequestContextLayer {
+    /// Requests get `timeout` (`server.request_timeout_ms`) from arrival to answer.
+    pub fn new(timeout: Duration) -> Self {
+        RequestContextLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for RequestContextLayer {
+    type Service = RequestContextService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContextService {
+            timeout: self.timeout,
+            inner,
+        }
+    }
+}
+
+/// Inserts the context, and sets `X-Request-Id` on the response.
+#[derive(Clone, Debug)]
+pub struct RequestContextService<S> {
+    timeout: Duration,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for RequestContextService<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<Body>, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let peer = request
+            .extensions()
+            .get::<PeerAddr>()
+            .map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0);
+        let caller_id = request
+            .headers()
+            .get(X_REQUEST_ID)
+            .and_then(caller_request_id);
+        let context = Arc::new(RequestContext::new(peer, caller_id, self.timeout));
+        let id = HeaderValue::from_str(context.id.as_str());
+        request.extensions_mut().insert(context);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = response.await?;
+            if let Ok(id) = id {
+                response.headers_mut().insert(X_REQUEST_ID, id);
+            }
+            Ok(response)
+        })
+    }
+}
+
+/// The caller's own id, when it is short printable ASCII (it is logged, so nothing else is kept).
+fn caller_request_id(value: &HeaderValue) -> Option<String> {
+    let bytes = value.as_bytes();
+    (!bytes.is_empty()
+        && bytes.len() <= MAX_CALLER_ID
+        && bytes.iter().all(|b| b.is_ascii_graphic()))
+    .then(|| String::from_utf8_lossy(bytes).into_owned())
+}

@@ -1,0 +1,21 @@
+//! Maps the request to one route of SPEC §2, or refuses it (400/404/405); nothing outside the
+//! table goes further.
+
+use http::Request;
+
+use super::check::{context, Check};
+use crate::error::GatewayError;
+use crate::route::route;
+
+/// Inserts the [`Route`](crate::route::Route) extension.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Route;
+
+impl Check for Route {
+    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+        let route = route(request.method(), request.uri())?;
+        context(request)?.set_op(route.operation());
+        request.extensions_mut().insert(route);
+        Ok(())
+    }
+}

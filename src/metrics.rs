@@ -1,0 +1,164 @@
+//! The Prometheus metrics of SPEC §7, one registry per gateway (so two gateways in one process,
+//! as in tests, never share counters), rendered on the admin listener's `/metrics`.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::route::Operation;
+
+/// The `op` label of a request that was refused before it was routed.
+const UNROUTED: &str = "none";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpStatus {
+    op: &'static str,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Op {
+    op: &'static str,
+}
+
+type Latency = Family<Op, Histogram, fn() -> Histogram>;
+
+/// Latency buckets from 0.25 ms to about 8 s.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// The gateway's metrics.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    requests: Family<OpStatus, Counter>,
+    request_duration: Latency,
+    upstream_duration: Latency,
+    upstream_auth_failures: Counter,
+    ready: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics { .. }")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let requests = Family::<OpStatus, Counter>::default();
+        let request_duration = Latency::new_with_constructor(latency);
+        let upstream_duration = Latency::new_with_constructor(latency);
+        let upstream_auth_failures = Counter::default();
+        let ready = Gauge::default();
+        registry.register(
+            "tokengate_requests",
+            "Requests answered, by operation and HTTP status",
+            requests.clone(),
+        );
+        registry.register(
+            "tokengate_request_duration_seconds",
+            "Time from request to response, by operation",
+            request_duration.clone(),
+        );
+        registry.register(
+            "tokengate_upstream_duration_seconds",
+            "Time the upstream took to answer, by operation",
+            upstream_duration.clone(),
+        );
+        registry.register(
+            "tokengate_upstream_auth_failures",
+            "Upstream answers that refused the gateway's own credential (401/403)",
+            upstream_auth_failures.clone(),
+        );
+        registry.register(
+            "tokengate_ready",
+            "1 when the gateway is ready to serve, else 0",
+            ready.clone(),
+        );
+        Metrics {
+            registry: Mutex::new(registry),
+            requests,
+            request_duration,
+            upstream_duration,
+            upstream_auth_failures,
+            ready,
+        }
+    }
+
+    /// Counts one answered request.
+    pub fn request(&self, op: Option<Operation>, status: u16, elapsed: Duration) {
+        let op = op.map_or(UNROUTED, Operation::as_str);
+        self.requests.get_or_create(&OpStatus { op, status }).inc();
+        self.request_duration
+            .get_or_create(&Op { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records how long one upstream exchange took.
+    pub fn upstream_duration(&self, op: Operation, elapsed: Duration) {
+        self.upstream_duration
+            .get_or_create(&Op { op: op.as_str() })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts an upstream refusal of the gateway's credential.
+    pub fn upstream_auth_failure(&self) {
+        self.upstream_auth_failures.inc();
+    }
+
+    /// Sets `tokengate_ready`.
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requests_by_op_and_status() {
+        let metrics = Metrics::new();
+        metrics.request(Some(Operation::List), 200, Duration::from_millis(3));
+        metrics.request(None, 404, Duration::from_millis(1));
+        metrics.set_ready(true);
+        let text = metrics.render();
+        assert!(
+            text.contains("tokengate_requests_total{op=\"list\",status=\"200\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokengate_requests_total{op=\"none\",status=\"404\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokengate_request_duration_seconds_count{op=\"list\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("tokengate_ready 1"), "{text}");
+    }
+}

@@ -1,0 +1,598 @@
+//! The routes of SPEC §2: which inbound (method, path, query) is which operation, and the
+//! canonical upstream request it becomes.
+//!
+//! The gateway holds a credential that opens the whole upstream account, so it must never be an
+//! open proxy. Two rules make sure of it: a path is matched only after anything ambiguous (dot
+//! segments, empty segments, encoded `/ \ .`, non-ASCII) is refused, and the upstream path is
+//! *built* from the parsed [`Endpoint`], never copied from the caller.
+
+use std::fmt;
+
+use http::{Method, Uri};
+use serde::{Deserialize, Serialize};
+
+use crate::error::GatewayError;
+
+/// An operation as named in `allow` lists, metrics and the audit trail (SPEC §2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Operation {
+    /// `GET /api/token/`
+    List,
+    /// `GET /api/token/search`
+    Search,
+    /// `GET /api/token/{id}`
+    Get,
+    /// `POST /api/token/`
+    Create,
+    /// `PUT /api/token/`
+    Update,
+    /// `PUT /api/token/batch` (not served yet: a later release adds it).
+    BatchUpdate,
+    /// `DELETE /api/token/{id}`
+    Delete,
+    /// `POST /api/token/batch`
+    BatchDelete,
+    /// `POST /api/token/{id}/key` and `POST /api/token/batch/keys`
+    RevealKey,
+}
+
+impl Operation {
+    /// Every operation, in SPEC order.
+    pub const ALL: [Operation; 9] = [
+        Operation::List,
+        Operation::Search,
+        Operation::Get,
+        Operation::Create,
+        Operation::Update,
+        Operation::BatchUpdate,
+        Operation::Delete,
+        Operation::BatchDelete,
+        Operation::RevealKey,
+    ];
+
+    /// The policy name, as written in config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::List => "list",
+            Operation::Search => "search",
+            Operation::Get => "get",
+            Operation::Create => "create",
+            Operation::Update => "update",
+            Operation::BatchUpdate => "batch_update",
+            Operation::Delete => "delete",
+            Operation::BatchDelete => "batch_delete",
+            Operation::RevealKey => "reveal_key",
+        }
+    }
+
+    /// A bit of its own, for [`OperationSet`].
+    fn bit(self) -> u16 {
+        1 << (self as u16)
+    }
+}
+
+impl fmt::Display for Operation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of operations (a client's `allow` list), checked without allocation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OperationSet(u16);
+
+impl OperationSet {
+    /// Every operation (pass-through mode allows them all).
+    pub fn all() -> OperationSet {
+        Operation::ALL.into_iter().collect()
+    }
+
+    /// Whether `op` is in the set.
+    pub fn contains(self, op: Operation) -> bool {
+        self.0 & op.bit() != 0
+    }
+
+    /// The operations in the set, in SPEC order.
+    pub fn iter(self) -> impl Iterator<Item = Operation> {
+        Operation::ALL
+            .into_iter()
+            .filter(move |op| self.contains(*op))
+    }
+}
+
+impl FromIterator<Operation> for OperationSet {
+    fn from_iter<I: IntoIterator<Item = Operation>>(ops: I) -> Self {
+        OperationSet(ops.into_iter().fold(0, |bits, op| bits | op.bit()))
+    }
+}
+
+/// A token id: 1 to 2^63-1, written in plain decimal digits (no sign, no leading zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TokenId(u64);
+
+impl TokenId {
+    /// Parses an id as SPEC §2 writes it.
+    pub fn parse(text: &str) -> Option<TokenId> {
+        let bytes = text.as_bytes();
+        if bytes.is_empty()
+            || bytes.len() > 19
+            || bytes[0] == b'0'
+            || !bytes.iter().all(u8::is_ascii_digit)
+        {
+            return None;
+        }
+        let value: u64 = text.parse().ok()?;
+        (value <= i64::MAX as u64).then_some(TokenId(value))
+    }
+
+    /// The id as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for TokenId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// One route of SPEC §2, with what it needs to build the upstream request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `GET /api/token/`
+    List,
+    /// `GET /api/token/search`
+    Search,
+    /// `GET /api/token/{id}`
+    Get(TokenId),
+    /// `POST /api/token/`
+    Create,
+    /// `PUT /api/token/`, `?status_only=true` when `status_only` is set (SPEC §4.4).
+    Update {
+        /// Whether only `status` changes.
+        status_only: bool,
+    },
+    /// `DELETE /api/token/{id}`
+    Delete(TokenId),
+    /// `POST /api/token/batch`
+    BatchDelete,
+    /// `POST /api/token/{id}/key`
+    RevealKey(TokenId),
+    /// `POST /api/token/batch/keys`
+    RevealKeys,
+}
+
+impl Endpoint {
+    /// The operation this route performs.
+    pub fn operation(&self) -> Operation {
+        match self {
+            Endpoint::List => Operation::List,
+            Endpoint::Search => Operation::Search,
+            Endpoint::Get(_) => Operation::Get,
+            Endpoint::Create => Operation::Create,
+            Endpoint::Update { .. } => Operation::Update,
+            Endpoint::Delete(_) => Operation::Delete,
+            Endpoint::BatchDelete => Operation::BatchDelete,
+            Endpoint::RevealKey(_) | Endpoint::RevealKeys => Operation::RevealKey,
+        }
+    }
+
+    /// The HTTP method of the upstream request.
+    pub fn method(&self) -> Method {
+        match self {
+            Endpoint::List | Endpoint::Search | Endpoint::Get(_) => Method::GET,
+            Endpoint::Create
+            | Endpoint::BatchDelete
+            | Endpoint::RevealKey(_)
+            | Endpoint::RevealKeys => Method::POST,
+            Endpoint::Update { .. } => Method::PUT,
+            Endpoint::Delete(_) => Method::DELETE,
+        }
+    }
+
+    /// Whether the route carries a request body (the others refuse one).
+    pub fn takes_body(&self) -> bool {
+        !matches!(
+            self,
+            Endpoint::List | Endpoint::Search | Endpoint::Get(_) | Endpoint::Delete(_)
+        )
+    }
+
+    /// The canonical upstream path (new-api redirects any other spelling).
+    pub fn upstream_path(&self) -> String {
+        match self {
+            Endpoint::List | Endpoint::Create | Endpoint::Update { .. } => "/api/token/".into(),
+            Endpoint::Search => "/api/token/search".into(),
+            Endpoint::Get(id) | Endpoint::Delete(id) => format!("/api/token/{id}"),
+            Endpoint::BatchDelete => "/api/token/batch".into(),
+            Endpoint::RevealKey(id) => format!("/api/token/{id}/key"),
+            Endpoint::RevealKeys => "/api/token/batch/keys".into(),
+        }
+    }
+
+    /// The query parameters a read passes on (SPEC §2 table); writes take none but `status_only`.
+    fn accepted_query(&self) -> &'static [&'static str] {
+        match self {
+            Endpoint::List => &["p", "page_size", "ps", "size", "user_id"],
+            Endpoint::Search => &["keyword", "token", "p", "page_size", "ps", "size"],
+            Endpoint::Update { .. } => &["status_only"],
+            _ => &[],
+        }
+    }
+}
+
+/// A routed request: the endpoint and the query to pass on, both checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    /// Which route of SPEC §2.
+    pub endpoint: Endpoint,
+    /// The checked query string to send upstream, without `?`.
+    pub query: Option<String>,
+}
+
+impl Route {
+    /// The operation this route performs.
+    pub fn operation(&self) -> Operation {
+        self.endpoint.operation()
+    }
+
+    /// The canonical upstream path and query.
+    pub fn upstream_path_and_query(&self) -> String {
+        let mut path = self.endpoint.upstream_path();
+        if let Some(query) = &self.query {
+            path.push('?');
+            path.push_str(query);
+        }
+        path
+    }
+}
+
+/// Maps an inbound request line to a [`Route`], or to the refusal SPEC §2 prescribes.
+pub fn route(method: &Method, uri: &Uri) -> Result<Route, GatewayError> {
+    let segments = segments(uri.path())?;
+    let endpoint = endpoint(method, &segments)?;
+    let query = query(&endpoint, uri.query())?;
+    let endpoint = match endpoint {
+        Endpoint::Update { .. } => Endpoint::Update {
+            status_only: query.is_some(),
+        },
+        other => other,
+    };
+    Ok(Route { endpoint, query })
+}
+
+/// Splits a path into segments after refusing every ambiguous spelling. One trailing slash is
+/// tolerated (and dropped); `/api/token` and `/api/token/` are the same route.
+fn segments(path: &str) -> Result<Vec<&str>, GatewayError> {
+    if !path.is_ascii() {
+        return Err(bad_path("the path must be plain ASCII"));
+    }
+    if path.contains('\\') {
+        return Err(bad_path("the path must not contain a backslash"));
+    }
+    let lower = path.to_ascii_lowercase();
+    if ["%2f", "%5c", "%2e"]
+        .iter()
+        .any(|encoded| lower.contains(encoded))
+    {
+        return Err(bad_path(
+            "the path must not contain an encoded `/`, `\\` or `.`",
+        ));
+    }
+    if path.contains("//") {
+        return Err(bad_path("the path must not contain an empty segment (`//`)"));
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err(GatewayError::NotFound);
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() {
+        return Err(GatewayError::NotFound);
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    if segments.iter().any(|s| s.is_empty()) {
+        return Err(bad_path(
+            "the path must not contain an empty segment (`//`)",
+        ));
+    }
+    if segments.iter().any(|s| *s == "." || *s == "..") {
+        return Err(bad_path("the path must not contain `.` or `..` segments"));
+    }
+    Ok(segments)
+}
+
+fn bad_path(why: &str) -> GatewayError {
+    GatewayError::BadRequest(format!("invalid path: {why}"))
+}
+
+/// Matches the segments and method against the SPEC §2 table.
+fn endpoint(method: &Method, segments: &[&str]) -> Result<Endpoint, GatewayError> {
+    let ["api", "token", rest @ ..] = segments else {
+        return Err(GatewayError::NotFound);
+    };
+    let allow = |allow: &'static str| Err(GatewayError::MethodNotAllowed { allow });
+    match *rest {
+        [] => match *method {
+            Method::GET => Ok(Endpoint::List),
+            Method::POST => Ok(Endpoint::Create),
+            Method::PUT => Ok(Endpoint::Update { status_only: false }),
+            _ => allow("GET, POST, PUT"),
+        },
+        ["search"] => match *method {
+            Method::GET => Ok(Endpoint::Search),
+            _ => allow("GET"),
+        },
+        ["batch"] => match *method {
+            Method::POST => Ok(Endpoint::BatchDelete),
+            _ => allow("POST"),
+        },
+        ["batch", "keys"] => match *method {
+            Method::POST => Ok(Endpoint::RevealKeys),
+            _ => allow("POST"),
+        },
+        [id] => {
+            let id = token_id(id)?;
+            match *method {
+                Method::GET => Ok(Endpoint::Get(id)),
+                Method::DELETE => Ok(Endpoint::Delete(id)),
+                _ => allow("GET, DELETE"),
+            }
+        }
+        [id, "key"] => {
+            let id = token_id(id)?;
+            match *method {
+                Method::POST => Ok(Endpoint::RevealKey(id)),
+                _ => allow("POST"),
+            }
+        }
+        _ => Err(GatewayError::NotFound),
+    }
+}
+
+fn token_id(text: &str) -> Result<TokenId, GatewayError> {
+    TokenId::parse(text).ok_or_else(|| {
+        GatewayError::BadRequest(format!(
+            "invalid token id `{}`: an id is a whole number from 1 to 9223372036854775807, without sign or leading zero",
+            text.escape_debug()
+        ))
+    })
+}
+
+/// Checks the query string against what the route passes on, and returns what to forward.
+fn query(endpoint: &Endpoint, raw: Option<&str>) -> Result<Option<String>, GatewayError> {
+    let raw = match raw {
+        None | Some("") => return Ok(None),
+        Some(raw) => raw,
+    };
+    let accepted = endpoint.accepted_query();
+    let op = endpoint.operation();
+    let mut seen: Vec<&str> = Vec::new();
+    for pair in raw.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !accepted.contains(&name) {
+            let message = if accepted.is_empty() {
+                format!(
+                    "`{op}` takes no query parameters (got `{}`)",
+                    name.escape_debug()
+                )
+            } else {
+                format!(
+                    "query parameter `{}` is not accepted by `{op}`; accepted: {}",
+                    name.escape_debug(),
+                    accepted.join(", ")
+                )
+            };
+            return Err(GatewayError::BadRequest(message));
+        }
+        if seen.contains(&name) {
+            return Err(GatewayError::BadRequest(format!(
+                "query parameter `{name}` is given twice"
+            )));
+        }
+        if name == "status_only" && value != "true" && value != "1" {
+            return Err(GatewayError::BadRequest(
+                "`status_only` must be `true` or `1` (the upstream treats any other non-empty value as true too)".into(),
+            ));
+        }
+        seen.push(name);
+    }
+    if seen.is_empty() {
+        return Ok(None);
+    }
+    let kept: Vec<&str> = raw.split('&').filter(|p| !p.is_empty()).collect();
+    Ok(Some(kept.join("&")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(method: Method, uri: &str) -> Result<Route, GatewayError> {
+        route(&method, &uri.parse::<Uri>().unwrap())
+    }
+
+    fn code(result: Result<Route, GatewayError>) -> &'static str {
+        result.unwrap_err().code()
+    }
+
+    #[test]
+    fn every_route_with_or_without_trailing_slash() {
+        let cases = [
+            (Method::GET, "/api/token", Endpoint::List, "/api/token/"),
+            (Method::GET, "/api/token/", Endpoint::List, "/api/token/"),
+            (
+                Method::GET,
+                "/api/token/search/",
+                Endpoint::Search,
+                "/api/token/search",
+            ),
+            (
+                Method::GET,
+                "/api/token/7/",
+                Endpoint::Get(TokenId(7)),
+                "/api/token/7",
+            ),
+            (Method::POST, "/api/token", Endpoint::Create, "/api/token/"),
+            (
+                Method::PUT,
+                "/api/token",
+                Endpoint::Update { status_only: false },
+                "/api/token/",
+            ),
+            (
+                Method::DELETE,
+                "/api/token/7/",
+                Endpoint::Delete(TokenId(7)),
+                "/api/token/7",
+            ),
+            (
+                Method::POST,
+                "/api/token/batch/",
+                Endpoint::BatchDelete,
+                "/api/token/batch",
+            ),
+            (
+                Method::POST,
+                "/api/token/7/key/",
+                Endpoint::RevealKey(TokenId(7)),
+                "/api/token/7/key",
+            ),
+            (
+                Method::POST,
+                "/api/token/batch/keys",
+                Endpoint::RevealKeys,
+                "/api/token/batch/keys",
+            ),
+        ];
+        for (method, uri, endpoint, upstream) in cases {
+            let route = r(method.clone(), uri).unwrap();
+            assert_eq!(route.endpoint, endpoint, "{method} {uri}");
+            assert_eq!(route.upstream_path_and_query(), upstream, "{method} {uri}");
+        }
+    }
+
+    #[test]
+    fn ids_are_plain_decimal_in_range() {
+        assert_eq!(
+            TokenId::parse("9223372036854775807"),
+            Some(TokenId(i64::MAX as u64))
+        );
+        for bad in [
+            "0",
+            "007",
+            "-1",
+            "+1",
+            "9223372036854775808",
+            "1e3",
+            "",
+            "abc",
+            "99999999999999999999",
+        ] {
+            assert_eq!(TokenId::parse(bad), None, "{bad}");
+        }
+        assert_eq!(code(r(Method::GET, "/api/token/abc")), "bad_request");
+        assert_eq!(code(r(Method::GET, "/api/token/0")), "bad_request");
+        assert_eq!(code(r(Method::POST, "/api/token/01/key")), "bad_request");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for uri in [
+            "/api/token/../user",
+            "/api/token/./1",
+            "/api/token/%2e%2e/x",
+            "/api/token/%2E%2E/x",
+            "/api//token/",
+            "/api/token//",
+            "/api/token%2F1",
+            "/api/token/%5c1",
+            "//",
+            "//api/token/",
+        ] {
+            assert_eq!(code(r(Method::GET, uri)), "bad_request", "{uri}");
+        }
+    }
+
+    #[test]
+    fn nothing_outside_the_table_is_routed() {
+        for uri in [
+            "/api/user/self",
+            "/api/token/1/key/x",
+            "/",
+            "/API/token/",
+            "/api/tokens",
+            "/api/token/auto-groups/x",
+        ] {
+            assert_eq!(code(r(Method::GET, uri)), "not_found", "{uri}");
+        }
+    }
+
+    #[test]
+    fn wrong_methods_are_405_with_allow() {
+        for (method, uri, allow) in [
+            (Method::OPTIONS, "/api/token/", "GET, POST, PUT"),
+            (Method::HEAD, "/api/token/", "GET, POST, PUT"),
+            (Method::DELETE, "/api/token/", "GET, POST, PUT"),
+            (Method::GET, "/api/token/batch", "POST"),
+            (Method::PUT, "/api/token/batch", "POST"),
+            (Method::PATCH, "/api/token/5", "GET, DELETE"),
+            (Method::GET, "/api/token/5/key", "POST"),
+        ] {
+            match r(method.clone(), uri) {
+                Err(GatewayError::MethodNotAllowed { allow: got }) => {
+                    assert_eq!(got, allow, "{method} {uri}")
+                }
+                other => panic!("{method} {uri}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn queries_are_checked_and_passed_on() {
+        let route = r(Method::GET, "/api/token/?p=2&page_size=5").unwrap();
+        assert_eq!(
+            route.upstream_path_and_query(),
+            "/api/token/?p=2&page_size=5"
+        );
+        let route = r(Method::GET, "/api/token/search?keyword=a%25&token=x").unwrap();
+        assert_eq!(
+            route.upstream_path_and_query(),
+            "/api/token/search?keyword=a%25&token=x"
+        );
+        let route = r(Method::PUT, "/api/token/?status_only=true").unwrap();
+        assert_eq!(route.endpoint, Endpoint::Update { status_only: true });
+        assert_eq!(
+            route.upstream_path_and_query(),
+            "/api/token/?status_only=true"
+        );
+        assert_eq!(
+            r(Method::GET, "/api/token/?")
+                .unwrap()
+                .upstream_path_and_query(),
+            "/api/token/"
+        );
+
+        for uri in [
+            "/api/token/?page_sise=5",
+            "/api/token/?p=1&p=2",
+            "/api/token/search?user_id=1",
+            "/api/token/5?p=1",
+        ] {
+            assert_eq!(code(r(Method::GET, uri)), "bad_request", "{uri}");
+        }
+        for uri in [
+            "/api/token/?status_only=false",
+            "/api/token/?status_only=0",
+            "/api/token/?status_only=",
+        ] {
+            assert_eq!(code(r(Method::PUT, uri)), "bad_request", "{uri}");
+        }
+        assert_eq!(code(r(Method::POST, "/api/token/?x=1")), "bad_request");
+        assert_eq!(
+            code(r(Method::DELETE, "/api/token/5?force=1")),
+            "bad_request"
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! Accepting connections and draining them: the caller-facing and admin listeners, HTTP/1.1 and
+//! HTTP/2 on each, a short header-read timeout against slow-header attacks, and a graceful stop.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::{Service, ServiceExt};
+
+use crate::context::PeerAddr;
+use crate::error::Body;
+use crate::gateway::Gateway;
+use crate::{admin, stack};
+
+/// How long a caller may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Serves the gateway on `api` and its operations endpoints on `admin` until `shutdown`
+/// resolves; then stops accepting, lets in-flight requests finish within `grace`, and returns.
+pub async fn run(
+    gateway: Gateway,
+    api: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+) {
+    let (stop, stopped) = watch::channel(false);
+    gateway.metrics.set_ready(true);
+    let api = tokio::spawn(serve(api, stack::build(&gateway), stopped.clone(), grace));
+    let admin = tokio::spawn(serve(
+        admin,
+        admin::service(gateway.clone()),
+        stopped,
+        grace,
+    ));
+    shutdown.await;
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: no new connections, draining in-flight requests"
+    );
+    gateway.metrics.set_ready(false);
+    let _ = stop.send(true);
+    let _ = tokio::join!(api, admin);
+    tracing::info!("stopped");
+}
+
+/// Accepts connections on `listener` and serves `service` on each until `stop` turns true.
+pub async fn serve<S>(
+    listener: TcpListener,
+    service: S,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    let service = service.clone().map_request(move |mut request: Request<Incoming>| {
+                        request.extensions_mut().insert(PeerAddr(peer));
+                        request
+                    });
+                    let connection = builder
+                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                        .into_owned();
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        if let Err(error) = connection.await {
+                            tracing::debug!(%peer, %error, "connection ended with an error");
+                        }
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            // Only `true` is ever sent; a dropped sender also means stop.
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace period ran out; remaining connections closed");
+    }
+}

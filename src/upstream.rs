@@ -1,0 +1,403 @@
+//! The upstream new-api: its URL, the credential the gateway injects, and one pooled client that
+//! sends a request and reads the whole answer within a deadline.
+//!
+//! Everything that can go wrong here becomes a [`GatewayError`] that says what happened without
+//! saying where the upstream is: refused or reset connections and TLS failures are 502
+//! `upstream_unavailable`, redirects too (a `Location` would leak the upstream's address), no
+//! answer in time is 504, a bare 429 is `upstream_rate_limited`, and a 401/403 in hold mode means
+//! the gateway's own credential was refused (502 `upstream_auth_failed`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, AUTHORIZATION};
+use http::uri::{Authority, Scheme};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::time::Instant;
+
+use crate::config::{AuthScheme, Mode, UpstreamConfig};
+use crate::error::{BoxError, GatewayError};
+use crate::metrics::Metrics;
+use crate::route::Operation;
+use crate::secret::{strip_bearer, Secret};
+
+/// `New-Api-User`, the header new-api compares with the user who owns the access token.
+pub const NEW_API_USER: HeaderName = HeaderName::from_static("new-api-user");
+
+/// The largest upstream answer the gateway reads (a page of 100 tokens is about 60 KiB).
+const MAX_UPSTREAM_BODY: usize = 16 << 20;
+
+/// The upstream base URL: scheme, authority and an optional path prefix, checked at load.
+#[derive(Clone, Debug)]
+pub struct UpstreamUrl {
+    scheme: Scheme,
+    authority: Authority,
+    /// A path prefix without trailing slash (`""` for none).
+    prefix: String,
+}
+
+impl UpstreamUrl {
+    /// Parses `http(s)://host[:port][/prefix]`.
+    pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
+        let uri: Uri = text
+            .parse()
+            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => return Err(format!("`{text}` must start with http:// or https://")),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("`{text}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err("must not carry a user name or password; the credential comes from upstream.access_token_env or upstream.access_token_file".into());
+        }
+        if uri.query().is_some() || text.contains('#') {
+            return Err(format!("`{text}` must not have a query or fragment"));
+        }
+        let prefix = uri.path().trim_end_matches('/').to_string();
+        Ok(UpstreamUrl {
+            scheme,
+            authority,
+            prefix,
+        })
+    }
+
+    /// The full URI of a canonical path and query.
+    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(format!("{}{path_and_query}", self.prefix))
+            .build()
+    }
+
+    /// Whether the upstream is reached over TLS.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+}
+
+impl fmt::Display for UpstreamUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.prefix)
+    }
+}
+
+/// The `Authorization` and `New-Api-User` values sent upstream. Both values are marked
+/// sensitive, and `Debug` prints neither.
+#[derive(Clone)]
+pub struct Credential {
+    authorization: HeaderValue,
+    user: HeaderValue,
+}
+
+impl Credential {
+    /// Builds the headers for `token` (any `Bearer` prefix removed) in the configured scheme.
+    pub fn new(token: &str, scheme: AuthScheme, user: HeaderValue) -> Result<Credential, String> {
+        let token = strip_bearer(token);
+        if token.is_empty() {
+            return Err("the access token is empty".into());
+        }
+        let value = match scheme {
+            AuthScheme::Raw => HeaderValue::from_str(token),
+            AuthScheme::Bearer => HeaderValue::from_str(&format!("Bearer {token}")),
+        };
+        let mut authorization = value.map_err(|_| {
+            "the access token holds characters that cannot be sent in a header".to_string()
+        })?;
+        authorization.set_sensitive(true);
+        Ok(Credential {
+            authorization,
+            user,
+        })
+    }
+
+    /// The credential the gateway holds in hold mode.
+    pub fn held(token: &Secret, scheme: AuthScheme, user_id: i64) -> Result<Credential, String> {
+        Credential::new(token.expose(), scheme, HeaderValue::from(user_id))
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credential { .. }")
+    }
+}
+
+/// One request to the upstream.
+#[derive(Debug)]
+pub struct UpstreamRequest<'a> {
+    /// The operation it serves (for metrics).
+    pub op: Operation,
+    /// The method.
+    pub method: Method,
+    /// The canonical path and query (SPEC §2).
+    pub path_and_query: &'a str,
+    /// Headers already filtered for forwarding; the credential is added here.
+    pub headers: HeaderMap,
+    /// The body, read whole.
+    pub body: Bytes,
+    /// The credential to inject.
+    pub credential: &'a Credential,
+    /// When the caller's request runs out of time.
+    pub deadline: Instant,
+}
+
+/// The upstream's answer, read whole.
+#[derive(Debug)]
+pub struct UpstreamResponse {
+    /// The status.
+    pub status: StatusCode,
+    /// The headers as the upstream sent them.
+    pub headers: HeaderMap,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// A pooled client for the one upstream.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    url: UpstreamUrl,
+    timeout: Duration,
+    mode: Mode,
+    metrics: Arc<Metrics>,
+}
+
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Upstream({})", self.url)
+    }
+}
+
+impl Upstream {
+    /// A client for the configured upstream, trusting the web PKI roots or `upstream.ca_file`.
+    pub fn new(
+        config: &UpstreamConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Upstream, (String, String)> {
+        let url = UpstreamUrl::parse(&config.url).map_err(|e| ("upstream.url".to_string(), e))?;
+        let tls = tls_config(config).map_err(|e| ("upstream.ca_file".to_string(), e))?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeout));
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Ok(Upstream {
+            client,
+            url,
+            timeout,
+            mode: config.mode,
+            metrics,
+        })
+    }
+
+    /// The base URL (for start-up logs; it holds no secret).
+    pub fn url(&self) -> &UpstreamUrl {
+        &self.url
+    }
+
+    /// Sends one request with the credential injected and reads the whole answer, within
+    /// `upstream.timeout_ms` and the caller's deadline.
+    pub async fn send(
+        &self,
+        request: UpstreamRequest<'_>,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        let uri = self
+            .url
+            .uri(request.path_and_query)
+            .map_err(|e| GatewayError::Internal(e.into()))?;
+        let mut outbound = http::Request::new(Full::new(request.body));
+        *outbound.method_mut() = request.method;
+        *outbound.uri_mut() = uri;
+        *outbound.headers_mut() = request.headers;
+        outbound
+            .headers_mut()
+            .insert(AUTHORIZATION, request.credential.authorization.clone());
+        outbound
+            .headers_mut()
+            .insert(NEW_API_USER, request.credential.user.clone());
+
+        let budget = self
+            .timeout
+            .min(request.deadline.saturating_duration_since(Instant::now()));
+        let started = Instant::now();
+        let exchange = async {
+            let response = self
+                .client
+                .request(outbound)
+                .await
+                .map_err(|e| classify(e.into()))?;
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, MAX_UPSTREAM_BODY)
+                .collect()
+                .await
+                .map_err(classify)?
+                .to_bytes();
+            Ok::<_, GatewayError>((parts, body))
+        };
+        let result = tokio::time::timeout(budget, exchange).await;
+        self.metrics
+            .upstream_duration(request.op, started.elapsed());
+        let (parts, body) = match result {
+            Err(_elapsed) => return Err(GatewayError::UpstreamTimeout(budget.as_millis() as u64)),
+            Ok(outcome) => outcome?,
+        };
+
+        let status = parts.status;
+        if status.is_redirection() {
+            tracing::warn!(status = status.as_u16(), location = ?parts.headers.get(http::header::LOCATION), "upstream answered with a redirect; refused");
+            return Err(GatewayError::UpstreamUnavailable {
+                reason: "the upstream answered with a redirect",
+                source: None,
+            });
+        }
+        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+            && self.mode == Mode::Hold
+        {
+            self.metrics.upstream_auth_failure();
+            tracing::error!(
+                status = status.as_u16(),
+                "the upstream refused the gateway's own credential: check upstream.access_token_env/_file and upstream.user_id"
+            );
+            return Err(GatewayError::UpstreamAuthFailed);
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS && body.is_empty() {
+            return Err(GatewayError::UpstreamRateLimited);
+        }
+        Ok(UpstreamResponse {
+            status,
+            headers: parts.headers,
+            body,
+        })
+    }
+}
+
+/// Names what went wrong on the way to the upstream, from the error's source chain.
+fn classify(error: BoxError) -> GatewayError {
+    let mut tls = false;
+    let mut connect = false;
+    let mut too_large = false;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+    while let Some(e) = cause {
+        tls |= e.is::<rustls::Error>();
+        too_large |= e.is::<http_body_util::LengthLimitError>();
+        if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+            connect |= e.is_connect();
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            tls |= io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>());
+        }
+        cause = e.source();
+    }
+    let reason = if tls {
+        "the TLS handshake with the upstream failed"
+    } else if connect {
+        "the connection to the upstream was refused or could not be made"
+    } else if too_large {
+        "the upstream's answer is larger than the gateway reads"
+    } else {
+        "the connection to the upstream was closed or reset before it answered"
+    };
+    GatewayError::UpstreamUnavailable {
+        reason,
+        source: Some(error),
+    }
+}
+
+/// The TLS settings for an `https://` upstream: TLS 1.2 and 1.3 with the ring provider, trusting
+/// either the bundled web PKI roots or only the CA in `upstream.ca_file`.
+fn tls_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.ca_file {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
+            if certs.is_empty() {
+                return Err(format!("{} holds no certificate", path.display()));
+            }
+            for cert in certs {
+                roots.add(cert).map_err(|e| {
+                    format!("{} holds a certificate rustls refuses: {e}", path.display())
+                })?;
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_a_prefix_and_refuse_the_rest() {
+        let url = UpstreamUrl::parse("https://api.example.com:8443/newapi/").unwrap();
+        assert_eq!(
+            url.uri("/api/token/?p=1").unwrap().to_string(),
+            "https://api.example.com:8443/newapi/api/token/?p=1"
+        );
+        assert_eq!(
+            UpstreamUrl::parse("http://127.0.0.1:3000")
+                .unwrap()
+                .uri("/api/token/")
+                .unwrap(),
+            "http://127.0.0.1:3000/api/token/"
+        );
+        for bad in [
+            "ftp://x",
+            "127.0.0.1:3000",
+            "http://u:p@host",
+            "http://host/?a=1",
+            "http://host/#x",
+            "not a url",
+        ] {
+            assert!(UpstreamUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credential_strips_bearer_and_hides_itself() {
+        let user = HeaderValue::from(7);
+        let raw = Credential::new("bearer  abc123", AuthScheme::Raw, user.clone()).unwrap();
+        assert_eq!(raw.authorization, "abc123");
+        assert!(raw.authorization.is_sensitive());
+        let bearer = Credential::new("BEARER abc123", AuthScheme::Bearer, user).unwrap();
+        assert_eq!(bearer.authorization, "Bearer abc123");
+        assert_eq!(format!("{bearer:?}"), "Credential { .. }");
+        assert!(Credential::new("Bearer ", AuthScheme::Raw, HeaderValue::from(1)).is_err());
+    }
+}
