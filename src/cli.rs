@@ -214,8 +214,12 @@ fn check(path: &Path) -> ExitCode {
                 }
             };
             println!(
-                "  credential     held: access token from {source}, sent {:?}, New-Api-User {}",
-                upstream.auth_scheme, upstream.user_id
+                "  credential     held: access token from {source}, sent {}, New-Api-User {}",
+                match upstream.auth_scheme {
+                    crate::config::AuthScheme::Raw => "raw",
+                    crate::config::AuthScheme::Bearer => "as `Bearer <token>`",
+                },
+                upstream.user_id
             );
             println!("  clients        {}", config.clients.len());
             for client in &config.clients {

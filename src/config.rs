@@ -239,7 +239,7 @@ impl Config {
     /// Parses and checks configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
         let config: Config =
-            toml::from_str(text).map_err(|e| ConfigErrors(vec![syntax_error(&e)]))?;
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![syntax_error(text, &e)]))?;
         let errors = config.check();
         if errors.is_empty() {
             Ok(config)
@@ -358,11 +358,49 @@ pub fn valid_client_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
-/// A TOML syntax or type error, with the key the parser names and where it stands.
-fn syntax_error(error: &toml::de::Error) -> ConfigError {
+/// A TOML syntax or type error, named by the dotted key it stands at (`server.listen`,
+/// `clients[1].allow`) when the parser points at one, with the parser's own message and location.
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let key = error
+        .span()
+        .map(|span| key_at(text, span.start))
+        .unwrap_or_default();
     ConfigError {
-        key: String::new(),
+        key,
         message: error.to_string().trim_end().to_string(),
+    }
+}
+
+/// The dotted key of the `key = value` line holding byte `offset`, after the table header above it.
+fn key_at(text: &str, offset: usize) -> String {
+    let before = text.get(..offset).unwrap_or(text);
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
+    let mut table = String::new();
+    let mut arrays: Vec<(String, usize)> = Vec::new();
+    for header in before[..line_start].lines().map(str::trim) {
+        if let Some(name) = header.strip_prefix("[[").and_then(|h| h.split("]]").next()) {
+            let name = name.trim().to_string();
+            let index = match arrays.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, count)) => {
+                    *count += 1;
+                    *count - 1
+                }
+                None => {
+                    arrays.push((name.clone(), 1));
+                    0
+                }
+            };
+            table = format!("{name}[{index}]");
+        } else if let Some(name) = header.strip_prefix('[').and_then(|h| h.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    match (table.is_empty(), key.is_empty()) {
+        (_, true) => table,
+        (true, false) => key.to_string(),
+        (false, false) => format!("{table}.{key}"),
     }
 }
 

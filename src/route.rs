@@ -282,7 +282,9 @@ fn segments(path: &str) -> Result<Vec<&str>, GatewayError> {
         ));
     }
     if path.contains("//") {
-        return Err(bad_path("the path must not contain an empty segment (`//`)"));
+        return Err(bad_path(
+            "the path must not contain an empty segment (`//`)",
+        ));
     }
     let Some(rest) = path.strip_prefix('/') else {
         return Err(GatewayError::NotFound);
