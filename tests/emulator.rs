@@ -1318,3 +1318,17 @@ fn era_parses_and_prints() {
     let c = EmulatorConfig::new("t", 1);
     assert_eq!((c.era, c.rate_limits), (Era::E2, false));
 }
+
+#[tokio::test]
+async fn deep_nesting_is_refused_without_crashing() {
+    let s = start().await;
+    let deep = format!("{}{}", "[".repeat(999), "]".repeat(999));
+    let r = api(s.addr, "POST", "/api/token/", &deep).await;
+    r.assert_fail(
+        200,
+        "json: cannot unmarshal array into Go value of type model.Token",
+    );
+    let nested = format!(r#"{{"x":{}}}"#, "[".repeat(5000));
+    let r = api(s.addr, "POST", "/api/token/", &nested).await;
+    r.assert_fail(200, "exceeded max depth");
+}

@@ -25,6 +25,26 @@
 //! - **Messages** in English, or zh-CN when the first `Accept-Language` tag starts with `zh`
 //!   (zh-TW included).
 //!
+//! # Public API
+//!
+//! - [`Emulator::new`] / [`Emulator::serve`] (an already-bound listener plus a shutdown future) or
+//!   [`Emulator::spawn`] (loopback, returns a [`RunningEmulator`] that stops when dropped;
+//!   [`RunningEmulator::shutdown`] stops and waits, [`RunningEmulator::base_url`]).
+//! - Test hooks: [`Emulator::seen`] / [`Emulator::clear_seen`] (last [`SEEN_CAPACITY`]
+//!   requests as [`SeenRequest`]), [`Emulator::tokens`] (the whole table as [`StoredToken`]),
+//!   [`Emulator::add_user`] ([`User`]), [`Emulator::insert_token`] ([`NewToken`]),
+//!   [`Emulator::set_delay`], [`Emulator::config`].
+//! - [`Era`] (`FromStr`, error [`UnknownEra`]), [`EmulatorConfig`], and the header values
+//!   [`AUTH_VERSION`] and [`NEW_API_VERSION`].
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use tokengate::emulator::{Emulator, EmulatorConfig};
+//! let upstream = Emulator::spawn(EmulatorConfig::new("access-token", 42)).await?;
+//! // point the gateway at upstream.base_url(), then inspect upstream.emulator.seen()
+//! # Ok(()) }
+//! ```
+//!
 //! Not modelled: session cookies and dashboard JWTs (only access tokens authenticate), the
 //! language cookie and users' saved language, gzip responses, database errors (500), the
 //! 10 000-level JSON nesting limit (1 000 here), the `DeletedAt` field of request bodies, routes
