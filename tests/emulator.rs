@@ -1332,3 +1332,35 @@ async fn deep_nesting_is_refused_without_crashing() {
     let r = api(s.addr, "POST", "/api/token/", &nested).await;
     r.assert_fail(200, "exceeded max depth");
 }
+
+#[tokio::test]
+async fn e3_auto_groups_rules_on_create_and_update() {
+    let s = start_with(|c| c.era = Era::E3).await;
+    let h = [("Authorization", TOKEN)];
+    let body = r#"{"group":"auto","auto_groups":["default"],"cross_group_retry":true}"#;
+    let r = raw(s.addr, "POST", "/api/token/", &h, body).await;
+    assert_eq!(r.body, r#"{"message":"","success":true}"#);
+    let t = &s.emulator.tokens()[0];
+    assert_eq!(t.auto_groups, Some(vec!["default".to_owned()]));
+    assert!(t.cross_group_retry);
+    let body = r#"{"group":"vip","auto_groups":["default"],"cross_group_retry":true}"#;
+    raw(s.addr, "POST", "/api/token/", &h, body).await;
+    let t = &s.emulator.tokens()[1];
+    assert_eq!((t.auto_groups.clone(), t.cross_group_retry), (None, false));
+    let dup = r#"{"group":"auto","auto_groups":["default","default"]}"#;
+    raw(s.addr, "POST", "/api/token/", &h, dup)
+        .await
+        .assert_fail(200, "Invalid parameters");
+    // Update of an "auto" token without the key keeps the stored list.
+    let r = raw(
+        s.addr,
+        "PUT",
+        "/api/token/",
+        &h,
+        r#"{"id":1,"group":"auto"}"#,
+    )
+    .await;
+    assert_eq!(r.json()["data"]["auto_groups"], json!(["default"]));
+    let r = raw(s.addr, "PUT", "/api/token/", &h, r#"{"id":1,"group":""}"#).await;
+    assert_eq!(r.json()["data"]["auto_groups"], Value::Null);
+}
