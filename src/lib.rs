@@ -21,6 +21,7 @@
 //! upstream.rs     the upstream client: credential injection, timeouts, status mapping
 //! forward.rs      the innermost service
 //! error.rs        GatewayError and the SPEC §9 envelope
+//! emulator/       a built-in new-api emulator (sandbox and test upstream); shares no checks with the gateway
 //! layers/         one concern per layer (see stack.rs)
 //! ```
 //!
@@ -39,6 +40,7 @@ pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod emulator;
 pub mod error;
 pub mod forward;
 pub mod gateway;

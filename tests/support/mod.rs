@@ -1,0 +1,293 @@
+//! Test support: a gateway started in-process on 127.0.0.1:0 against any upstream, a small HTTP
+//! client, a raw-bytes sender for request lines no client library would write, and fake upstreams
+//! that fail in chosen ways. (A directory module, so Cargo does not build it as a test binary.)
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
+use tokengate::{Config, Gateway};
+
+/// The upstream access token the tests' gateway holds. Scanned for in outputs: it must never leak.
+pub const UPSTREAM_TOKEN: &str = "UpStreamSecret0123456789abcdefXYZ";
+/// The upstream user id.
+pub const USER_ID: i64 = 42;
+/// A caller key allowed every operation.
+pub const ADMIN_KEY: &str = "tg_admin_key_for_tests_0000000000000000000000000000000000000000";
+/// A caller key allowed only reads.
+pub const READER_KEY: &str = "tg_reader_key_for_tests_111111111111111111111111111111111111111";
+
+/// What the test gateway's configuration says (the rest is the spec's defaults).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub upstream: String,
+    pub mode: &'static str,
+    pub auth_scheme: &'static str,
+    pub upstream_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+    pub max_body_bytes: usize,
+    pub trusted_proxies: Vec<&'static str>,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Options {
+    pub fn new(upstream: SocketAddr) -> Options {
+        Options {
+            upstream: format!("http://{upstream}"),
+            mode: "hold",
+            auth_scheme: "raw",
+            upstream_timeout_ms: 5_000,
+            request_timeout_ms: 10_000,
+            max_body_bytes: 65536,
+            trusted_proxies: Vec::new(),
+            shutdown_grace_ms: 5_000,
+        }
+    }
+
+    /// The configuration text, with the token file at `token_file`.
+    pub fn toml(&self, token_file: &std::path::Path) -> String {
+        let token_line = if self.mode == "hold" {
+            format!("access_token_file = {:?}\n", token_file.display().to_string())
+        } else {
+            String::new()
+        };
+        let proxies: Vec<String> = self.trusted_proxies.iter().map(|p| format!("{p:?}")).collect();
+        let clients = if self.mode == "hold" {
+            format!(
+                r#"
+[[clients]]
+name = "admin"
+key_sha256 = "{}"
+allow = ["list", "search", "get", "create", "update", "delete", "batch_delete", "reveal_key"]
+
+[[clients]]
+name = "reader"
+key_sha256 = "{}"
+allow = ["list", "search", "get"]
+"#,
+                tokengate::caller::key_digest_hex(ADMIN_KEY),
+                tokengate::caller::key_digest_hex(READER_KEY)
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+max_body_bytes = {max_body}
+request_timeout_ms = {request_timeout}
+shutdown_grace_ms = {grace}
+trusted_proxies = [{proxies}]
+
+[upstream]
+url = "{upstream}"
+mode = "{mode}"
+user_id = {USER_ID}
+{token_line}auth_scheme = "{scheme}"
+timeout_ms = {upstream_timeout}
+
+[log]
+format = "text"
+{clients}"#,
+            max_body = self.max_body_bytes,
+            request_timeout = self.request_timeout_ms,
+            grace = self.shutdown_grace_ms,
+            proxies = proxies.join(", "),
+            upstream = self.upstream,
+            mode = self.mode,
+            scheme = self.auth_scheme,
+            upstream_timeout = self.upstream_timeout_ms,
+        )
+    }
+}
+
+/// A gateway running in this process; stops when dropped.
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestGateway {
+    pub async fn start(options: Options) -> TestGateway {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("upstream-token");
+        std::fs::write(&token_file, format!("{UPSTREAM_TOKEN}\n")).unwrap();
+        let config = Config::parse(&options.toml(&token_file)).unwrap();
+        let gateway = Gateway::build(&config).unwrap();
+        let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (addr, admin_addr) = (api.local_addr().unwrap(), admin.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let grace = Duration::from_millis(options.shutdown_grace_ms);
+        let task = tokio::spawn(async move {
+            tokengate::run(gateway, api, admin, async { let _ = stopped.await; }, grace).await;
+        });
+        TestGateway {
+            addr,
+            admin: admin_addr,
+            stop: Some(stop),
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// Signals shutdown; the returned handle finishes when the gateway has drained.
+    pub fn shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.take().unwrap()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An emulator (E2) holding `UPSTREAM_TOKEN` for `USER_ID`, and a gateway in front of it.
+pub async fn emulator_and_gateway() -> (RunningEmulator, TestGateway) {
+    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID)).await.unwrap();
+    let gateway = TestGateway::start(Options::new(emulator.addr)).await;
+    (emulator, gateway)
+}
+
+/// An HTTP answer, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    /// `error.code` of a gateway envelope.
+    pub fn code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+    }
+    /// Asserts the SPEC §9 envelope with `status` and `code`, and that it carries the response's request id.
+    pub fn assert_envelope(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "{}", self.text());
+        let json = self.json();
+        assert_eq!(json["success"], false, "{json}");
+        assert_eq!(json["error"]["code"], code, "{json}");
+        assert!(!json["message"].as_str().unwrap_or("").is_empty(), "{json}");
+        let id = self.headers.get("x-request-id").expect("x-request-id").to_str().unwrap();
+        assert_eq!(json["error"]["request_id"], id, "{json}");
+    }
+}
+
+/// Sends one request and reads the whole answer.
+pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut request = Request::builder()
+        .method(Method::from_bytes(method.as_bytes()).unwrap())
+        .uri(format!("http://{addr}{path}"));
+    for (name, value) in headers {
+        request = request.header(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// `send` with the admin key as `Bearer`.
+pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Reply {
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    send(addr, method, path, &headers, body).await
+}
+
+/// Writes raw bytes (a request no client library would send) and reads until the peer closes.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// How a fake upstream misbehaves.
+#[derive(Clone, Debug)]
+pub enum Fake {
+    /// Answers every request with this raw HTTP response.
+    Answer(&'static str),
+    /// Reads the request and never answers.
+    Hang,
+    /// Reads the request and resets the connection.
+    Reset,
+}
+
+/// A fake upstream on 127.0.0.1:0. It stops with the test's runtime.
+pub async fn fake_upstream(fake: Fake) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let fake = fake.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                match fake {
+                    Fake::Answer(response) => {
+                        let _ = stream.write_all(response.as_bytes()).await;
+                        let _ = stream.shutdown().await;
+                    }
+                    Fake::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
+                    Fake::Reset => {
+                        let _ = stream.set_linger(Some(Duration::ZERO));
+                        drop(stream);
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// An address where nothing listens (bound, then released).
+pub async fn refused_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
