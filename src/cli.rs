@@ -1,4 +1,4 @@
-//! The command line (SPEC §7): `serve`, `check`, `keys new`, `health`.
+//! The command line (SPEC §7): `serve`, `check`, `keys new`, `emulator`, `health`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,7 +11,9 @@ use tokio::net::TcpListener;
 
 use crate::caller::{key_digest_hex, new_key};
 use crate::config::{valid_client_name, Config, ConfigErrors, Mode};
+use crate::emulator::{Emulator, EmulatorConfig, Era};
 use crate::gateway::Gateway;
+use crate::secret::Secret;
 use crate::{server, telemetry};
 
 /// tokengate: a gateway for the token API of new-api-compatible LLM aggregators.
@@ -36,6 +38,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Run the built-in new-api emulator alone: an in-memory upstream to try the gateway against.
+    Emulator(EmulatorArgs),
     /// Ask a running gateway's admin listener for /healthz (exit 0 when healthy); for container health checks.
     Health(HealthArgs),
 }
@@ -63,6 +67,26 @@ pub enum KeysCommand {
     },
 }
 
+/// `emulator` arguments.
+#[derive(Debug, Args)]
+pub struct EmulatorArgs {
+    /// Where to listen (new-api's own default port is 3000).
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// The system access token the emulated account accepts.
+    #[arg(long, env = "TOKENGATE_EMULATOR_TOKEN")]
+    access_token: Secret,
+    /// The emulated account's user id (compared with New-Api-User).
+    #[arg(long, default_value_t = 1)]
+    user_id: i64,
+    /// Which new-api era to emulate: e2 (New-Api-User required) or e3 (newest auth).
+    #[arg(long, default_value = "e2")]
+    era: Era,
+    /// Emulate new-api's own rate limits (bare 429 with an empty body when exceeded).
+    #[arg(long)]
+    rate_limits: bool,
+}
+
 /// `health` arguments.
 #[derive(Debug, Args)]
 pub struct HealthArgs {
@@ -81,6 +105,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { client },
         } => keys_new(&client),
+        Command::Emulator(args) => emulator(args),
         Command::Health(args) => health(args),
     }
 }
@@ -261,6 +286,35 @@ fn keys_new(client: &str) -> ExitCode {
     println!("key_sha256 = \"{}\"", key_digest_hex(&key));
     println!("allow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"delete\", \"batch_delete\"]");
     ExitCode::SUCCESS
+}
+
+fn emulator(args: EmulatorArgs) -> ExitCode {
+    telemetry::init(crate::config::LogFormat::Text);
+    let mut config = EmulatorConfig::new(args.access_token.expose(), args.user_id);
+    config.era = args.era;
+    config.rate_limits = args.rate_limits;
+    let result = runtime().and_then(|runtime| {
+        runtime.block_on(async {
+            let listener = TcpListener::bind(args.listen).await?;
+            tracing::info!(
+                listen = %listener.local_addr()?,
+                user_id = args.user_id,
+                era = %args.era,
+                rate_limits = args.rate_limits,
+                "new-api emulator listening"
+            );
+            Emulator::new(config)
+                .serve(listener, shutdown_signal())
+                .await
+        })
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tokengate: emulator on {}: {error}", args.listen);
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn health(args: HealthArgs) -> ExitCode {
