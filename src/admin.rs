@@ -14,6 +14,7 @@ use tower::util::BoxCloneSyncService;
 use crate::context::RequestId;
 use crate::error::{Body, GatewayError, JSON_UTF8};
 use crate::gateway::Gateway;
+use crate::headers::X_REQUEST_ID;
 use crate::route::Operation;
 use crate::upstream::UpstreamRequest;
 
@@ -31,6 +32,14 @@ pub fn service(
 
 async fn handle(gateway: &Gateway, method: &Method, path: &str) -> Response<Body> {
     let id = RequestId::next();
+    let mut response = answer(gateway, method, path, &id).await;
+    if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert(X_REQUEST_ID, value);
+    }
+    response
+}
+
+async fn answer(gateway: &Gateway, method: &Method, path: &str, id: &RequestId) -> Response<Body> {
     match (method, path) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => {

@@ -38,6 +38,7 @@ pub struct Options {
     pub max_body_bytes: usize,
     pub trusted_proxies: Vec<&'static str>,
     pub shutdown_grace_ms: u64,
+    pub ready_check: bool,
 }
 
 impl Options {
@@ -51,17 +52,25 @@ impl Options {
             max_body_bytes: 65536,
             trusted_proxies: Vec::new(),
             shutdown_grace_ms: 5_000,
+            ready_check: false,
         }
     }
 
     /// The configuration text, with the token file at `token_file`.
     pub fn toml(&self, token_file: &std::path::Path) -> String {
         let token_line = if self.mode == "hold" {
-            format!("access_token_file = {:?}\n", token_file.display().to_string())
+            format!(
+                "access_token_file = {:?}\n",
+                token_file.display().to_string()
+            )
         } else {
             String::new()
         };
-        let proxies: Vec<String> = self.trusted_proxies.iter().map(|p| format!("{p:?}")).collect();
+        let proxies: Vec<String> = self
+            .trusted_proxies
+            .iter()
+            .map(|p| format!("{p:?}"))
+            .collect();
         let clients = if self.mode == "hold" {
             format!(
                 r#"
@@ -97,6 +106,7 @@ mode = "{mode}"
 user_id = {USER_ID}
 {token_line}auth_scheme = "{scheme}"
 timeout_ms = {upstream_timeout}
+ready_check = {ready_check}
 
 [log]
 format = "text"
@@ -109,6 +119,7 @@ format = "text"
             mode = self.mode,
             scheme = self.auth_scheme,
             upstream_timeout = self.upstream_timeout_ms,
+            ready_check = self.ready_check,
         )
     }
 }
@@ -135,7 +146,16 @@ impl TestGateway {
         let (stop, stopped) = oneshot::channel::<()>();
         let grace = Duration::from_millis(options.shutdown_grace_ms);
         let task = tokio::spawn(async move {
-            tokengate::run(gateway, api, admin, async { let _ = stopped.await; }, grace).await;
+            tokengate::run(
+                gateway,
+                api,
+                admin,
+                async {
+                    let _ = stopped.await;
+                },
+                grace,
+            )
+            .await;
         });
         TestGateway {
             addr,
@@ -165,7 +185,9 @@ impl Drop for TestGateway {
 
 /// An emulator (E2) holding `UPSTREAM_TOKEN` for `USER_ID`, and a gateway in front of it.
 pub async fn emulator_and_gateway() -> (RunningEmulator, TestGateway) {
-    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID)).await.unwrap();
+    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
     let gateway = TestGateway::start(Options::new(emulator.addr)).await;
     (emulator, gateway)
 }
@@ -180,14 +202,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.text()))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
     /// `error.code` of a gateway envelope.
     pub fn code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or("").to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
     /// Asserts the SPEC §9 envelope with `status` and `code`, and that it carries the response's request id.
     pub fn assert_envelope(&self, status: u16, code: &str) {
@@ -196,19 +222,33 @@ impl Reply {
         assert_eq!(json["success"], false, "{json}");
         assert_eq!(json["error"]["code"], code, "{json}");
         assert!(!json["message"].as_str().unwrap_or("").is_empty(), "{json}");
-        let id = self.headers.get("x-request-id").expect("x-request-id").to_str().unwrap();
+        let id = self
+            .headers
+            .get("x-request-id")
+            .expect("x-request-id")
+            .to_str()
+            .unwrap();
         assert_eq!(json["error"]["request_id"], id, "{json}");
     }
 }
 
 /// Sends one request and reads the whole answer.
-pub async fn send(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&str>) -> Reply {
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Reply {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut request = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).unwrap())
         .uri(format!("http://{addr}{path}"));
     for (name, value) in headers {
-        request = request.header(HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        request = request.header(
+            HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            HeaderValue::from_str(value).unwrap(),
+        );
     }
     let request = request
         .body(Full::new(Bytes::from(body.unwrap_or("").to_owned())))

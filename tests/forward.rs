@@ -1,0 +1,336 @@
+//! Every SPEC §2 route forwarded in canonical form, with the credential injected and the caller's
+//! headers filtered, as the upstream (the built-in emulator) saw it.
+
+mod support;
+
+use support::*;
+use tokengate::emulator::{Emulator, EmulatorConfig, NewToken};
+
+fn seed(emulator: &Emulator, name: &str) -> i64 {
+    emulator.insert_token(
+        USER_ID,
+        NewToken {
+            name: name.into(),
+            remain_quota: 1000,
+            ..Default::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn each_route_reaches_the_upstream_in_canonical_form() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let id = seed(&upstream.emulator, "seed");
+    let other = seed(&upstream.emulator, "other");
+    let full_update = format!(
+        r#"{{"id":{id},"name":"renamed","expired_time":-1,"remain_quota":5,"unlimited_quota":false,"model_limits_enabled":false,"model_limits":"","allow_ips":"","group":""}}"#
+    );
+    let status_only = format!(r#"{{"id":{id},"status":2}}"#);
+    let ids = format!(r#"{{"ids":[{id}]}}"#);
+    let batch_delete = format!(r#"{{"ids":[{other}]}}"#);
+    // (inbound method, inbound path, body, upstream path and query)
+    let cases: Vec<(&str, String, Option<&str>, String)> = vec![
+        ("GET", "/api/token".into(), None, "/api/token/".into()),
+        (
+            "GET",
+            "/api/token/?p=1&page_size=5".into(),
+            None,
+            "/api/token/?p=1&page_size=5".into(),
+        ),
+        (
+            "GET",
+            "/api/token/search/?keyword=seed".into(),
+            None,
+            "/api/token/search?keyword=seed".into(),
+        ),
+        (
+            "GET",
+            format!("/api/token/{id}/"),
+            None,
+            format!("/api/token/{id}"),
+        ),
+        (
+            "POST",
+            "/api/token".into(),
+            Some(r#"{"name":"created"}"#),
+            "/api/token/".into(),
+        ),
+        (
+            "PUT",
+            "/api/token".into(),
+            Some(&full_update),
+            "/api/token/".into(),
+        ),
+        (
+            "PUT",
+            "/api/token/?status_only=true".into(),
+            Some(&status_only),
+            "/api/token/?status_only=true".into(),
+        ),
+        (
+            "POST",
+            format!("/api/token/{id}/key/"),
+            None,
+            format!("/api/token/{id}/key"),
+        ),
+        (
+            "POST",
+            "/api/token/batch/keys/".into(),
+            Some(&ids),
+            "/api/token/batch/keys".into(),
+        ),
+        (
+            "POST",
+            "/api/token/batch/".into(),
+            Some(&batch_delete),
+            "/api/token/batch".into(),
+        ),
+        (
+            "DELETE",
+            format!("/api/token/{id}/"),
+            None,
+            format!("/api/token/{id}"),
+        ),
+    ];
+    for (method, path, body, expected) in cases {
+        upstream.emulator.clear_seen();
+        let reply = admin(gateway.addr, method, &path, body).await;
+        assert_eq!(reply.status, 200, "{method} {path}: {}", reply.text());
+        assert_eq!(
+            reply.json()["success"],
+            true,
+            "{method} {path}: {}",
+            reply.text()
+        );
+        let seen = upstream.emulator.seen();
+        assert_eq!(seen.len(), 1, "{method} {path}");
+        assert_eq!(seen[0].method.as_str(), method, "{method} {path}");
+        assert_eq!(seen[0].uri.to_string(), expected, "{method} {path}");
+        assert_eq!(
+            seen[0].body,
+            body.unwrap_or("").as_bytes(),
+            "{method} {path}: body forwarded byte for byte"
+        );
+    }
+    // The changes landed upstream: renamed, disabled, then deleted; the other one batch-deleted.
+    let tokens = upstream.emulator.tokens();
+    let seeded = tokens.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(
+        (seeded.name.as_str(), seeded.status, seeded.deleted),
+        ("renamed", 2, true)
+    );
+    assert!(tokens.iter().find(|t| t.id == other).unwrap().deleted);
+    assert!(tokens.iter().any(|t| t.name == "created"));
+}
+
+#[tokio::test]
+async fn the_credential_is_injected_and_the_callers_headers_filtered() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let reply = send(
+        gateway.addr,
+        "GET",
+        "/api/token/",
+        &[
+            ("authorization", &auth),
+            ("new-api-user", "1"),
+            ("cookie", "session=someone-else"),
+            ("accept-encoding", "gzip"),
+            ("accept-language", "zh-CN,zh;q=0.9"),
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("proxy-authorization", "Basic eDp5"),
+            ("x-forwarded-for", "203.0.113.9"),
+            ("x-forwarded-host", "evil.example"),
+            ("forwarded", "for=203.0.113.9"),
+            ("x-real-ip", "203.0.113.9"),
+            ("x-request-id", "caller-chosen-id"),
+            ("user-agent", "tests/1"),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let gateway_id = reply.headers["x-request-id"].to_str().unwrap().to_string();
+    assert_ne!(
+        gateway_id, "caller-chosen-id",
+        "the caller's id is never trusted as the id"
+    );
+
+    let seen = upstream.emulator.seen();
+    let headers = &seen[0].headers;
+    assert_eq!(
+        headers["authorization"], UPSTREAM_TOKEN,
+        "raw scheme: the token alone"
+    );
+    assert_eq!(headers["new-api-user"], USER_ID.to_string().as_str());
+    assert_eq!(
+        headers["x-forwarded-for"], "127.0.0.1",
+        "one address: the peer's"
+    );
+    assert_eq!(headers["x-request-id"], gateway_id.as_str());
+    assert_eq!(headers["accept-language"], "zh-CN,zh;q=0.9");
+    assert_eq!(headers["user-agent"], "tests/1");
+    for dropped in [
+        "cookie",
+        "accept-encoding",
+        "x-hop",
+        "proxy-authorization",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+    ] {
+        assert!(
+            headers.get(dropped).is_none(),
+            "{dropped} reached the upstream"
+        );
+    }
+    assert_eq!(headers.get_all("authorization").iter().count(), 1);
+    assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+    // The upstream answered in Chinese, as the caller asked, and said the credential was good.
+    assert!(reply.headers.get("auth-version").is_some());
+}
+
+#[tokio::test]
+async fn every_authorization_spelling_is_the_same_key() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    for spelling in [
+        format!("Bearer {ADMIN_KEY}"),
+        format!("bearer  {ADMIN_KEY}"),
+        format!("BEARER {ADMIN_KEY}"),
+        format!("BeArEr\t{ADMIN_KEY}"),
+        ADMIN_KEY.to_string(),
+        format!("  Bearer {ADMIN_KEY}  "),
+    ] {
+        let reply = send(
+            gateway.addr,
+            "GET",
+            "/api/token/",
+            &[("authorization", &spelling)],
+            None,
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{spelling:?}: {}", reply.text());
+        assert_eq!(reply.json()["success"], true, "{spelling:?}");
+    }
+    assert_eq!(upstream.emulator.seen().len(), 6);
+}
+
+#[tokio::test]
+async fn bearer_scheme_sends_exactly_bearer_space_token() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.auth_scheme = "bearer";
+    let gateway = TestGateway::start(options).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    let expected = format!("Bearer {UPSTREAM_TOKEN}");
+    assert_eq!(
+        upstream.emulator.seen()[0].headers["authorization"],
+        expected.as_str()
+    );
+}
+
+#[tokio::test]
+async fn forwarded_for_is_honoured_from_trusted_proxies_only() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.trusted_proxies = vec!["127.0.0.0/8"];
+    let gateway = TestGateway::start(options).await;
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-for", "198.51.100.1, 203.0.113.9, 127.0.0.5"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let reply = send(gateway.addr, "GET", "/api/token/", &headers, None).await;
+    assert_eq!(reply.status, 200);
+    let seen = upstream.emulator.seen();
+    assert_eq!(
+        seen[0].headers["x-forwarded-for"], "203.0.113.9",
+        "right-most untrusted entry"
+    );
+    assert_eq!(
+        seen[0].headers["x-forwarded-proto"], "https",
+        "a trusted proxy's headers pass"
+    );
+
+    let bad = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-for", "not-an-address"),
+    ];
+    send(gateway.addr, "GET", "/api/token/", &bad, None)
+        .await
+        .assert_envelope(400, "bad_request");
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn passthrough_forwards_the_callers_own_token() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.mode = "passthrough";
+    let gateway = TestGateway::start(options).await;
+
+    let bearer = format!("bearer   {UPSTREAM_TOKEN}");
+    let reply = send(
+        gateway.addr,
+        "GET",
+        "/api/token/",
+        &[("authorization", &bearer)],
+        None,
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    let reply = send(
+        gateway.addr,
+        "GET",
+        "/api/token/",
+        &[("authorization", UPSTREAM_TOKEN), ("new-api-user", "7")],
+        None,
+    )
+    .await;
+    // The caller's own New-Api-User is sent, and new-api judges it.
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    let seen = upstream.emulator.seen();
+    assert_eq!(
+        seen[0].headers["authorization"], UPSTREAM_TOKEN,
+        "normalised, sent raw"
+    );
+    assert_eq!(
+        seen[0].headers["new-api-user"],
+        USER_ID.to_string().as_str(),
+        "configured user when none sent"
+    );
+    assert_eq!(seen[1].headers["new-api-user"], "7");
+
+    send(gateway.addr, "GET", "/api/token/", &[], None)
+        .await
+        .assert_envelope(401, "unauthenticated");
+    assert_eq!(upstream.emulator.seen().len(), 2);
+}
+
+#[tokio::test]
+async fn upstream_answers_pass_through_with_status_body_and_headers() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    // new-api's HTTP 200 failure envelope passes unchanged.
+    let reply = admin(gateway.addr, "GET", "/api/token/999999", None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["success"], false);
+    assert_eq!(reply.json()["message"], "record not found");
+    // Key reveal: the upstream's cache headers reach the caller.
+    let id = seed(&upstream.emulator, "k");
+    let reply = admin(gateway.addr, "POST", &format!("/api/token/{id}/key"), None).await;
+    assert_eq!(reply.json()["success"], true);
+    assert!(reply.headers["cache-control"]
+        .to_str()
+        .unwrap()
+        .contains("no-store"));
+    assert_eq!(reply.json()["data"]["key"].as_str().unwrap().len(), 48);
+}

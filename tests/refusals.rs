@@ -1,0 +1,225 @@
+//! What the gateway refuses itself, never forwarding it: paths and methods outside SPEC §2,
+//! ambiguous paths, bad queries, unknown callers and operations outside the allow list.
+
+mod support;
+
+use support::*;
+
+#[tokio::test]
+async fn nothing_outside_the_token_api_is_forwarded() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let cases = [
+        ("GET", "/api/user/self", 404, "not_found"),
+        ("GET", "/api/status", 404, "not_found"),
+        ("GET", "/", 404, "not_found"),
+        ("GET", "/api/token/../user", 400, "bad_request"),
+        ("GET", "/api/token/./5", 400, "bad_request"),
+        ("GET", "/api/token/%2e%2e/x", 400, "bad_request"),
+        ("GET", "/api/token/%2E%2E/user/self", 400, "bad_request"),
+        ("GET", "/api//token/", 400, "bad_request"),
+        ("GET", "/api/token%2F5", 400, "bad_request"),
+        ("GET", "/api/token/%5c5", 400, "bad_request"),
+        ("GET", "/api/token/abc", 400, "bad_request"),
+        ("GET", "/api/token/0", 400, "bad_request"),
+        ("GET", "/api/token/9223372036854775808", 400, "bad_request"),
+        ("GET", "/api/token/?page_sise=5", 400, "bad_request"),
+        ("GET", "/api/token/5?p=1", 400, "bad_request"),
+        ("PUT", "/api/token/?status_only=false", 400, "bad_request"),
+        ("POST", "/api/token/?debug=1", 400, "bad_request"),
+        ("DELETE", "/api/token/5", 200, ""),
+    ];
+    for (method, path, status, code) in cases {
+        upstream.emulator.clear_seen();
+        let reply = admin(gateway.addr, method, path, None).await;
+        if status == 200 {
+            assert_eq!(
+                upstream.emulator.seen().len(),
+                1,
+                "control case reaches the upstream"
+            );
+            continue;
+        }
+        reply.assert_envelope(status, code);
+        assert!(
+            upstream.emulator.seen().is_empty(),
+            "{method} {path} reached the upstream"
+        );
+    }
+}
+
+#[tokio::test]
+async fn other_methods_are_405_with_allow() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    for (method, path, allow) in [
+        ("OPTIONS", "/api/token/", "GET, POST, PUT"),
+        ("HEAD", "/api/token/", "GET, POST, PUT"),
+        ("DELETE", "/api/token/", "GET, POST, PUT"),
+        ("GET", "/api/token/batch", "POST"),
+        ("PATCH", "/api/token/5", "GET, DELETE"),
+        ("PUT", "/api/token/batch", "POST"),
+        ("GET", "/api/token/5/key", "POST"),
+    ] {
+        let reply = admin(gateway.addr, method, path, None).await;
+        assert_eq!(reply.status, 405, "{method} {path}");
+        assert_eq!(reply.headers["allow"], allow, "{method} {path}");
+        if method != "HEAD" {
+            reply.assert_envelope(405, "method_not_allowed");
+        }
+    }
+    assert!(upstream.emulator.seen().is_empty());
+}
+
+#[tokio::test]
+async fn raw_request_lines_cannot_sneak_past() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let auth = format!("Authorization: Bearer {ADMIN_KEY}\r\n");
+    for target in [
+        "/api/token/../user/self",
+        "/api/token/%2e%2e/user",
+        "/api/token/\\..\\user",
+        "//api/token/",
+    ] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        let answer = raw(gateway.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+        assert!(answer.contains("\"bad_request\""), "{target}: {answer}");
+    }
+    // Non-ASCII bytes in the path: refused, by the HTTP parser itself or by the gateway.
+    let mut request = b"GET /api/token/\xc3\xa9 HTTP/1.1\r\nHost: x\r\n".to_vec();
+    request.extend_from_slice(auth.as_bytes());
+    request.extend_from_slice(b"Connection: close\r\n\r\n");
+    let answer = raw(gateway.addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // An absolute-form target names another host: the path is still what is routed.
+    let request = format!("GET http://169.254.169.254/api/user/self HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+    let answer = raw(gateway.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(upstream.emulator.seen().is_empty());
+}
+
+#[tokio::test]
+async fn missing_or_unknown_keys_are_401_and_disallowed_operations_403() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    send(gateway.addr, "GET", "/api/token/", &[], None)
+        .await
+        .assert_envelope(401, "unauthenticated");
+    send(
+        gateway.addr,
+        "GET",
+        "/api/token/",
+        &[("authorization", "Bearer")],
+        None,
+    )
+    .await
+    .assert_envelope(401, "unauthenticated");
+    send(
+        gateway.addr,
+        "GET",
+        "/api/token/",
+        &[("authorization", "Bearer tg_unknown")],
+        None,
+    )
+    .await
+    .assert_envelope(401, "unauthenticated");
+    // The upstream's own token is not a gateway key.
+    send(
+        gateway.addr,
+        "GET",
+        "/api/token/",
+        &[("authorization", UPSTREAM_TOKEN)],
+        None,
+    )
+    .await
+    .assert_envelope(401, "unauthenticated");
+    // An unauthenticated caller learns nothing about routes.
+    send(gateway.addr, "GET", "/api/user/self", &[], None)
+        .await
+        .assert_envelope(401, "unauthenticated");
+
+    let reader = format!("Bearer {READER_KEY}");
+    let headers = [
+        ("authorization", reader.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let reply = send(
+        gateway.addr,
+        "POST",
+        "/api/token/",
+        &headers,
+        Some(r#"{"name":"x"}"#),
+    )
+    .await;
+    reply.assert_envelope(403, "forbidden");
+    assert!(reply.json()["message"].as_str().unwrap().contains("create"));
+    for (method, path) in [
+        ("DELETE", "/api/token/5"),
+        ("POST", "/api/token/5/key"),
+        ("PUT", "/api/token/"),
+    ] {
+        send(gateway.addr, method, path, &headers, None)
+            .await
+            .assert_envelope(403, "forbidden");
+    }
+    assert!(upstream.emulator.seen().is_empty());
+    // A reader may read.
+    let reply = send(gateway.addr, "GET", "/api/token/", &headers, None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn bodies_are_capped_and_reads_take_none() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let big = format!(r#"{{"name":"{}"}}"#, "x".repeat(70_000));
+    admin(gateway.addr, "POST", "/api/token/", Some(&big))
+        .await
+        .assert_envelope(413, "body_too_large");
+    // Without Content-Length (chunked), the cap still holds while reading.
+    let head = format!(
+        "POST /api/token/ HTTP/1.1\r\nHost: x\r\nAuthorization: {ADMIN_KEY}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let mut request = head.into_bytes();
+    for _ in 0..70 {
+        request.extend_from_slice(format!("{:x}\r\n{}\r\n", 1000, "y".repeat(1000)).as_bytes());
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(gateway.addr, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    admin(gateway.addr, "GET", "/api/token/", Some("{}"))
+        .await
+        .assert_envelope(400, "bad_request");
+    assert!(upstream.emulator.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_caller_too_slow_to_send_its_body_gets_408() {
+    let upstream = tokengate::emulator::Emulator::spawn(tokengate::emulator::EmulatorConfig::new(
+        UPSTREAM_TOKEN,
+        USER_ID,
+    ))
+    .await
+    .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.request_timeout_ms = 300;
+    let gateway = TestGateway::start(options).await;
+    let request = format!(
+        "POST /api/token/ HTTP/1.1\r\nHost: x\r\nAuthorization: {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"name\":"
+    );
+    let mut stream = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut stream, &mut answer),
+    )
+    .await
+    .expect("the gateway answers within the request timeout")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(upstream.emulator.seen().is_empty());
+}

@@ -1,0 +1,181 @@
+//! How upstream failures reach the caller: refused or reset → 502, silence → 504, a bare 429 →
+//! `upstream_rate_limited`, redirects never passed on, a refused gateway credential → 502
+//! `upstream_auth_failed` (counted), and the admin listener's view of it all.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use tokengate::emulator::{Emulator, EmulatorConfig};
+
+async fn gateway_to(fake: Fake) -> TestGateway {
+    let mut options = Options::new(fake_upstream(fake).await);
+    options.upstream_timeout_ms = 400;
+    TestGateway::start(options).await
+}
+
+#[tokio::test]
+async fn refused_connection_is_502_upstream_unavailable() {
+    let gateway = TestGateway::start(Options::new(refused_addr().await)).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    reply.assert_envelope(502, "upstream_unavailable");
+    assert!(
+        !reply.text().contains("127.0.0.1"),
+        "the upstream's address is not revealed: {}",
+        reply.text()
+    );
+}
+
+#[tokio::test]
+async fn reset_connection_is_502_upstream_unavailable() {
+    let gateway = gateway_to(Fake::Reset).await;
+    admin(gateway.addr, "POST", "/api/token/", Some(r#"{"name":"x"}"#))
+        .await
+        .assert_envelope(502, "upstream_unavailable");
+}
+
+#[tokio::test]
+async fn silence_is_504_within_the_upstream_timeout() {
+    let gateway = gateway_to(Fake::Hang).await;
+    let started = Instant::now();
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    reply.assert_envelope(504, "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by upstream.timeout_ms"
+    );
+}
+
+#[tokio::test]
+async fn a_bare_429_is_upstream_rate_limited_and_one_with_a_body_passes() {
+    let gateway = gateway_to(Fake::Answer(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n",
+    ))
+    .await;
+    admin(gateway.addr, "GET", "/api/token/", None)
+        .await
+        .assert_envelope(429, "upstream_rate_limited");
+
+    let body = r#"{"success":false,"message":"slow down"}"#;
+    let answer: &'static str = Box::leak(
+        format!("HTTP/1.1 429 Too Many Requests\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            .into_boxed_str(),
+    );
+    let gateway = gateway_to(Fake::Answer(answer)).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.text(), body);
+}
+
+#[tokio::test]
+async fn redirects_are_never_passed_on() {
+    for status in ["301 Moved Permanently", "307 Temporary Redirect"] {
+        let answer: &'static str = Box::leak(
+            format!("HTTP/1.1 {status}\r\nLocation: http://10.9.8.7:3000/api/token/\r\nContent-Length: 0\r\n\r\n").into_boxed_str(),
+        );
+        let gateway = gateway_to(Fake::Answer(answer)).await;
+        let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+        reply.assert_envelope(502, "upstream_unavailable");
+        assert!(reply.headers.get("location").is_none());
+        assert!(!reply.text().contains("10.9.8.7"));
+    }
+}
+
+#[tokio::test]
+async fn a_refused_gateway_credential_is_502_upstream_auth_failed() {
+    // new-api (E2) answers 401 when New-Api-User does not match the token's user.
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID + 1))
+        .await
+        .unwrap();
+    let gateway = TestGateway::start(Options::new(upstream.addr)).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    reply.assert_envelope(502, "upstream_auth_failed");
+    let metrics = send(gateway.admin, "GET", "/metrics", &[], None)
+        .await
+        .text();
+    assert!(
+        metrics.contains("tokengate_upstream_auth_failures_total 1"),
+        "{metrics}"
+    );
+
+    // A plain 403 is the same fault.
+    let gateway = gateway_to(Fake::Answer(
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\n{}",
+    ))
+    .await;
+    admin(gateway.addr, "GET", "/api/token/", None)
+        .await
+        .assert_envelope(502, "upstream_auth_failed");
+}
+
+#[tokio::test]
+async fn other_upstream_errors_pass_through() {
+    let gateway = gateway_to(Fake::Answer(
+        "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: 17\r\n\r\n{\"success\":false}",
+    ))
+    .await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 500);
+    assert_eq!(reply.text(), "{\"success\":false}");
+}
+
+#[tokio::test]
+async fn admin_listener_reports_health_readiness_and_metrics() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    admin(gateway.addr, "GET", "/api/token/", None).await;
+    admin(gateway.addr, "GET", "/api/user/self", None).await;
+
+    let health = send(gateway.admin, "GET", "/healthz", &[], None).await;
+    assert_eq!(
+        (health.status, health.json()["status"].as_str()),
+        (200, Some("ok"))
+    );
+    let ready = send(gateway.admin, "GET", "/readyz", &[], None).await;
+    assert_eq!(ready.status, 200, "{}", ready.text());
+    let metrics = send(gateway.admin, "GET", "/metrics", &[], None)
+        .await
+        .text();
+    for line in [
+        "tokengate_requests_total{op=\"list\",status=\"200\"} 1",
+        "tokengate_requests_total{op=\"none\",status=\"404\"} 1",
+        "tokengate_request_duration_seconds_count{op=\"list\"} 1",
+        "tokengate_upstream_duration_seconds_count{op=\"list\"} 1",
+        "tokengate_ready 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line}:\n{metrics}");
+    }
+    send(gateway.admin, "POST", "/healthz", &[], None)
+        .await
+        .assert_envelope(405, "method_not_allowed");
+    send(gateway.admin, "GET", "/api/token/", &[], None)
+        .await
+        .assert_envelope(404, "not_found");
+    // The admin listener never forwards.
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn readiness_asks_the_upstream_when_configured() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let ready = |addr| async move {
+        let mut options = Options::new(addr);
+        options.ready_check = true;
+        let gateway = TestGateway::start(options).await;
+        send(gateway.admin, "GET", "/readyz", &[], None).await
+    };
+    let reply = ready(upstream.addr).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["checks"]["upstream"], "ok");
+    let reply = ready(refused_addr().await).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    assert_eq!(reply.json()["ready"], false);
+    // A wrong token: new-api answers HTTP 200 with success:false, which is not ready either.
+    let wrong = Emulator::spawn(EmulatorConfig::new("another-token", USER_ID))
+        .await
+        .unwrap();
+    let reply = ready(wrong.addr).await;
+    assert_eq!(reply.status, 503, "{}", reply.text());
+}
