@@ -331,3 +331,136 @@ pub async fn refused_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     listener.local_addr().unwrap()
 }
+
+/// The `tokengate` binary running as a child process, with everything it prints collected.
+pub struct Process {
+    pub child: std::process::Child,
+    pub output: std::sync::Arc<std::sync::Mutex<String>>,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Runs `tokengate serve` with the configuration of `options` (JSON logs), and waits for
+    /// its "tokengate listening" line to learn the ports.
+    pub fn serve(options: &Options, env: &[(&str, &str)]) -> Process {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("upstream-token");
+        std::fs::write(&token_file, format!("Bearer {UPSTREAM_TOKEN}\n")).unwrap();
+        let config = dir.path().join("tokengate.toml");
+        std::fs::write(
+            &config,
+            options
+                .toml(&token_file)
+                .replace("format = \"text\"", "format = \"json\""),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    output.lock().unwrap().push_str(&line);
+                    output.lock().unwrap().push('\n');
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let line = rx.recv_timeout(left).unwrap_or_else(|_| {
+                panic!(
+                    "no 'tokengate listening' line; output:\n{}",
+                    output.lock().unwrap()
+                )
+            });
+            let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if json["message"] == "tokengate listening" {
+                let addr = json["listen"].as_str().unwrap().parse().unwrap();
+                let admin = json["admin_listen"].as_str().unwrap().parse().unwrap();
+                return Process {
+                    child,
+                    output,
+                    addr,
+                    admin,
+                    _dir: dir,
+                };
+            }
+        }
+    }
+
+    /// Sends a signal by name (`TERM`, `INT`) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit, at most `limit`.
+    pub fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(100));
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("did not exit within {limit:?}; output:\n{}", self.output());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs the binary with `args` to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(args)
+        .env_remove("TOKENGATE_UPSTREAM_TOKEN")
+        .env_remove("TOKENGATE_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
