@@ -71,9 +71,9 @@ async fn answer(gateway: &Gateway, method: &Method, path: &str, id: &RequestId) 
             response
         }
         (_, "/healthz" | "/readyz" | "/metrics") => {
-            GatewayError::MethodNotAllowed { allow: "GET" }.into_response(&id)
+            GatewayError::MethodNotAllowed { allow: "GET" }.into_response(id)
         }
-        _ => GatewayError::NotFound.into_response(&id),
+        _ => GatewayError::NotFound.into_response(id),
     }
 }
 

@@ -19,8 +19,10 @@ fn the_example_config_loads_and_states_the_defaults() {
         format!("{:?}", config.server),
         format!("{:?}", ServerConfig::default())
     );
-    let mut upstream = UpstreamConfig::default();
-    upstream.access_token_env = Some("TOKENGATE_UPSTREAM_TOKEN".into());
+    let upstream = UpstreamConfig {
+        access_token_env: Some("TOKENGATE_UPSTREAM_TOKEN".into()),
+        ..Default::default()
+    };
     assert_eq!(format!("{:?}", config.upstream), format!("{upstream:?}"));
     assert_eq!(config.clients.len(), 1);
     assert_eq!(

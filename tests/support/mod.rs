@@ -316,6 +316,8 @@ pub async fn fake_upstream(fake: Fake) -> SocketAddr {
                     }
                     Fake::Hang => tokio::time::sleep(Duration::from_secs(3600)).await,
                     Fake::Reset => {
+                        // Linger zero turns the close into a reset (it does not block with zero).
+                        #[allow(deprecated)]
                         let _ = stream.set_linger(Some(Duration::ZERO));
                         drop(stream);
                     }
@@ -344,6 +346,8 @@ pub struct Process {
 impl Process {
     /// Runs `tokengate serve` with the configuration of `options` (JSON logs), and waits for
     /// its "tokengate listening" line to learn the ports.
+    // The child is owned by the returned `Process`, whose `Drop` kills and reaps it.
+    #[allow(clippy::zombie_processes)]
     pub fn serve(options: &Options, env: &[(&str, &str)]) -> Process {
         use std::io::BufRead;
         let dir = tempfile::tempdir().unwrap();
