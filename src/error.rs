@@ -122,12 +122,17 @@ impl GatewayError {
 
     /// The SPEC §9 envelope for this error, carrying the request id.
     pub fn into_response(self, request_id: &RequestId) -> Response<Body> {
-        let body = serde_json::json!({
-            "success": false,
-            "message": self.to_string(),
-            "error": { "code": self.code(), "request_id": request_id.as_str() },
-        });
-        let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+        let envelope = Envelope {
+            success: false,
+            message: &self.to_string(),
+            error: EnvelopeError {
+                code: self.code(),
+                request_id: request_id.as_str(),
+            },
+        };
+        // Serialising borrowed strings and a bool into a Vec cannot fail.
+        let body = serde_json::to_vec(&envelope).unwrap_or_default();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, JSON_UTF8);
@@ -137,6 +142,20 @@ impl GatewayError {
         response.extensions_mut().insert(ErrorCode(self.code()));
         response
     }
+}
+
+/// The SPEC §9 envelope, in the order SPEC writes it (new-api's own `success`/`message` first).
+#[derive(serde::Serialize)]
+struct Envelope<'a> {
+    success: bool,
+    message: &'a str,
+    error: EnvelopeError<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct EnvelopeError<'a> {
+    code: &'static str,
+    request_id: &'a str,
 }
 
 /// The `Content-Type` of every JSON body the gateway writes.
@@ -160,6 +179,7 @@ mod tests {
         assert_eq!(response.headers()[header::ALLOW], "GET, POST");
         assert_eq!(response.headers()[header::CONTENT_TYPE], JSON_UTF8);
         let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"{\"success\":false,\"message\":"));
         let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(json["success"], false);
         assert_eq!(json["error"]["code"], "method_not_allowed");

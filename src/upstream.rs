@@ -296,7 +296,7 @@ impl Upstream {
     }
 }
 
-/// Names what went wrong on the way to the upstream, from the error's source chain.
+/// Names what went wrong on the way to the upstream, from the error's cause chain.
 fn classify(error: BoxError) -> GatewayError {
     let mut tls = false;
     let mut connect = false;
@@ -308,15 +308,17 @@ fn classify(error: BoxError) -> GatewayError {
         if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
             connect |= e.is_connect();
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            tls |= io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>());
-        }
-        cause = e.source();
+        // `io::Error::source` skips the error it wraps (a rustls error, say): descend into it.
+        cause = match e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
     }
     let reason = if tls {
-        "the TLS handshake with the upstream failed"
+        "the TLS handshake with the upstream failed (its certificate is not trusted or not for its name)"
     } else if connect {
         "the connection to the upstream was refused or could not be made"
     } else if too_large {

@@ -3,6 +3,8 @@
 //! that fail in chosen ways. (A directory module, so Cargo does not build it as a test binary.)
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -39,6 +41,7 @@ pub struct Options {
     pub trusted_proxies: Vec<&'static str>,
     pub shutdown_grace_ms: u64,
     pub ready_check: bool,
+    pub ca_file: Option<String>,
 }
 
 impl Options {
@@ -53,6 +56,7 @@ impl Options {
             trusted_proxies: Vec::new(),
             shutdown_grace_ms: 5_000,
             ready_check: false,
+            ca_file: None,
         }
     }
 
@@ -90,6 +94,10 @@ allow = ["list", "search", "get"]
         } else {
             String::new()
         };
+        let ca_line = match &self.ca_file {
+            Some(path) => format!("ca_file = {path:?}\n"),
+            None => String::new(),
+        };
         format!(
             r#"
 [server]
@@ -107,7 +115,7 @@ user_id = {USER_ID}
 {token_line}auth_scheme = "{scheme}"
 timeout_ms = {upstream_timeout}
 ready_check = {ready_check}
-
+{ca_line}
 [log]
 format = "text"
 {clients}"#,
