@@ -334,3 +334,33 @@ async fn upstream_answers_pass_through_with_status_body_and_headers() {
         .contains("no-store"));
     assert_eq!(reply.json()["data"]["key"].as_str().unwrap().len(), 48);
 }
+
+#[tokio::test]
+async fn http2_callers_are_served_the_same_way() {
+    use http_body_util::{BodyExt, Full};
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let client: hyper_util::client::legacy::Client<_, Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let request = http::Request::get(format!("http://{}/api/token/search/?keyword=x", gateway.addr))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .body(Full::default())
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.starts_with(br#"{"data":"#), "{body:?}");
+    let seen = upstream.emulator.seen();
+    assert_eq!(seen[0].uri.to_string(), "/api/token/search?keyword=x");
+
+    // An h2 request for another authority or path is routed like any other.
+    let request = http::Request::get(format!("http://{}/api/user/self", gateway.addr))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(client.request(request).await.unwrap().status(), 404);
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
