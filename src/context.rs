@@ -13,6 +13,7 @@ use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
 
+use crate::error::GatewayError;
 use crate::route::Operation;
 
 /// The gateway's own id for one request: sent upstream and back to the caller as `X-Request-Id`,
@@ -106,6 +107,13 @@ impl RequestContext {
             client: OnceLock::new(),
             op: OnceLock::new(),
         }
+    }
+
+    /// The context of `request`, which the request-context layer inserts first of all.
+    pub fn of<B>(request: &http::Request<B>) -> Result<&Arc<RequestContext>, GatewayError> {
+        request.extensions().get().ok_or_else(|| {
+            GatewayError::Internal("request context missing: the stack is misassembled".into())
+        })
     }
 
     /// Records the caller IP (once).

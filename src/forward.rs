@@ -10,9 +10,9 @@ use http_body_util::Full;
 use tower::Service;
 
 use crate::caller::Caller;
+use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::headers;
-use crate::layers::check::context;
 use crate::layers::BoxFuture;
 use crate::route::Route;
 use crate::upstream::{Upstream, UpstreamRequest};
@@ -43,7 +43,7 @@ impl Service<Request<Bytes>> for Forward {
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let upstream = self.upstream.clone();
         Box::pin(async move {
-            let context = context(&request)?.clone();
+            let context = RequestContext::of(&request)?.clone();
             let (parts, body) = request.into_parts();
             let (Some(route), Some(caller)) = (
                 parts.extensions.get::<Route>(),

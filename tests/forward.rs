@@ -343,10 +343,13 @@ async fn http2_callers_are_served_the_same_way() {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .http2_only(true)
             .build_http();
-    let request = http::Request::get(format!("http://{}/api/token/search/?keyword=x", gateway.addr))
-        .header("authorization", format!("Bearer {ADMIN_KEY}"))
-        .body(Full::default())
-        .unwrap();
+    let request = http::Request::get(format!(
+        "http://{}/api/token/search/?keyword=x",
+        gateway.addr
+    ))
+    .header("authorization", format!("Bearer {ADMIN_KEY}"))
+    .body(Full::default())
+    .unwrap();
     let response = client.request(request).await.unwrap();
     assert_eq!(response.version(), http::Version::HTTP_2);
     assert_eq!(response.status(), 200);

@@ -11,8 +11,8 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::check::context;
 use super::BoxFuture;
+use crate::context::RequestContext;
 use crate::error::{Body, ErrorCode};
 use crate::metrics::Metrics;
 
@@ -61,7 +61,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let context = context(&request).ok().cloned();
+        let context = RequestContext::of(&request).ok().cloned();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let metrics = self.metrics.clone();

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use http::header::AUTHORIZATION;
 use http::Request;
 
-use super::check::{context, Check};
+use super::check::Check;
 use crate::caller::Authenticator;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::upstream::NEW_API_USER;
 
@@ -35,7 +36,7 @@ impl Check for Authenticate {
         let caller = self
             .authenticator
             .authenticate(headers.get(AUTHORIZATION), headers.get(NEW_API_USER))?;
-        context(request)?.set_client(caller.name.clone());
+        RequestContext::of(request)?.set_client(caller.name.clone());
         request.extensions_mut().insert(caller);
         Ok(())
     }

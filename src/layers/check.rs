@@ -69,12 +69,3 @@ where
         }
     }
 }
-
-/// The request's context, which the request-context layer always inserts.
-pub(crate) fn context<B>(
-    request: &Request<B>,
-) -> Result<&std::sync::Arc<crate::context::RequestContext>, GatewayError> {
-    request.extensions().get().ok_or_else(|| {
-        GatewayError::Internal("request context missing: the stack is misassembled".into())
-    })
-}

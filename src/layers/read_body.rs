@@ -10,8 +10,8 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::{Layer, Service};
 
-use super::check::context;
 use super::BoxFuture;
+use crate::context::RequestContext;
 use crate::error::{Body, BoxError, GatewayError};
 use crate::route::Route;
 
@@ -70,7 +70,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let context = context(&request)?.clone();
+            let context = RequestContext::of(&request)?.clone();
             let takes_body = request
                 .extensions()
                 .get::<Route>()

@@ -7,9 +7,8 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::check::context;
 use super::BoxFuture;
-use crate::context::RequestId;
+use crate::context::{RequestContext, RequestId};
 use crate::error::{Body, GatewayError};
 
 /// Builds [`Rescue`].
@@ -45,7 +44,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let id = context(&request).map_or_else(|_| RequestId::next(), |c| c.id.clone());
+        let id = RequestContext::of(&request).map_or_else(|_| RequestId::next(), |c| c.id.clone());
         let response = self.inner.call(request);
         Box::pin(async move {
             Ok(match response.await {

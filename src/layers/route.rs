@@ -3,7 +3,8 @@
 
 use http::Request;
 
-use super::check::{context, Check};
+use super::check::Check;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::route::route;
 
@@ -14,7 +15,7 @@ pub struct Route;
 impl Check for Route {
     fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let route = route(request.method(), request.uri())?;
-        context(request)?.set_op(route.operation());
+        RequestContext::of(request)?.set_op(route.operation());
         request.extensions_mut().insert(route);
         Ok(())
     }

@@ -5,7 +5,8 @@ use std::sync::Arc;
 use http::Request;
 use ipnet::IpNet;
 
-use super::check::{context, Check};
+use super::check::Check;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::headers;
 
@@ -24,7 +25,7 @@ impl SourceIp {
 
 impl Check for SourceIp {
     fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
-        let context = context(request)?;
+        let context = RequestContext::of(request)?;
         let source = headers::source_ip(context.peer.ip(), request.headers(), &self.trusted)?;
         context.set_source_ip(source);
         Ok(())
