@@ -75,7 +75,7 @@ impl TryFrom<String> for Cidr {
         }
         text.parse::<IpAddr>()
             .map(|ip| Cidr(IpNet::from(ip)))
-            .map_err(|_| format!("`{text}` is not an IP address or CIDR (such as 10.0.0.0/8)"))
+            .map_err(|_| "an entry is not an IP address or CIDR (such as 10.0.0.0/8)".to_string())
     }
 }
 
@@ -359,23 +359,62 @@ pub fn valid_client_name(name: &str) -> bool {
 }
 
 /// A TOML syntax or type error, named by the dotted key it stands at (`server.listen`,
-/// `clients[1].allow`) when the parser points at one, with the parser's own message and location.
+/// `clients[1].allow`) when the parser points at one, with the parser's message and the line and
+/// column. The source line itself is never quoted: it may hold a secret pasted into the file by
+/// mistake, and this text reaches logs.
 fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
-    let key = error
-        .span()
-        .map(|span| key_at(text, span.start))
-        .unwrap_or_default();
-    ConfigError {
-        key,
-        message: error.to_string().trim_end().to_string(),
+    let Some(span) = error.span() else {
+        return ConfigError {
+            key: String::new(),
+            message: error.message().trim_end().to_string(),
+        };
+    };
+    let key = key_at(text, span.start);
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let mut message = error.message().trim_end().to_string();
+    // serde quotes the offending value (`invalid type: string "…"`): a value long enough to be a
+    // credential is not repeated. Short ones (a misspelt `"lst"`) stay, since they help.
+    let value = text
+        .get(span.clone())
+        .unwrap_or("")
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'');
+    if value.len() >= REDACT_FROM {
+        message = message.replace(value, "<value hidden>");
     }
+    message.push_str(&format!(" (line {line}, column {column})"));
+    let leaf = key.rsplit('.').next().unwrap_or("");
+    if SECRET_WORDS.iter().any(|word| leaf.contains(word))
+        && !leaf.ends_with("_env")
+        && !leaf.ends_with("_file")
+    {
+        message.push_str(
+            ". Secrets are never written in the configuration: name an environment variable with \
+             `*_env` or a file with `*_file` (upstream.access_token_env, upstream.access_token_file)",
+        );
+    }
+    ConfigError { key, message }
 }
+
+/// Values at least this long are not repeated in error messages.
+const REDACT_FROM: usize = 12;
+
+/// Key names that suggest a secret was written into the file itself.
+const SECRET_WORDS: [&str; 4] = ["token", "key", "secret", "password"];
 
 /// The dotted key of the `key = value` line holding byte `offset`, after the table header above it.
 fn key_at(text: &str, offset: usize) -> String {
     let before = text.get(..offset).unwrap_or(text);
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    let line = text[line_start..].lines().next().unwrap_or("");
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    if let Some(header) = line.strip_prefix('[') {
+        // The fault is a table header itself (an unknown section such as `[audit]`).
+        return header
+            .trim_matches(|c| c == '[' || c == ']' || c == ' ')
+            .to_string();
+    }
     let key = line.split_once('=').map(|(k, _)| k.trim()).unwrap_or("");
     let mut table = String::new();
     let mut arrays: Vec<(String, usize)> = Vec::new();
@@ -441,6 +480,26 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(error.contains("lst"), "{error}");
+    }
+
+    #[test]
+    fn a_secret_written_into_the_file_is_never_echoed() {
+        for text in [
+            "[upstream]\naccess_token = \"sk-SUPERSECRET-value\"\n",
+            "[upstream]\nuser_id = \"sk-SUPERSECRET-value\"\n",
+            "[upstream]\nurl = \"sk-SUPERSECRET-value\n",
+            "[[clients]]\nname = \"a\"\nkey = \"sk-SUPERSECRET-value\"\n",
+        ] {
+            let error = Config::parse(text).unwrap_err().to_string();
+            assert!(!error.contains("SUPERSECRET"), "{error}");
+        }
+        let error = Config::parse("[upstream]\naccess_token = \"x\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("upstream.access_token:") && error.contains("access_token_env"),
+            "{error}"
+        );
     }
 
     #[test]

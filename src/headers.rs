@@ -20,6 +20,8 @@ use crate::upstream::NEW_API_USER;
 
 /// `X-Request-Id`
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `X-Oneapi-Request-Id`: new-api's own request id, which it takes from the request when present.
+pub const X_ONEAPI_REQUEST_ID: HeaderName = HeaderName::from_static("x-oneapi-request-id");
 /// `X-Forwarded-For`
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -68,6 +70,7 @@ pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId
             || name == header::ACCEPT_ENCODING
             || name == header::EXPECT
             || name == X_REQUEST_ID
+            || name == X_ONEAPI_REQUEST_ID
             || name == X_FORWARDED_FOR
             || (is_forwarding(name) && !source.via_trusted_proxy);
         if !dropped {
@@ -76,6 +79,8 @@ pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId
     }
     out.insert(X_FORWARDED_FOR, HeaderValue::from(IpHeader(source.ip)));
     if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
+        // new-api logs under the id it is given: its log lines then carry the gateway's id.
+        out.insert(X_ONEAPI_REQUEST_ID, id.clone());
         out.insert(X_REQUEST_ID, id);
     }
     out
@@ -194,6 +199,7 @@ mod tests {
             ("forwarded", "for=6.6.6.6"),
             ("x-real-ip", "6.6.6.6"),
             ("x-request-id", "caller-id"),
+            ("x-oneapi-request-id", "forged"),
             ("accept-language", "zh-CN"),
             ("content-type", "application/json"),
             ("user-agent", "curl/8"),
@@ -211,11 +217,13 @@ mod tests {
                 "content-type",
                 "user-agent",
                 "x-forwarded-for",
+                "x-oneapi-request-id",
                 "x-request-id"
             ]
         );
         assert_eq!(out["x-forwarded-for"], "10.1.1.1");
         assert_eq!(out["x-request-id"], "gw-id");
+        assert_eq!(out["x-oneapi-request-id"], "gw-id");
     }
 
     #[test]

@@ -368,6 +368,17 @@ fn query(endpoint: &Endpoint, raw: Option<&str>) -> Result<Option<String>, Gatew
         None | Some("") => return Ok(None),
         Some(raw) => raw,
     };
+    if !raw.is_ascii() {
+        return Err(GatewayError::BadRequest(
+            "the query must be plain ASCII: percent-encode other characters".into(),
+        ));
+    }
+    if raw.contains(';') {
+        // Old Go versions split on `;` too, which would smuggle a parameter past this check.
+        return Err(GatewayError::BadRequest(
+            "the query must not contain `;`: separate parameters with `&` and percent-encode `;` in a value".into(),
+        ));
+    }
     let accepted = endpoint.accepted_query();
     let op = endpoint.operation();
     let mut seen: Vec<&str> = Vec::new();
@@ -581,6 +592,8 @@ mod tests {
             "/api/token/?p=1&p=2",
             "/api/token/search?user_id=1",
             "/api/token/5?p=1",
+            "/api/token/?p=1;user_id=3",
+            "/api/token/search?keyword=a;b",
         ] {
             assert_eq!(code(r(Method::GET, uri)), "bad_request", "{uri}");
         }

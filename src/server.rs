@@ -20,8 +20,11 @@ use crate::error::Body;
 use crate::gateway::Gateway;
 use crate::{admin, stack};
 
-/// How long a caller may take to send its request headers.
+/// How long a caller may take to send its request headers (never more than the whole request's
+/// budget): a connection that sends nothing is closed after this long too.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 pings find dead peers; a peer that does not answer one in time is dropped.
+const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Serves the gateway on `api` and its operations endpoints on `admin` until `shutdown`
 /// resolves; then stops accepting, lets in-flight requests finish within `grace`, and returns.
@@ -34,12 +37,20 @@ pub async fn run(
 ) {
     let (stop, stopped) = watch::channel(false);
     gateway.metrics.set_ready(true);
-    let api = tokio::spawn(serve(api, stack::build(&gateway), stopped.clone(), grace));
+    let header_timeout = HEADER_READ_TIMEOUT.min(gateway.request_timeout);
+    let api = tokio::spawn(serve(
+        api,
+        stack::build(&gateway),
+        stopped.clone(),
+        grace,
+        header_timeout,
+    ));
     let admin = tokio::spawn(serve(
         admin,
         admin::service(gateway.clone()),
         stopped,
         grace,
+        header_timeout,
     ));
     shutdown.await;
     tracing::info!(
@@ -58,6 +69,7 @@ pub async fn serve<S>(
     service: S,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
+    header_timeout: Duration,
 ) where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -69,8 +81,12 @@ pub async fn serve<S>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(header_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -81,12 +97,25 @@ pub async fn serve<S>(
                         request.extensions_mut().insert(PeerAddr(peer));
                         request
                     });
-                    let connection = builder
-                        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                        .into_owned();
-                    let connection = graceful.watch(connection);
+                    let builder = builder.clone();
+                    let watcher = graceful.watcher();
+                    let mut stop = stop.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = connection.await {
+                        // Until the first byte, hyper has no timer running (it is still choosing
+                        // between HTTP/1 and HTTP/2): a connection that sends nothing is closed.
+                        let mut first = [0u8; 1];
+                        tokio::select! {
+                            peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => {
+                                if !matches!(peeked, Ok(Ok(n)) if n > 0) {
+                                    return;
+                                }
+                            }
+                            _ = stop.changed() => return,
+                        }
+                        let connection = builder
+                            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                            .into_owned();
+                        if let Err(error) = watcher.watch(connection).await {
                             tracing::debug!(%peer, %error, "connection ended with an error");
                         }
                     });

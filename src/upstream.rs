@@ -48,23 +48,19 @@ pub struct UpstreamUrl {
 impl UpstreamUrl {
     /// Parses `http(s)://host[:port][/prefix]`.
     pub fn parse(text: &str) -> Result<UpstreamUrl, String> {
-        let uri: Uri = text
-            .parse()
-            .map_err(|e| format!("`{text}` is not a URL: {e}"))?;
+        // Messages never repeat the URL: a mistaken one may carry a credential.
+        let uri: Uri = text.parse().map_err(|e| format!("is not a URL ({e})"))?;
         let scheme = match uri.scheme_str() {
             Some("http") => Scheme::HTTP,
             Some("https") => Scheme::HTTPS,
-            _ => return Err(format!("`{text}` must start with http:// or https://")),
+            _ => return Err("must start with http:// or https://".into()),
         };
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("`{text}` has no host"))?;
+        let authority = uri.authority().cloned().ok_or("has no host")?;
         if authority.as_str().contains('@') {
             return Err("must not carry a user name or password; the credential comes from upstream.access_token_env or upstream.access_token_file".into());
         }
         if uri.query().is_some() || text.contains('#') {
-            return Err(format!("`{text}` must not have a query or fragment"));
+            return Err("must not have a query or fragment".into());
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
         Ok(UpstreamUrl {
@@ -269,15 +265,25 @@ impl Upstream {
 
         let status = parts.status;
         if status.is_redirection() {
-            tracing::warn!(status = status.as_u16(), location = ?parts.headers.get(http::header::LOCATION), "upstream answered with a redirect; refused");
+            // The path only: a redirect keeps the query, which can hold a key fragment.
+            let location = parts
+                .headers
+                .get(http::header::LOCATION)
+                .and_then(|l| l.to_str().ok());
+            let location = location.map(|l| l.split('?').next().unwrap_or(""));
+            tracing::warn!(
+                status = status.as_u16(),
+                location,
+                "upstream answered with a redirect; refused"
+            );
             return Err(GatewayError::UpstreamUnavailable {
                 reason: "the upstream answered with a redirect",
                 source: None,
             });
         }
-        if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-            && self.mode == Mode::Hold
-        {
+        let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
+            || (status == StatusCode::OK && refuses_credential(&body));
+        if refused && self.mode == Mode::Hold {
             self.metrics.upstream_auth_failure();
             tracing::error!(
                 status = status.as_u16(),
@@ -294,6 +300,36 @@ impl Upstream {
             body,
         })
     }
+}
+
+/// new-api's answers, in HTTP 200 envelopes, that refuse the credential itself (E1/E2
+/// `auth.access_token_invalid`, `user_info_invalid`, `user_banned`, `insufficient_privilege`, in
+/// English and Chinese: the language follows the caller's `Accept-Language`).
+const CREDENTIAL_REFUSALS: [&str; 8] = [
+    "Unauthorized, invalid access token",
+    "无权进行此操作，access token 无效",
+    "Unauthorized, invalid user info",
+    "无权进行此操作，用户信息无效",
+    "User has been banned",
+    "用户已被封禁",
+    "Unauthorized, insufficient privileges",
+    "无权进行此操作，权限不足",
+];
+
+/// Whether an HTTP 200 body is new-api refusing the credential (it answers most auth failures
+/// with 200 and `success: false`); only small failure envelopes are parsed.
+fn refuses_credential(body: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Envelope<'a> {
+        success: bool,
+        #[serde(borrow)]
+        message: std::borrow::Cow<'a, str>,
+    }
+    if body.len() > 512 || !body.windows(15).any(|w| w == b"\"success\":false") {
+        return false;
+    }
+    serde_json::from_slice::<Envelope<'_>>(body)
+        .is_ok_and(|e| !e.success && CREDENTIAL_REFUSALS.contains(&e.message.as_ref()))
 }
 
 /// Names what went wrong on the way to the upstream, from the error's cause chain.
@@ -389,6 +425,23 @@ mod tests {
         ] {
             assert!(UpstreamUrl::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn credential_refusals_in_200_envelopes_are_recognised() {
+        assert!(refuses_credential(
+            br#"{"message":"Unauthorized, invalid access token","success":false}"#
+        ));
+        assert!(refuses_credential(
+            "{\"success\":false,\"message\":\"用户已被封禁\"}".as_bytes()
+        ));
+        assert!(!refuses_credential(
+            br#"{"message":"record not found","success":false}"#
+        ));
+        assert!(!refuses_credential(
+            br#"{"message":"Unauthorized, invalid access token","success":true}"#
+        ));
+        assert!(!refuses_credential(b"not json"));
     }
 
     #[test]

@@ -187,7 +187,7 @@ async fn the_credential_is_injected_and_the_callers_headers_filtered() {
     }
     assert_eq!(headers.get_all("authorization").iter().count(), 1);
     assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
-    // The upstream answered in Chinese, as the caller asked, and said the credential was good.
+    // new-api accepted the injected credential (it sets Auth-Version after authenticating).
     assert!(reply.headers.get("auth-version").is_some());
 }
 
@@ -366,4 +366,36 @@ async fn http2_callers_are_served_the_same_way() {
         .unwrap();
     assert_eq!(client.request(request).await.unwrap().status(), 404);
     assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn framing_and_hop_headers_never_cross_on_a_real_socket() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let body = r#"{"name":"chunked"}"#;
+    let request = format!(
+        "POST /api/token/ HTTP/1.1\r\nHost: x\r\nAuthorization: {ADMIN_KEY}\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nTE: trailers\r\nTrailer: X-Checksum\r\nUpgrade: websocket\r\n\
+         Connection: close, X-Private\r\nX-Private: 1\r\nX-Oneapi-Request-Id: forged\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let answer = raw(gateway.addr, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = upstream.emulator.seen();
+    assert_eq!(
+        seen[0].body,
+        body.as_bytes(),
+        "the chunked body arrives whole"
+    );
+    let headers = &seen[0].headers;
+    for dropped in ["transfer-encoding", "te", "trailer", "upgrade", "x-private"] {
+        assert!(
+            headers.get(dropped).is_none(),
+            "{dropped} crossed: {headers:?}"
+        );
+    }
+    assert_eq!(headers["content-length"], body.len().to_string().as_str());
+    assert_eq!(
+        headers["x-oneapi-request-id"], headers["x-request-id"],
+        "new-api logs under the gateway's id"
+    );
 }

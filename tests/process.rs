@@ -138,3 +138,38 @@ async fn no_secret_in_anything_the_gateway_prints_or_answers() {
     // Only the key reveal's own answer carries a token key, and it is the token's, not a secret of ours.
     assert!(answers.contains("\"key\":"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_outliving_the_grace_period_is_cut_and_the_exit_is_still_0() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    upstream.emulator.set_delay(Duration::from_secs(5));
+    let mut options = Options::new(upstream.addr);
+    options.shutdown_grace_ms = 300;
+    let mut gateway = Process::serve(&options, &[]);
+    let addr = gateway.addr;
+    let request = format!("GET /api/token/ HTTP/1.1\r\nHost: x\r\nAuthorization: {ADMIN_KEY}\r\nConnection: close\r\n\r\n");
+    let in_flight = tokio::spawn(async move { raw(addr, request.as_bytes()).await });
+    for _ in 0..200 {
+        if !upstream.emulator.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let started = std::time::Instant::now();
+    gateway.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || gateway.wait(Duration::from_secs(4)))
+        .await
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "bounded by shutdown_grace_ms, not by the upstream"
+    );
+    let answer = in_flight.await.unwrap();
+    assert!(
+        !answer.starts_with("HTTP/1.1 200"),
+        "the request was cut: {answer}"
+    );
+}

@@ -91,6 +91,27 @@ async fn raw_request_lines_cannot_sneak_past() {
     request.extend_from_slice(b"Connection: close\r\n\r\n");
     let answer = raw(gateway.addr, &request).await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // `;` would split parameters in old Go; non-ASCII must be percent-encoded.
+    for target in [
+        "/api/token/?p=1;user_id=3",
+        "/api/token/search?keyword=\u{e9}",
+    ] {
+        let request =
+            format!("GET {target} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        let answer = raw(gateway.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+    }
+    // Other request-target forms and methods in any case.
+    for line in [
+        "OPTIONS * HTTP/1.1",
+        "CONNECT 10.0.0.1:3000 HTTP/1.1",
+        "get /api/token/ HTTP/1.1",
+        "TRACE /api/token/ HTTP/1.1",
+    ] {
+        let request = format!("{line}\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
+        let answer = raw(gateway.addr, request.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 4"), "{line}: {answer}");
+    }
     // An absolute-form target names another host: the path is still what is routed.
     let request = format!("GET http://169.254.169.254/api/user/self HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
     let answer = raw(gateway.addr, request.as_bytes()).await;
@@ -221,5 +242,43 @@ async fn a_caller_too_slow_to_send_its_body_gets_408() {
     let answer = String::from_utf8_lossy(&answer[..n]);
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("request_timeout"), "{answer}");
+    assert!(upstream.emulator.seen().is_empty());
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_after_the_header_timeout() {
+    let upstream = tokengate::emulator::Emulator::spawn(tokengate::emulator::EmulatorConfig::new(
+        UPSTREAM_TOKEN,
+        USER_ID,
+    ))
+    .await
+    .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.request_timeout_ms = 300;
+    let gateway = TestGateway::start(options).await;
+    // Nothing sent at all.
+    let mut silent = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection is closed: {read:?}"
+    );
+    // Half a request line.
+    let mut slow = tokio::net::TcpStream::connect(gateway.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /api/tok")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "a slow header is cut");
     assert!(upstream.emulator.seen().is_empty());
 }

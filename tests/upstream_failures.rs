@@ -70,7 +70,12 @@ async fn a_bare_429_is_upstream_rate_limited_and_one_with_a_body_passes() {
 
 #[tokio::test]
 async fn redirects_are_never_passed_on() {
-    for status in ["301 Moved Permanently", "307 Temporary Redirect"] {
+    for status in [
+        "301 Moved Permanently",
+        "302 Found",
+        "307 Temporary Redirect",
+        "308 Permanent Redirect",
+    ] {
         let answer: &'static str = Box::leak(
             format!("HTTP/1.1 {status}\r\nLocation: http://10.9.8.7:3000/api/token/\r\nContent-Length: 0\r\n\r\n").into_boxed_str(),
         );
@@ -97,6 +102,44 @@ async fn a_refused_gateway_credential_is_502_upstream_auth_failed() {
     assert!(
         metrics.contains("tokengate_upstream_auth_failures_total 1"),
         "{metrics}"
+    );
+
+    // new-api (E2) answers a wrong or rotated token with HTTP 200 and success:false: the same fault,
+    // whatever language the caller asked for.
+    let upstream = Emulator::spawn(EmulatorConfig::new("the-rotated-token", USER_ID))
+        .await
+        .unwrap();
+    let gateway = TestGateway::start(Options::new(upstream.addr)).await;
+    for language in ["en-US", "zh-CN"] {
+        let auth = format!("Bearer {ADMIN_KEY}");
+        let reply = send(
+            gateway.addr,
+            "GET",
+            "/api/token/",
+            &[("authorization", &auth), ("accept-language", language)],
+            None,
+        )
+        .await;
+        reply.assert_envelope(502, "upstream_auth_failed");
+    }
+    let metrics = send(gateway.admin, "GET", "/metrics", &[], None)
+        .await
+        .text();
+    assert!(
+        metrics.contains("tokengate_upstream_auth_failures_total 2"),
+        "{metrics}"
+    );
+    // Other HTTP-200 failures are the caller's business and pass through.
+    let reply = admin(gateway.addr, "GET", "/api/token/5", None).await;
+    assert_eq!(reply.status, 502, "still the gateway's credential");
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let gateway = TestGateway::start(Options::new(upstream.addr)).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/5", None).await;
+    assert_eq!(
+        (reply.status, reply.json()["message"].as_str()),
+        (200, Some("record not found"))
     );
 
     // A plain 403 is the same fault.

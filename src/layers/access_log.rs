@@ -2,7 +2,8 @@
 //!
 //! The line is a tracing event on the target `tokengate::access`, so the subscriber's filter can
 //! route or silence it. It carries the request id, client, operation, status and duration, and
-//! never a header value, a body or the query string (search queries can hold key fragments).
+//! never a header value, a body or the query string (search queries can hold key fragments). A
+//! path is logged with any long or unusual segment elided, since a caller may paste a key there.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -63,7 +64,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let context = RequestContext::of(&request).ok().cloned();
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
+        let path = loggable_path(request.uri().path());
         let metrics = self.metrics.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -81,7 +82,7 @@ where
                 client = context.client(),
                 op = context.op().map(|op| op.as_str()),
                 method = %method,
-                path = %path.escape_debug(),
+                path = %path,
                 source_ip = %context.source_ip().ip,
                 status,
                 code = response.extensions().get::<ErrorCode>().map(|c| c.0),
@@ -90,5 +91,45 @@ where
             );
             Ok(response)
         })
+    }
+}
+
+/// The path as logged: at most 8 segments, each shown only when it is short and plain
+/// (letters, digits, `.`, `_`, `-`); anything else, which might be a pasted key, becomes `…`.
+fn loggable_path(path: &str) -> String {
+    const MAX_SEGMENT: usize = 24;
+    let mut out = String::with_capacity(path.len().min(128));
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if i > 8 {
+            out.push('…');
+            break;
+        }
+        let plain = segment.len() <= MAX_SEGMENT
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        out.push_str(if plain { segment } else { "…" });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loggable_path;
+
+    #[test]
+    fn paths_are_logged_without_anything_that_could_be_a_key() {
+        assert_eq!(loggable_path("/api/token/123/key"), "/api/token/123/key");
+        assert_eq!(loggable_path("/api/token/"), "/api/token/");
+        let key = "sk-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKL";
+        assert_eq!(loggable_path(&format!("/api/token/{key}")), "/api/token/…");
+        assert_eq!(loggable_path("/api/token/%2e%2e/x"), "/api/token/…/x");
+        assert_eq!(
+            loggable_path("/a/b/c/d/e/f/g/h/i/j/k"),
+            "/a/b/c/d/e/f/g/h/…"
+        );
     }
 }
