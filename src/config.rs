@@ -23,6 +23,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The new-api upstream and the credential the gateway holds for it.
     pub upstream: UpstreamConfig,
+    /// Limits on request bodies.
+    pub limits: LimitsConfig,
     /// Log output.
     pub log: LogConfig,
     /// The internal callers and what each may do.
@@ -101,6 +103,8 @@ pub struct UpstreamConfig {
     pub ready_check: bool,
     /// PEM file of the private CA that signs an `https://` upstream (instead of the web PKI).
     pub ca_file: Option<PathBuf>,
+    /// Field names of a fork that pass through bodies unchecked.
+    pub extra_fields: Vec<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -115,6 +119,7 @@ impl Default for UpstreamConfig {
             timeout_ms: 10_000,
             ready_check: false,
             ca_file: None,
+            extra_fields: Vec::new(),
         }
     }
 }
@@ -140,6 +145,28 @@ pub enum AuthScheme {
     Raw,
     /// `Authorization: Bearer <token>`.
     Bearer,
+}
+
+/// `[limits]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// The longest token name, in bytes of UTF-8 (new-api measures bytes).
+    pub name_max_bytes: usize,
+    /// The most ids in one batch.
+    pub max_batch: usize,
+    /// Whether a full update must carry every editable field (new-api resets any it lacks).
+    pub require_complete_updates: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            name_max_bytes: 50,
+            max_batch: 100,
+            require_complete_updates: true,
+        }
+    }
 }
 
 /// `[log]`
@@ -276,7 +303,27 @@ impl Config {
             );
         }
 
+        if !(1..=1024).contains(&self.limits.name_max_bytes) {
+            fault(
+                "limits.name_max_bytes".into(),
+                "must be from 1 to 1024".into(),
+            );
+        }
+        if !(1..=1000).contains(&self.limits.max_batch) {
+            fault("limits.max_batch".into(), "must be from 1 to 1000".into());
+        }
+
         let upstream = &self.upstream;
+        for (i, name) in upstream.extra_fields.iter().enumerate() {
+            let known = crate::token::edit::TOKEN_FIELDS.contains(&name.as_str())
+                || crate::token::edit::READ_ONLY_FIELDS.contains(&name.as_str());
+            if name.is_empty() || known || upstream.extra_fields[..i].contains(name) {
+                fault(
+                    format!("upstream.extra_fields[{i}]"),
+                    format!("`{name}` must be a non-empty field name that new-api does not already have, given once"),
+                );
+            }
+        }
         if let Err(message) = crate::upstream::UpstreamUrl::parse(&upstream.url) {
             fault("upstream.url".into(), message);
         }

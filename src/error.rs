@@ -11,6 +11,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
 use crate::context::RequestId;
+use crate::token::edit::{BodyError, Faults};
+use crate::token::json::JsonError;
 
 /// The body type of every response the gateway returns (upstream bodies are read whole).
 pub type Body = Full<Bytes>;
@@ -38,6 +40,15 @@ pub enum GatewayError {
         /// The operation's policy name.
         op: &'static str,
     },
+    /// A write body without `Content-Type: application/json`.
+    #[error("a request body must be JSON: send `Content-Type: application/json` (with `charset=utf-8` or no charset)")]
+    UnsupportedMediaType,
+    /// Not one strict JSON object (SPEC §4.1).
+    #[error("{0}")]
+    InvalidJson(#[from] JsonError),
+    /// One or more field faults (SPEC §4.2–4.4), every one reported.
+    #[error("{0}")]
+    InvalidBody(Faults),
     /// A path outside SPEC §2.
     #[error("no such route: this gateway serves only the token API (/api/token/...)")]
     NotFound,
@@ -83,6 +94,9 @@ impl GatewayError {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::MissingKey | GatewayError::UnknownKey => "unauthenticated",
             GatewayError::OperationNotAllowed { .. } => "forbidden",
+            GatewayError::UnsupportedMediaType => "unsupported_media_type",
+            GatewayError::InvalidJson(_) => "invalid_json",
+            GatewayError::InvalidBody(faults) => faults.code(),
             GatewayError::NotFound => "not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::RequestTimeout(_) => "request_timeout",
@@ -101,6 +115,8 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MissingKey | GatewayError::UnknownKey => StatusCode::UNAUTHORIZED,
             GatewayError::OperationNotAllowed { .. } => StatusCode::FORBIDDEN,
+            GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::InvalidJson(_) | GatewayError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
@@ -122,11 +138,17 @@ impl GatewayError {
 
     /// The SPEC §9 envelope for this error, carrying the request id.
     pub fn into_response(self, request_id: &RequestId) -> Response<Body> {
+        let faults = match &self {
+            GatewayError::InvalidBody(faults) => Some(faults),
+            _ => None,
+        };
         let envelope = Envelope {
             success: false,
             message: &self.to_string(),
             error: EnvelopeError {
                 code: self.code(),
+                field: faults.and_then(|f| f.field()),
+                fields: faults.map(|f| f.fields()),
                 request_id: request_id.as_str(),
             },
         };
@@ -144,6 +166,15 @@ impl GatewayError {
     }
 }
 
+impl From<BodyError> for GatewayError {
+    fn from(error: BodyError) -> GatewayError {
+        match error {
+            BodyError::Json(error) => GatewayError::InvalidJson(error),
+            BodyError::Fields(faults) => GatewayError::InvalidBody(faults),
+        }
+    }
+}
+
 /// The SPEC §9 envelope, in the order SPEC writes it (new-api's own `success`/`message` first).
 #[derive(serde::Serialize)]
 struct Envelope<'a> {
@@ -155,6 +186,10 @@ struct Envelope<'a> {
 #[derive(serde::Serialize)]
 struct EnvelopeError<'a> {
     code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fields: Option<Vec<&'a str>>,
     request_id: &'a str,
 }
 

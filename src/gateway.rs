@@ -11,6 +11,7 @@ use crate::caller::Authenticator;
 use crate::config::{Config, ConfigError, ConfigErrors, Mode, DEFAULT_TOKEN_ENV};
 use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
+use crate::token::edit::Limits;
 use crate::upstream::{Credential, Upstream};
 
 /// Everything the request stack and the admin listener share.
@@ -24,6 +25,8 @@ pub struct Gateway {
     pub trusted_proxies: Arc<[IpNet]>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: usize,
+    /// What body validation depends on (`[limits]`, `upstream.extra_fields`).
+    pub limits: Arc<Limits>,
     /// `server.request_timeout_ms`.
     pub request_timeout: Duration,
     /// `upstream.ready_check`.
@@ -67,6 +70,12 @@ impl Gateway {
             authenticator: Arc::new(authenticator),
             trusted_proxies: config.server.trusted_proxies.iter().map(|c| c.0).collect(),
             max_body_bytes: config.server.max_body_bytes,
+            limits: Arc::new(Limits {
+                name_max_bytes: config.limits.name_max_bytes,
+                max_batch: config.limits.max_batch,
+                require_complete_updates: config.limits.require_complete_updates,
+                extra_fields: config.upstream.extra_fields.clone(),
+            }),
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             ready_check: config.upstream.ready_check,
             held_credential,

@@ -20,6 +20,7 @@
 //! headers.rs      SPEC §3: which headers cross, caller IP
 //! upstream.rs     the upstream client: credential injection, timeouts, status mapping
 //! forward.rs      the innermost service
+//! token/          SPEC §4: strict JSON, one type per field rule, the typed edit of each operation
 //! error.rs        GatewayError and the SPEC §9 envelope
 //! emulator/       a built-in new-api emulator (sandbox and test upstream); shares no checks with the gateway
 //! layers/         one concern per layer (see stack.rs)
@@ -29,7 +30,7 @@
 //!
 //! ```text
 //! request context (id, deadline) → access log + metrics → rescue (errors → envelope)
-//!   → source ip → authenticate → route → authorize → read body → forward
+//!   → source ip → authenticate → route → authorize → read body → validate → forward
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
@@ -52,6 +53,7 @@ pub mod secret;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod token;
 pub mod upstream;
 
 pub use config::Config;

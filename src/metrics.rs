@@ -23,6 +23,12 @@ struct OpStatus {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OpCode {
+    op: &'static str,
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Op {
     op: &'static str,
 }
@@ -41,6 +47,7 @@ pub struct Metrics {
     request_duration: Latency,
     upstream_duration: Latency,
     upstream_auth_failures: Counter,
+    validation_refusals: Family<OpCode, Counter>,
     ready: Gauge,
 }
 
@@ -65,6 +72,7 @@ impl Metrics {
         let upstream_duration = Latency::new_with_constructor(latency);
         let upstream_auth_failures = Counter::default();
         let ready = Gauge::default();
+        let validation_refusals = Family::<OpCode, Counter>::default();
         registry.register(
             "tokengate_requests",
             "Requests answered, by operation and HTTP status",
@@ -96,6 +104,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_auth_failures,
+            validation_refusals,
             ready,
         }
     }
@@ -119,6 +128,16 @@ impl Metrics {
     /// Counts an upstream refusal of the gateway's credential.
     pub fn upstream_auth_failure(&self) {
         self.upstream_auth_failures.inc();
+    }
+
+    /// Counts a refused request body.
+    pub fn validation_refusal(&self, op: Operation, code: &'static str) {
+        self.validation_refusals
+            .get_or_create(&OpCode {
+                op: op.as_str(),
+                code,
+            })
+            .inc();
     }
 
     /// Sets `tokengate_ready`.

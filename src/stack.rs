@@ -21,6 +21,7 @@ use crate::layers::request_context::RequestContextLayer;
 use crate::layers::rescue::RescueLayer;
 use crate::layers::route::Route;
 use crate::layers::source_ip::SourceIp;
+use crate::layers::validate::Validate;
 
 /// The caller-facing service.
 pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
@@ -54,6 +55,11 @@ pub fn build(gateway: &Gateway) -> GatewayService {
         .layer(CheckLayer::new(Authorize))
         // Read the body whole, within the size cap and the request deadline.
         .layer(ReadBodyLayer::new(gateway.max_body_bytes))
+        // Check a write body against SPEC §4 and forward the checked edit, never the raw bytes.
+        .layer(CheckLayer::new(Validate::new(
+            gateway.limits.clone(),
+            gateway.metrics.clone(),
+        )))
         // Send it upstream in canonical form with the credential injected.
         .service(Forward::new(gateway.upstream.clone()));
     BoxCloneSyncService::new(service)

@@ -24,6 +24,10 @@ fn the_example_config_loads_and_states_the_defaults() {
         ..Default::default()
     };
     assert_eq!(format!("{:?}", config.upstream), format!("{upstream:?}"));
+    assert_eq!(
+        format!("{:?}", config.limits),
+        format!("{:?}", tokengate::config::LimitsConfig::default())
+    );
     assert_eq!(config.clients.len(), 1);
     assert_eq!(
         config.clients[0].key_sha256,

@@ -25,8 +25,8 @@ impl Authenticate {
     }
 }
 
-impl Check for Authenticate {
-    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+impl<B> Check<B> for Authenticate {
+    fn check(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let headers = request.headers();
         if headers.get_all(AUTHORIZATION).iter().nth(1).is_some() {
             return Err(GatewayError::BadRequest(

@@ -11,8 +11,8 @@ use crate::route::Route;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Authorize;
 
-impl Check for Authorize {
-    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+impl<B> Check<B> for Authorize {
+    fn check(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let extensions = request.extensions();
         let (Some(caller), Some(route)) = (extensions.get::<Caller>(), extensions.get::<Route>())
         else {

@@ -1,7 +1,7 @@
 //! A layer for synchronous checks that either refuse a request or let it through, possibly
 //! enriched (an extension added), in the shape of tower-http's `ValidateRequest`.
 //!
-//! Authentication, routing, the allow list and the caller IP are each a [`Check`]: a small type
+//! Authentication, routing, the allow list, the caller IP and body validation are each a [`Check`]: a small type
 //! with one method, testable without a server. Refusals are [`GatewayError`]s, rendered at the top.
 
 use std::task::{Context, Poll};
@@ -12,10 +12,10 @@ use tower::{Layer, Service};
 
 use crate::error::{Body, GatewayError};
 
-/// One synchronous check of a request.
-pub trait Check: Clone {
-    /// Refuses the request, or lets it through (it may add extensions).
-    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError>;
+/// One synchronous check of a request with body type `B`.
+pub trait Check<B>: Clone {
+    /// Refuses the request, or lets it through (it may add extensions, or replace the body).
+    fn check(&self, request: &mut Request<B>) -> Result<(), GatewayError>;
 }
 
 /// Applies a [`Check`] before the inner service.
@@ -50,7 +50,7 @@ pub struct Checked<C, S> {
 
 impl<C, S, B> Service<Request<B>> for Checked<C, S>
 where
-    C: Check,
+    C: Check<B>,
     S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>,
 {
     type Response = Response<Body>;

@@ -10,6 +10,7 @@ pub mod request_context;
 pub mod rescue;
 pub mod route;
 pub mod source_ip;
+pub mod validate;
 
 use std::future::Future;
 use std::pin::Pin;

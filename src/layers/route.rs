@@ -12,8 +12,8 @@ use crate::route::route;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Route;
 
-impl Check for Route {
-    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+impl<B> Check<B> for Route {
+    fn check(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let route = route(request.method(), request.uri())?;
         RequestContext::of(request)?.set_op(route.operation());
         request.extensions_mut().insert(route);

@@ -23,8 +23,8 @@ impl SourceIp {
     }
 }
 
-impl Check for SourceIp {
-    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
+impl<B> Check<B> for SourceIp {
+    fn check(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let context = RequestContext::of(request)?;
         let source = headers::source_ip(context.peer.ip(), request.headers(), &self.trusted)?;
         context.set_source_ip(source);

@@ -1,0 +1,665 @@
+//! The body of each write operation as a typed edit (SPEC §4.1, §4.3, §4.4): parsed once,
+//! every fault collected, and forwarded as the checked edit (never as the bytes the caller sent).
+//!
+//! The read-only fields a `GET` returns are accepted and dropped, so a caller can `GET` a token,
+//! edit it and `PUT` it back; fields named in `upstream.extra_fields` pass through unchecked;
+//! anything else is an unknown field.
+
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::fields::{
+    self, AllowIps, AutoGroups, Expiry, Groups, ModelLimits, Name, ProxyUrl, Quota, Refusal, Rules,
+    Status, Text,
+};
+use super::json::{self, JsonError};
+use crate::route::TokenId;
+
+/// The fields a `GET` returns that nobody can set: accepted in a body and not forwarded.
+pub const READ_ONLY_FIELDS: [&str; 7] = [
+    "key",
+    "user_id",
+    "created_time",
+    "accessed_time",
+    "used_quota",
+    "DeletedAt",
+    "username",
+];
+
+/// The fields a full update must carry, since new-api writes the zero value of any it lacks.
+pub const COMPLETE_UPDATE_FIELDS: [&str; 8] = [
+    "name",
+    "expired_time",
+    "remain_quota",
+    "unlimited_quota",
+    "model_limits_enabled",
+    "model_limits",
+    "allow_ips",
+    "group",
+];
+
+/// Every field a token edit may carry (SPEC §4.2).
+pub const TOKEN_FIELDS: [&str; 14] = [
+    "id",
+    "name",
+    "remain_quota",
+    "unlimited_quota",
+    "expired_time",
+    "model_limits_enabled",
+    "model_limits",
+    "allow_ips",
+    "group",
+    "cross_group_retry",
+    "auto_groups",
+    "status",
+    "mj_image_mode",
+    "mj_custom_proxy",
+];
+
+/// What the body rules depend on besides the body and the time.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// `limits.name_max_bytes`.
+    pub name_max_bytes: usize,
+    /// `limits.max_batch`: the most ids in one batch.
+    pub max_batch: usize,
+    /// `limits.require_complete_updates`.
+    pub require_complete_updates: bool,
+    /// `upstream.extra_fields`: fork fields passed through unchecked.
+    pub extra_fields: Vec<String>,
+}
+
+/// Which body shape an operation takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EditKind {
+    /// `POST /api/token/`
+    Create,
+    /// `PUT /api/token/`
+    Update,
+    /// `PUT /api/token/?status_only=true`
+    StatusOnly,
+    /// `{"ids": [..]}`: `POST /api/token/batch` and `POST /api/token/batch/keys`.
+    Ids,
+}
+
+/// The fields of one token edit, each present or not, every one checked.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TokenFields {
+    /// `id`
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_id"
+    )]
+    pub id: Option<TokenId>,
+    /// `name`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<Name>,
+    /// `remain_quota`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remain_quota: Option<Quota>,
+    /// `unlimited_quota`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unlimited_quota: Option<bool>,
+    /// `expired_time`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expired_time: Option<Expiry>,
+    /// `model_limits_enabled`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_limits_enabled: Option<bool>,
+    /// `model_limits`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model_limits: Option<ModelLimits>,
+    /// `allow_ips` (present as null is kept: it writes NULL upstream)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allow_ips: Option<AllowIps>,
+    /// `group`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<Groups>,
+    /// `cross_group_retry`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cross_group_retry: Option<bool>,
+    /// `auto_groups`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auto_groups: Option<AutoGroups>,
+    /// `status`
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// `mj_image_mode` (forks)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mj_image_mode: Option<Text>,
+    /// `mj_custom_proxy` (forks)
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mj_custom_proxy: Option<ProxyUrl>,
+    /// `upstream.extra_fields`, as sent.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn serialize_id<S: serde::Serializer>(
+    id: &Option<TokenId>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match id {
+        Some(id) => serializer.serialize_u64(id.get()),
+        None => serializer.serialize_none(),
+    }
+}
+
+impl TokenFields {
+    /// Whether the named field is present.
+    fn has(&self, field: &str) -> bool {
+        match field {
+            "id" => self.id.is_some(),
+            "name" => self.name.is_some(),
+            "remain_quota" => self.remain_quota.is_some(),
+            "unlimited_quota" => self.unlimited_quota.is_some(),
+            "expired_time" => self.expired_time.is_some(),
+            "model_limits_enabled" => self.model_limits_enabled.is_some(),
+            "model_limits" => self.model_limits.is_some(),
+            "allow_ips" => self.allow_ips.is_some(),
+            "group" => self.group.is_some(),
+            "cross_group_retry" => self.cross_group_retry.is_some(),
+            "auto_groups" => self.auto_groups.is_some(),
+            "status" => self.status.is_some(),
+            "mj_image_mode" => self.mj_image_mode.is_some(),
+            "mj_custom_proxy" => self.mj_custom_proxy.is_some(),
+            other => self.extra.contains_key(other),
+        }
+    }
+
+    /// Checks one field into place; `Ok(false)` when `key` is not a token field.
+    fn set(&mut self, key: &str, value: &Value, rules: &Rules) -> Result<bool, Refusal> {
+        fn put<T>(slot: &mut Option<T>, parsed: Result<T, Refusal>) -> Result<bool, Refusal> {
+            *slot = Some(parsed?);
+            Ok(true)
+        }
+        match key {
+            "id" => put(&mut self.id, fields::token_id(value)),
+            "name" => put(&mut self.name, Name::parse(value, rules)),
+            "remain_quota" => put(&mut self.remain_quota, Quota::parse(value)),
+            "unlimited_quota" => put(&mut self.unlimited_quota, fields::boolean(value)),
+            "expired_time" => put(&mut self.expired_time, Expiry::parse(value, rules)),
+            "model_limits_enabled" => put(&mut self.model_limits_enabled, fields::boolean(value)),
+            "model_limits" => put(&mut self.model_limits, ModelLimits::parse(value)),
+            "allow_ips" => put(&mut self.allow_ips, AllowIps::parse(value)),
+            "group" => put(&mut self.group, Groups::parse(value)),
+            "cross_group_retry" => put(&mut self.cross_group_retry, fields::boolean(value)),
+            "auto_groups" => put(&mut self.auto_groups, AutoGroups::parse(value)),
+            "status" => put(&mut self.status, Status::parse(value)),
+            "mj_image_mode" => put(&mut self.mj_image_mode, Text::parse(value)),
+            "mj_custom_proxy" => put(&mut self.mj_custom_proxy, ProxyUrl::parse(value)),
+            _ => Ok(false),
+        }
+    }
+}
+
+/// A checked write body.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Edit {
+    /// Create a token (`name` present).
+    Create(TokenFields),
+    /// A full update (`id` present and, unless turned off, every field of
+    /// [`COMPLETE_UPDATE_FIELDS`]).
+    Update(TokenFields),
+    /// A status-only update (`id` and `status` present).
+    StatusOnly(TokenFields),
+    /// The ids of a batch: 1 to `limits.max_batch`, distinct.
+    Ids(Vec<TokenId>),
+}
+
+impl Edit {
+    /// Parses and checks a body of `kind`; `now` is the Unix time in seconds.
+    pub fn parse(
+        kind: EditKind,
+        body: &[u8],
+        limits: &Limits,
+        now: i64,
+    ) -> Result<Edit, BodyError> {
+        let map = json::parse_object(body).map_err(BodyError::Json)?;
+        let rules = Rules {
+            name_max_bytes: limits.name_max_bytes,
+            now,
+        };
+        let mut faults = Vec::new();
+        let edit = match kind {
+            EditKind::Ids => Edit::Ids(ids(map, limits, &mut faults)),
+            _ => {
+                let fields = token_fields(kind, map, limits, &rules, &mut faults);
+                match kind {
+                    EditKind::Create => Edit::Create(fields),
+                    EditKind::Update => Edit::Update(fields),
+                    _ => Edit::StatusOnly(fields),
+                }
+            }
+        };
+        if faults.is_empty() {
+            Ok(edit)
+        } else {
+            Err(BodyError::Fields(Faults(faults)))
+        }
+    }
+
+    /// The ids the edit names (for the audit trail and policy).
+    pub fn token_ids(&self) -> Vec<TokenId> {
+        match self {
+            Edit::Create(_) => Vec::new(),
+            Edit::Update(fields) | Edit::StatusOnly(fields) => fields.id.into_iter().collect(),
+            Edit::Ids(ids) => ids.clone(),
+        }
+    }
+
+    /// The body to forward: exactly the checked fields.
+    pub fn to_json(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct IdsBody {
+            ids: Vec<u64>,
+        }
+        let written = match self {
+            Edit::Create(fields) | Edit::Update(fields) | Edit::StatusOnly(fields) => {
+                serde_json::to_vec(fields)
+            }
+            Edit::Ids(ids) => serde_json::to_vec(&IdsBody {
+                ids: ids.iter().map(|id| id.get()).collect(),
+            }),
+        };
+        // Serialising plain structs of strings, integers and JSON values cannot fail.
+        written.unwrap_or_default()
+    }
+}
+
+/// Reads the token fields of a create, update or status-only body.
+fn token_fields(
+    kind: EditKind,
+    map: Map<String, Value>,
+    limits: &Limits,
+    rules: &Rules,
+    faults: &mut Vec<Fault>,
+) -> TokenFields {
+    let mut fields = TokenFields::default();
+    for (key, value) in map {
+        match fields.set(&key, &value, rules) {
+            Ok(true) => {}
+            Err(message) => faults.push(Fault::invalid(&key, message)),
+            Ok(false) if READ_ONLY_FIELDS.contains(&key.as_str()) => {}
+            Ok(false) if limits.extra_fields.contains(&key) => {
+                fields.extra.insert(key, value);
+            }
+            Ok(false) => faults.push(Fault::unknown(&key, &TOKEN_FIELDS)),
+        }
+    }
+    let required: &[&str] = match kind {
+        EditKind::Create => &["name"],
+        EditKind::Update => &["id"],
+        _ => &["id", "status"],
+    };
+    for field in required {
+        if !fields.has(field) && !faults.iter().any(|f| f.field == *field) {
+            faults.push(Fault::invalid(field, "is required".into()));
+        }
+    }
+    if kind == EditKind::Update && limits.require_complete_updates {
+        for field in COMPLETE_UPDATE_FIELDS {
+            if !fields.has(field) && !faults.iter().any(|f| f.field == field) {
+                faults.push(Fault {
+                    field: field.into(),
+                    code: FaultCode::IncompleteUpdate,
+                    message: String::new(),
+                });
+            }
+        }
+    }
+    fields
+}
+
+/// Reads `{"ids": [..]}`.
+fn ids(mut map: Map<String, Value>, limits: &Limits, faults: &mut Vec<Fault>) -> Vec<TokenId> {
+    let value = map.remove("ids");
+    for key in map.keys() {
+        faults.push(Fault::unknown(key, &["ids"]));
+    }
+    let items = match value {
+        None => {
+            return push(
+                faults,
+                Fault::invalid("ids", "is required: send {\"ids\": [1, 2, 3]}".into()),
+            )
+        }
+        Some(Value::Array(items)) => items,
+        Some(other) => {
+            let message = format!("must be an array of token ids, not {}", json::kind(&other));
+            return push(faults, Fault::invalid("ids", message));
+        }
+    };
+    if items.is_empty() || items.len() > limits.max_batch {
+        let message = format!("lists {} ids; send 1 to {}", items.len(), limits.max_batch);
+        return push(faults, Fault::invalid("ids", message));
+    }
+    let mut ids = Vec::with_capacity(items.len());
+    for item in &items {
+        match fields::token_id(item) {
+            Ok(id) if ids.contains(&id) => {
+                return push(
+                    faults,
+                    Fault::invalid("ids", format!("lists the id {id} twice")),
+                )
+            }
+            Ok(id) => ids.push(id),
+            Err(message) => {
+                return push(
+                    faults,
+                    Fault::invalid("ids", format!("every entry must be a token id: {message}")),
+                )
+            }
+        }
+    }
+    ids
+}
+
+fn push(faults: &mut Vec<Fault>, fault: Fault) -> Vec<TokenId> {
+    faults.push(fault);
+    Vec::new()
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// Not one strict JSON object (400 `invalid_json`).
+    Json(JsonError),
+    /// One or more field faults.
+    Fields(Faults),
+}
+
+/// The SPEC §9 code of a field fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultCode {
+    /// A field rule, or a required field missing (`invalid_field`).
+    InvalidField,
+    /// A field the operation does not know (`unknown_field`).
+    UnknownField,
+    /// A field a full update must carry (`incomplete_update`).
+    IncompleteUpdate,
+}
+
+impl FaultCode {
+    /// The SPEC §9 code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FaultCode::InvalidField => "invalid_field",
+            FaultCode::UnknownField => "unknown_field",
+            FaultCode::IncompleteUpdate => "incomplete_update",
+        }
+    }
+}
+
+/// One faulty field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fault {
+    /// The field's name, as sent.
+    pub field: String,
+    /// Which kind of fault.
+    pub code: FaultCode,
+    /// What is wrong (empty for a missing field of a full update).
+    pub message: String,
+}
+
+impl Fault {
+    fn invalid(field: &str, message: String) -> Fault {
+        Fault {
+            field: field.into(),
+            code: FaultCode::InvalidField,
+            message,
+        }
+    }
+
+    fn unknown(field: &str, known: &[&str]) -> Fault {
+        let hint = closest(field, known)
+            .map(|k| format!(" (did you mean `{k}`?)"))
+            .unwrap_or_default();
+        Fault {
+            field: field.into(),
+            code: FaultCode::UnknownField,
+            message: format!("is not a field of this operation{hint}"),
+        }
+    }
+}
+
+/// Every fault of one body, in the order found (body keys in sorted order, then missing fields).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Faults(pub Vec<Fault>);
+
+impl Faults {
+    /// The code of the first fault (the envelope's `error.code`).
+    pub fn code(&self) -> &'static str {
+        self.0.first().map_or("invalid_field", |f| f.code.as_str())
+    }
+
+    /// The first faulty field (`error.field`).
+    pub fn field(&self) -> Option<&str> {
+        self.0.first().map(|f| f.field.as_str())
+    }
+
+    /// Every faulty field (`error.fields`).
+    pub fn fields(&self) -> Vec<&str> {
+        self.0.iter().map(|f| f.field.as_str()).collect()
+    }
+}
+
+impl fmt::Display for Faults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        let mut sep = |f: &mut fmt::Formatter<'_>| {
+            let s = if first { "" } else { "; " };
+            first = false;
+            f.write_str(s)
+        };
+        for fault in self
+            .0
+            .iter()
+            .filter(|f| f.code != FaultCode::IncompleteUpdate)
+        {
+            sep(f)?;
+            write!(f, "`{}` {}", fault.field.escape_debug(), fault.message)?;
+        }
+        let missing: Vec<&str> = self
+            .0
+            .iter()
+            .filter(|f| f.code == FaultCode::IncompleteUpdate)
+            .map(|f| f.field.as_str())
+            .collect();
+        if !missing.is_empty() {
+            sep(f)?;
+            write!(
+                f,
+                "a full update must carry every editable field, because new-api resets any field left out (an omitted expired_time expires the token at once); missing: {}. GET the token, change what you need and PUT the whole of it",
+                missing.join(", ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The known name nearest to a misspelt one (at most two edits away).
+fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (distance(name, k), *k))
+        .filter(|(d, _)| *d <= 2)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}
+
+/// Levenshtein distance, over characters.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            name_max_bytes: 50,
+            max_batch: 3,
+            require_complete_updates: true,
+            extra_fields: vec!["billing_type".into()],
+        }
+    }
+
+    fn parse(kind: EditKind, body: serde_json::Value) -> Result<Edit, BodyError> {
+        Edit::parse(kind, body.to_string().as_bytes(), &limits(), NOW)
+    }
+
+    fn faults(result: Result<Edit, BodyError>) -> Faults {
+        match result {
+            Err(BodyError::Fields(faults)) => faults,
+            other => panic!("expected field faults, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_get_response_round_trips_as_a_full_update() {
+        let token = json!({
+            "id": 7, "user_id": 1, "key": "abcd**********wxyz", "status": 1, "name": "ci",
+            "created_time": 1, "accessed_time": 2, "expired_time": -1, "remain_quota": 10,
+            "unlimited_quota": false, "model_limits_enabled": false, "model_limits": "",
+            "allow_ips": null, "used_quota": 0, "group": "", "cross_group_retry": false, "DeletedAt": null
+        });
+        let edit = parse(EditKind::Update, token).unwrap();
+        let forwarded: serde_json::Value = serde_json::from_slice(&edit.to_json()).unwrap();
+        assert_eq!(
+            forwarded,
+            json!({
+                "id": 7, "status": 1, "name": "ci", "expired_time": -1, "remain_quota": 10,
+                "unlimited_quota": false, "model_limits_enabled": false, "model_limits": "",
+                "allow_ips": null, "group": "", "cross_group_retry": false
+            })
+        );
+        assert_eq!(edit.token_ids(), [TokenId::parse("7").unwrap()]);
+    }
+
+    #[test]
+    fn every_fault_is_reported_with_a_hint() {
+        let f = faults(parse(
+            EditKind::Create,
+            json!({"remain_qouta": 5, "name": "", "expired_time": 0, "status": 9}),
+        ));
+        assert_eq!(
+            f.fields(),
+            ["expired_time", "name", "remain_qouta", "status"]
+        );
+        assert_eq!(f.code(), "invalid_field");
+        assert!(f.to_string().contains("did you mean `remain_quota`"), "{f}");
+        let f = faults(parse(EditKind::Create, json!({"bogus": 1, "name": "x"})));
+        assert_eq!((f.code(), f.field()), ("unknown_field", Some("bogus")));
+    }
+
+    #[test]
+    fn required_fields_per_operation() {
+        assert_eq!(
+            faults(parse(EditKind::Create, json!({}))).fields(),
+            ["name"]
+        );
+        let f = faults(parse(EditKind::Update, json!({"name": "x"})));
+        assert_eq!(f.0[0].field, "id");
+        assert_eq!(f.0[0].code, FaultCode::InvalidField);
+        let f = faults(parse(EditKind::Update, json!({"id": 1, "name": "x"})));
+        assert_eq!(f.code(), "incomplete_update");
+        assert_eq!(f.field(), Some("expired_time"));
+        assert!(
+            f.to_string()
+                .contains("missing: expired_time, remain_quota"),
+            "{f}"
+        );
+        assert_eq!(
+            faults(parse(EditKind::StatusOnly, json!({"id": 1}))).fields(),
+            ["status"]
+        );
+        assert!(parse(
+            EditKind::StatusOnly,
+            json!({"id": 1, "status": 2, "name": "x"})
+        )
+        .is_ok());
+        let mut lax = limits();
+        lax.require_complete_updates = false;
+        assert!(Edit::parse(EditKind::Update, br#"{"id":1,"name":"x"}"#, &lax, NOW).is_ok());
+    }
+
+    #[test]
+    fn extra_fields_pass_through_and_ids_are_checked() {
+        let edit = parse(
+            EditKind::Create,
+            json!({"name": "x", "billing_type": {"any": [1]}}),
+        )
+        .unwrap();
+        assert!(String::from_utf8(edit.to_json())
+            .unwrap()
+            .contains(r#""billing_type":{"any":[1]}"#));
+        assert_eq!(
+            parse(EditKind::Ids, json!({"ids": [3, 1, 2]}))
+                .unwrap()
+                .to_json(),
+            br#"{"ids":[3,1,2]}"#
+        );
+        for bad in [
+            json!({}),
+            json!({"ids": []}),
+            json!({"ids": [1, 2, 3, 4]}),
+            json!({"ids": [1, 1]}),
+            json!({"ids": "1,2"}),
+            json!({"ids": [0]}),
+        ] {
+            assert_eq!(
+                faults(parse(EditKind::Ids, bad.clone())).field(),
+                Some("ids"),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            faults(parse(EditKind::Ids, json!({"ids": [1], "id": 2}))).code(),
+            "unknown_field"
+        );
+    }
+
+    #[test]
+    fn json_faults_are_not_field_faults() {
+        assert!(matches!(
+            Edit::parse(
+                EditKind::Create,
+                br#"{"name":"a","name":"b"}"#,
+                &limits(),
+                NOW
+            ),
+            Err(BodyError::Json(_))
+        ));
+        assert!(matches!(
+            Edit::parse(EditKind::Create, b"[]", &limits(), NOW),
+            Err(BodyError::Json(_))
+        ));
+    }
+
+    #[test]
+    fn edit_distance() {
+        assert_eq!(distance("remain_qouta", "remain_quota"), 2);
+        assert_eq!(closest("nme", &TOKEN_FIELDS), Some("name"));
+        assert_eq!(closest("zzzzzz", &TOKEN_FIELDS), None);
+    }
+}
