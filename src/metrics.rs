@@ -94,6 +94,11 @@ impl Metrics {
             upstream_auth_failures.clone(),
         );
         registry.register(
+            "tokengate_validation_refusals",
+            "Request bodies refused before the upstream saw them, by operation and SPEC code",
+            validation_refusals.clone(),
+        );
+        registry.register(
             "tokengate_ready",
             "1 when the gateway is ready to serve, else 0",
             ready.clone(),
@@ -165,6 +170,7 @@ mod tests {
         metrics.request(Some(Operation::List), 200, Duration::from_millis(3));
         metrics.request(None, 404, Duration::from_millis(1));
         metrics.set_ready(true);
+        metrics.validation_refusal(Operation::Create, "invalid_json");
         let text = metrics.render();
         assert!(
             text.contains("tokengate_requests_total{op=\"list\",status=\"200\"} 1"),
@@ -179,5 +185,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tokengate_ready 1"), "{text}");
+        assert!(
+            text.contains(
+                "tokengate_validation_refusals_total{op=\"create\",code=\"invalid_json\"} 1"
+            ),
+            "{text}"
+        );
     }
 }
