@@ -25,6 +25,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Limits on request bodies.
     pub limits: LimitsConfig,
+    /// The audit trail.
+    pub audit: AuditConfig,
     /// Log output.
     pub log: LogConfig,
     /// The internal callers and what each may do.
@@ -169,6 +171,50 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[audit]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// The live trail file (`"-"` for standard output: no rotation, durability is the reader's).
+    pub path: PathBuf,
+    /// When records reach the disk.
+    pub fsync: Fsync,
+    /// Environment variable holding the HMAC key (default `TOKENGATE_AUDIT_KEY`).
+    pub hmac_key_env: Option<String>,
+    /// File holding the HMAC key (instead of `hmac_key_env`).
+    pub hmac_key_file: Option<PathBuf>,
+    /// Size past which the live file is rotated to `<path>.<n>`.
+    pub rotate_bytes: u64,
+    /// Whether reads (`list`, `search`, `get`) are audited too.
+    pub reads: bool,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            path: PathBuf::from("audit/tokengate.audit.jsonl"),
+            fsync: Fsync::Always,
+            hmac_key_env: None,
+            hmac_key_file: None,
+            rotate_bytes: 104_857_600,
+            reads: false,
+        }
+    }
+}
+
+/// The default of `audit.hmac_key_env`.
+pub const DEFAULT_AUDIT_KEY_ENV: &str = "TOKENGATE_AUDIT_KEY";
+
+/// `audit.fsync`
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fsync {
+    /// No request is forwarded or answered before its record is on disk (group commit).
+    Always,
+    /// Records are synced every 100 ms: up to that window can be lost in a crash.
+    Interval,
+}
+
 /// `[log]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -308,6 +354,15 @@ impl Config {
                 "limits.name_max_bytes".into(),
                 "must be from 1 to 1024".into(),
             );
+        }
+        if self.audit.hmac_key_env.is_some() && self.audit.hmac_key_file.is_some() {
+            fault(
+                "audit.hmac_key_file".into(),
+                "set either audit.hmac_key_env or audit.hmac_key_file, not both".into(),
+            );
+        }
+        if self.audit.rotate_bytes < 4096 {
+            fault("audit.rotate_bytes".into(), "must be at least 4096".into());
         }
         if !(1..=1000).contains(&self.limits.max_batch) {
             fault("limits.max_batch".into(), "must be from 1 to 1000".into());
