@@ -1,2 +1,12 @@
 //! The audit trail (SPEC §6): every modification recorded, durably and tamper-evidently, before
 //! the upstream sees it.
+//!
+//! - [`canonical`]: RFC 8785 canonical JSON, the bytes that are hashed and written;
+//! - [`chain`]: the audit key, the HMAC-SHA256 `hash` of a record and its `prev` link
+//!   ([`chain::seal`], [`chain::line`]: what the writer appends);
+//! - [`verify`]: listing a trail's files, checking a whole trail (`tokengate audit verify`), and
+//!   reading the verified tail a writer resumes from.
+
+pub mod canonical;
+pub mod chain;
+pub mod verify;

@@ -1,0 +1,684 @@
+//! Checking a trail (SPEC §6, verify): every line one canonical JSON record, every `hash`, every
+//! `prev` link, `seq` without gaps, and the order of the files. The first bad record is reported
+//! by file, line and `seq`.
+//!
+//! [`trail_files`] lists the files of a trail in order, [`verify`] reads them all (streaming, one
+//! line at a time), and [`tail`] reads only the end of the last one (what the writer resumes
+//! from).
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::canonical::canonical;
+use super::chain::{hash_of, AuditKey, GENESIS};
+
+/// The longest line read; a longer one is reported rather than held in memory.
+pub const MAX_LINE_BYTES: usize = 16 << 20;
+
+/// The files of the trail whose live file is `path`, oldest first: `<path>.1`, `<path>.2`, …
+/// `<path>.n` (numeric order, higher is newer), then `<path>` if it exists. A gap in the
+/// numbering is an error naming the missing file. A directory that does not exist gives no files.
+pub fn trail_files(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} does not name a file", path.display()),
+        ));
+    };
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => {
+            return Err(io::Error::new(
+                error.kind(),
+                format!("cannot list {}: {error}", dir.display()),
+            ))
+        }
+    };
+    let prefix = format!("{name}.");
+    let mut numbers = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let file_name = entry.file_name();
+        let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        // Only `<path>.<n>` in plain decimal, n ≥ 1 (not `.01`, not `.tmp`).
+        if suffix.is_empty()
+            || suffix.starts_with('0')
+            || !suffix.bytes().all(|b| b.is_ascii_digit())
+        {
+            continue;
+        }
+        if let Ok(n) = suffix.parse::<u64>() {
+            numbers.push(n);
+        }
+    }
+    numbers.sort_unstable();
+    let rotated = |n: u64| {
+        let mut file = path.as_os_str().to_owned();
+        file.push(format!(".{n}"));
+        PathBuf::from(file)
+    };
+    let mut files = Vec::with_capacity(numbers.len() + 1);
+    for (i, &n) in numbers.iter().enumerate() {
+        let expected = i as u64 + 1;
+        if n != expected {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{} is missing: the trail has {} but not the files before it",
+                    rotated(expected).display(),
+                    rotated(n).display()
+                ),
+            ));
+        }
+        files.push(rotated(n));
+    }
+    if path.exists() {
+        files.push(path.to_path_buf());
+    }
+    Ok(files)
+}
+
+/// What an intact trail holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Summary {
+    /// The number of records.
+    pub records: u64,
+    /// The number of files read (empty ones included).
+    pub files: usize,
+    /// The `hash` of the last record, or [`GENESIS`] for an empty trail.
+    pub head: String,
+    /// The `seq` of the last record (0 for an empty trail).
+    pub last_seq: u64,
+}
+
+/// The first bad record of a trail.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// The file holding it.
+    pub file: PathBuf,
+    /// Its line in that file, from 1 (0 when the file itself could not be read).
+    pub line: usize,
+    /// Its `seq`, when it could be read.
+    pub seq: Option<u64>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Failure {
+    fn new(file: &Path, line: usize, seq: Option<u64>, reason: impl Into<String>) -> Failure {
+        Failure {
+            file: file.to_path_buf(),
+            line,
+            seq,
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)?;
+        if let Some(seq) = self.seq {
+            write!(f, " (seq {seq})")?;
+        }
+        write!(f, ": {}", self.reason)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Where the chain stands after the records read so far.
+struct Chain {
+    records: u64,
+    last_seq: u64,
+    head: String,
+}
+
+/// Verifies the trail made of `files`, oldest first: each line one JSON object in canonical form,
+/// `v` 1, its `hash` the HMAC of the rest under `key`, its `prev` the previous record's `hash`
+/// ([`GENESIS`] for the very first), its `seq` the previous one plus 1 (the first is 1), and the
+/// last line complete. Empty files are allowed. Returns the first bad record.
+pub fn verify(files: &[PathBuf], key: &AuditKey) -> Result<Summary, Failure> {
+    let mut chain = Chain {
+        records: 0,
+        last_seq: 0,
+        head: GENESIS.to_owned(),
+    };
+    let mut buf = Vec::with_capacity(4096);
+    for file in files {
+        let handle = File::open(file)
+            .map_err(|e| Failure::new(file, 0, None, format!("cannot open: {e}")))?;
+        let mut reader = BufReader::with_capacity(64 << 10, handle);
+        let mut number = 0usize;
+        loop {
+            buf.clear();
+            let read = (&mut reader)
+                .take(MAX_LINE_BYTES as u64 + 1)
+                .read_until(b'\n', &mut buf)
+                .map_err(|e| Failure::new(file, number + 1, None, format!("cannot read: {e}")))?;
+            if read == 0 {
+                break;
+            }
+            number += 1;
+            if buf.last() != Some(&b'\n') {
+                let reason = if buf.len() > MAX_LINE_BYTES {
+                    format!("the line is longer than {MAX_LINE_BYTES} bytes")
+                } else {
+                    "the last line is incomplete (no newline at its end): a torn write".to_owned()
+                };
+                return Err(Failure::new(file, number, None, reason));
+            }
+            let expected_seq = chain.last_seq + 1;
+            let (seq, hash) = check_record(&buf[..buf.len() - 1], key)
+                .and_then(|(record, seq, hash)| {
+                    check_link(&record, seq, expected_seq, &chain.head)?;
+                    Ok((seq, hash))
+                })
+                .map_err(|(seq, reason)| Failure::new(file, number, seq, reason))?;
+            chain.records += 1;
+            chain.last_seq = seq;
+            chain.head = hash;
+        }
+    }
+    Ok(Summary {
+        records: chain.records,
+        files: files.len(),
+        head: chain.head,
+        last_seq: chain.last_seq,
+    })
+}
+
+/// A fault found in one record: its `seq` if readable, and the reason.
+type Fault = (Option<u64>, String);
+
+/// Checks one line (without its `\n`) on its own: a canonical JSON object, `v` 1, a `seq`, and a
+/// `hash` that verifies. Returns the record, its `seq` and its `hash`.
+fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64, String), Fault> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| (None, format!("the line is not valid JSON: {e}")))?;
+    let Value::Object(record) = value else {
+        return Err((None, "the line is not a JSON object".to_owned()));
+    };
+    let seq = record.get("seq").and_then(Value::as_u64);
+    match record.get("v") {
+        Some(v) if v.as_u64() == Some(1) => {}
+        Some(v) => return Err((seq, format!("v is {v}, not 1"))),
+        None => return Err((seq, "the record has no v".to_owned())),
+    }
+    let Some(hash) = record.get("hash").and_then(Value::as_str) else {
+        return Err((seq, "the record has no hash".to_owned()));
+    };
+    if hash_of(key, &record) != hash {
+        return Err((
+            seq,
+            "hash mismatch: the record was changed, or it was sealed with another key".to_owned(),
+        ));
+    }
+    // The hash covers the parsed record; the line must also be exactly its canonical form, so
+    // that what a reader of the file sees (duplicate members, say) is what was hashed.
+    if canonical(&Value::Object(record.clone())) != bytes {
+        return Err((
+            seq,
+            "the line is not the canonical JSON (RFC 8785) of its record".to_owned(),
+        ));
+    }
+    let Some(seq) = seq.filter(|&s| s > 0) else {
+        return Err((
+            None,
+            "the record has no seq (a positive integer)".to_owned(),
+        ));
+    };
+    let hash = hash.to_owned();
+    Ok((record, seq, hash))
+}
+
+/// Checks that a record follows the previous one: `seq` one more, `prev` its `hash`.
+fn check_link(
+    record: &Map<String, Value>,
+    seq: u64,
+    expected_seq: u64,
+    head: &str,
+) -> Result<(), Fault> {
+    if seq != expected_seq {
+        let what = if seq > expected_seq {
+            "records are missing before it"
+        } else {
+            "records are out of order or repeated"
+        };
+        return Err((
+            Some(seq),
+            format!("seq {seq} where {expected_seq} was expected: {what}"),
+        ));
+    }
+    match record.get("prev").and_then(Value::as_str) {
+        Some(prev) if prev == head => Ok(()),
+        Some(_) if head == GENESIS => Err((
+            Some(seq),
+            "prev is not the genesis value (64 zeros) although this is the first record".to_owned(),
+        )),
+        Some(_) => Err((
+            Some(seq),
+            "prev does not match the hash of the previous record: the chain is broken".to_owned(),
+        )),
+        None => Err((Some(seq), "the record has no prev".to_owned())),
+    }
+}
+
+/// The `(seq, hash)` of the last record of the trail made of `files` (the last line of the last
+/// non-empty file), after checking that this line is complete and that its record verifies
+/// under `key`; `None` when the trail holds no record. Only the end of that file is read.
+pub fn tail(files: &[PathBuf], key: &AuditKey) -> Result<Option<(u64, String)>, Failure> {
+    for file in files.iter().rev() {
+        let io_failure = |e: io::Error| Failure::new(file, 0, None, format!("cannot read: {e}"));
+        let mut handle = File::open(file).map_err(io_failure)?;
+        let len = handle.metadata().map_err(io_failure)?.len();
+        if len == 0 {
+            continue;
+        }
+        let (start, bytes) = last_line(&mut handle, len).map_err(io_failure)?;
+        let number = || line_number(file, start);
+        if bytes.last() != Some(&b'\n') {
+            return Err(Failure::new(
+                file,
+                number(),
+                None,
+                "the last line is incomplete (no newline at its end): a torn write",
+            ));
+        }
+        if bytes.len() > MAX_LINE_BYTES + 1 {
+            return Err(Failure::new(
+                file,
+                number(),
+                None,
+                format!("the last line is longer than {MAX_LINE_BYTES} bytes"),
+            ));
+        }
+        return match check_record(&bytes[..bytes.len() - 1], key) {
+            Ok((_, seq, hash)) => Ok(Some((seq, hash))),
+            Err((seq, reason)) => Err(Failure::new(file, number(), seq, reason)),
+        };
+    }
+    Ok(None)
+}
+
+/// The last line of a non-empty file of `len` bytes (with its `\n` if it has one), and the offset
+/// where it starts. Reads backwards from the end, in growing windows, up to one line's worth.
+fn last_line(file: &mut File, len: u64) -> io::Result<(u64, Vec<u8>)> {
+    let limit = MAX_LINE_BYTES as u64 + 2;
+    let mut window: u64 = 64 << 10;
+    loop {
+        let start = len.saturating_sub(window);
+        file.seek(SeekFrom::Start(start))?;
+        let mut bytes = Vec::with_capacity((len - start) as usize);
+        file.by_ref().take(len - start).read_to_end(&mut bytes)?;
+        // The newline that ends the line before the last one (the last byte is left out: it may be
+        // the last line's own newline).
+        let body = &bytes[..bytes.len().saturating_sub(1)];
+        if let Some(at) = body.iter().rposition(|&b| b == b'\n') {
+            let at = at + 1;
+            return Ok((start + at as u64, bytes.split_off(at)));
+        }
+        if start == 0 || window >= limit {
+            return Ok((start, bytes));
+        }
+        window = (window * 4).min(limit);
+    }
+}
+
+/// The 1-based number of the line starting at byte `offset` of `file` (0 if it cannot be read);
+/// for failure reports only.
+fn line_number(file: &Path, offset: u64) -> usize {
+    let count = || -> io::Result<usize> {
+        let mut reader = BufReader::with_capacity(64 << 10, File::open(file)?).take(offset);
+        let mut lines = 1;
+        loop {
+            let chunk = reader.fill_buf()?;
+            if chunk.is_empty() {
+                return Ok(lines);
+            }
+            lines += chunk.iter().filter(|&&b| b == b'\n').count();
+            let used = chunk.len();
+            reader.consume(used);
+        }
+    };
+    count().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::chain::{line, seal};
+    use serde_json::json;
+    use std::io::Write;
+
+    fn key() -> AuditKey {
+        AuditKey::new(b"0123456789abcdef0123456789abcdef").unwrap()
+    }
+
+    /// Writes `counts[i]` records to file i (`path.1`, …, then `path` for the last), chained.
+    fn trail(dir: &Path, counts: &[usize]) -> (PathBuf, Vec<PathBuf>, Vec<String>) {
+        let path = dir.join("audit.jsonl");
+        let key = key();
+        let mut prev = GENESIS.to_owned();
+        let mut seq = 0u64;
+        let mut files = Vec::new();
+        let mut hashes = Vec::new();
+        for (i, &count) in counts.iter().enumerate() {
+            let file = if i + 1 == counts.len() {
+                path.clone()
+            } else {
+                PathBuf::from(format!("{}.{}", path.display(), i + 1))
+            };
+            let mut out = File::create(&file).unwrap();
+            for _ in 0..count {
+                seq += 1;
+                let Value::Object(mut record) = json!({
+                    "v": 1, "seq": seq, "ts": "2025-06-01T12:00:00.000Z", "phase": "intent",
+                    "request_id": format!("req-{seq}"), "op": "delete", "token_ids": [seq],
+                    "prev": prev,
+                }) else {
+                    unreachable!()
+                };
+                seal(&key, &mut record);
+                prev = record["hash"].as_str().unwrap().to_owned();
+                hashes.push(prev.clone());
+                out.write_all(&line(&record)).unwrap();
+            }
+            files.push(file);
+        }
+        (path, files, hashes)
+    }
+
+    fn lines(file: &Path) -> Vec<String> {
+        std::fs::read_to_string(file)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn write_lines(file: &Path, lines: &[String]) {
+        let mut text = lines.join("\n");
+        if !lines.is_empty() {
+            text.push('\n');
+        }
+        std::fs::write(file, text).unwrap();
+    }
+
+    #[test]
+    fn trail_files_are_listed_oldest_first_in_numeric_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        assert!(trail_files(&path).unwrap().is_empty());
+        assert!(trail_files(&dir.path().join("nodir/a.jsonl"))
+            .unwrap()
+            .is_empty());
+        for n in 1..=11 {
+            std::fs::write(format!("{}.{n}", path.display()), "").unwrap();
+        }
+        // Not part of the trail.
+        for other in [
+            "a.jsonl.tmp",
+            "a.jsonl.01",
+            "a.jsonl.0",
+            "b.jsonl.12",
+            "a.jsonl.1x",
+        ] {
+            std::fs::write(dir.path().join(other), "").unwrap();
+        }
+        let files = trail_files(&path).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        let expected: Vec<String> = (1..=11).map(|n| format!("a.jsonl.{n}")).collect();
+        assert_eq!(names, expected);
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(trail_files(&path).unwrap().last(), Some(&path));
+        assert_eq!(trail_files(&path).unwrap().len(), 12);
+    }
+
+    #[test]
+    fn a_gap_in_the_numbering_names_the_missing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        for n in [1, 3] {
+            std::fs::write(format!("{}.{n}", path.display()), "").unwrap();
+        }
+        let error = trail_files(&path).unwrap_err().to_string();
+        assert!(error.contains("a.jsonl.2 is missing"), "{error}");
+        std::fs::remove_file(format!("{}.1", path.display())).unwrap();
+        let error = trail_files(&path).unwrap_err().to_string();
+        assert!(error.contains("a.jsonl.1 is missing"), "{error}");
+    }
+
+    #[test]
+    fn an_intact_trail_verifies_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, files, hashes) = trail(dir.path(), &[3, 4, 0]);
+        assert_eq!(trail_files(&path).unwrap(), files);
+        let summary = verify(&files, &key()).unwrap();
+        assert_eq!(
+            summary,
+            Summary {
+                records: 7,
+                files: 3,
+                head: hashes[6].clone(),
+                last_seq: 7
+            }
+        );
+        // The tail skips the empty live file.
+        assert_eq!(tail(&files, &key()).unwrap(), Some((7, hashes[6].clone())));
+        assert_eq!(
+            verify(&[], &key()).unwrap(),
+            Summary {
+                records: 0,
+                files: 0,
+                head: GENESIS.to_owned(),
+                last_seq: 0
+            }
+        );
+        assert_eq!(tail(&[], &key()).unwrap(), None);
+        assert_eq!(tail(&files[2..], &key()).unwrap(), None);
+    }
+
+    fn failure(files: &[PathBuf]) -> Failure {
+        verify(files, &key()).unwrap_err()
+    }
+
+    #[test]
+    fn an_edited_record_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, files, _) = trail(dir.path(), &[3, 3]);
+        let mut l = lines(&files[1]);
+        l[1] = l[1].replace("\"op\":\"delete\"", "\"op\":\"create\"");
+        write_lines(&files[1], &l);
+        let f = failure(&files);
+        assert_eq!(
+            (f.file.clone(), f.line, f.seq),
+            (files[1].clone(), 2, Some(5))
+        );
+        assert!(f.reason.contains("hash mismatch"), "{f}");
+        assert_eq!(
+            f.to_string(),
+            format!("{}:2 (seq 5): {}", files[1].display(), f.reason)
+        );
+    }
+
+    #[test]
+    fn deleted_swapped_and_dropped_records_are_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, files, _) = trail(dir.path(), &[3, 3, 3]);
+        let original = lines(&files[0]);
+
+        let mut l = original.clone();
+        l.remove(1);
+        write_lines(&files[0], &l);
+        let f = failure(&files);
+        assert_eq!((f.line, f.seq), (2, Some(3)));
+        assert!(f.reason.contains("missing"), "{f}");
+
+        let mut l = original.clone();
+        l.swap(0, 1);
+        write_lines(&files[0], &l);
+        let f = failure(&files);
+        assert_eq!((f.line, f.seq), (1, Some(2)));
+
+        // The last record of the first file removed: caught at the first of the next.
+        let mut l = original.clone();
+        l.pop();
+        write_lines(&files[0], &l);
+        let f = failure(&files);
+        assert_eq!(
+            (f.file.clone(), f.line, f.seq),
+            (files[1].clone(), 1, Some(4))
+        );
+        write_lines(&files[0], &original);
+
+        // A middle file left out, or the files out of order.
+        let f = failure(&[files[0].clone(), files[2].clone()]);
+        assert_eq!(
+            (f.file.clone(), f.line, f.seq),
+            (files[2].clone(), 1, Some(7))
+        );
+        let f = failure(&[files[1].clone(), files[0].clone(), files[2].clone()]);
+        assert_eq!((f.line, f.seq), (1, Some(4)));
+        assert!(f.reason.contains("missing"));
+        // The first file left out: the trail does not start at seq 1.
+        let f = failure(&files[1..]);
+        assert_eq!((f.file.clone(), f.seq), (files[1].clone(), Some(4)));
+        assert!(verify(&files, &key()).is_ok());
+    }
+
+    #[test]
+    fn a_relinked_record_with_the_right_seq_is_caught_by_prev() {
+        // A record from another trail (same key) spliced in with the right seq: only prev differs.
+        let dir = tempfile::tempdir().unwrap();
+        let (_, files, _) = trail(dir.path(), &[3]);
+        let other = tempfile::tempdir().unwrap();
+        let (_, other_files, _) = trail(other.path(), &[3]);
+        let mut l = lines(&files[0]);
+        let mut record: Map<String, Value> = serde_json::from_str(&l[1]).unwrap();
+        record.insert("prev".into(), json!("f".repeat(64)));
+        seal(&key(), &mut record);
+        l[1] = String::from_utf8(line(&record))
+            .unwrap()
+            .trim_end()
+            .to_owned();
+        write_lines(&files[0], &l);
+        let f = failure(&files);
+        assert_eq!((f.line, f.seq), (2, Some(2)));
+        assert!(f.reason.contains("prev"), "{f}");
+        assert!(verify(&other_files, &key()).is_ok());
+    }
+
+    #[test]
+    fn torn_lines_wrong_keys_and_junk_are_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, files, _) = trail(dir.path(), &[2, 2]);
+        let other = AuditKey::new(b"another key that is long enough!!").unwrap();
+        let f = verify(&files, &other).unwrap_err();
+        assert_eq!(
+            (f.file.clone(), f.line, f.seq),
+            (files[0].clone(), 1, Some(1))
+        );
+        assert!(tail(&files, &other).is_err());
+
+        let whole = std::fs::read(&files[1]).unwrap();
+        std::fs::write(&files[1], &whole[..whole.len() - 10]).unwrap();
+        let f = failure(&files);
+        assert_eq!((f.file.clone(), f.line, f.seq), (files[1].clone(), 2, None));
+        assert!(f.reason.contains("torn"), "{f}");
+        let t = tail(&files, &key()).unwrap_err();
+        assert_eq!((t.line, t.reason.clone()), (2, f.reason.clone()));
+        // Only the newline missing is a torn write too.
+        std::fs::write(&files[1], &whole[..whole.len() - 1]).unwrap();
+        assert!(failure(&files).reason.contains("torn"));
+        assert!(tail(&files, &key()).unwrap_err().reason.contains("torn"));
+
+        for junk in ["", "[]", "{\"v\":1", "not json"] {
+            let mut l = lines(&files[0]);
+            l.insert(1, junk.to_owned());
+            write_lines(&files[1], &[]);
+            write_lines(&files[0], &l);
+            let f = failure(&files);
+            assert_eq!((f.line, f.seq), (2, None), "{junk:?}: {f}");
+        }
+    }
+
+    #[test]
+    fn a_non_canonical_line_is_caught_even_with_a_valid_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, files, _) = trail(dir.path(), &[2]);
+        let mut l = lines(&files[0]);
+        // A duplicate member: the parser keeps the last one, which is the hashed value.
+        l[0] = l[0].replacen("{", "{\"op\":\"create\",", 1);
+        write_lines(&files[0], &l);
+        let f = failure(&files);
+        assert_eq!((f.line, f.seq), (1, Some(1)));
+        assert!(f.reason.contains("canonical"), "{f}");
+    }
+
+    #[test]
+    fn v_must_be_1() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let Value::Object(mut record) = json!({"v": 2, "seq": 1, "prev": GENESIS}) else {
+            unreachable!()
+        };
+        seal(&key(), &mut record);
+        std::fs::write(&path, line(&record)).unwrap();
+        let f = failure(&[path.clone()]);
+        assert_eq!((f.line, f.seq), (1, Some(1)));
+        assert!(f.reason.contains("v is 2"), "{f}");
+    }
+
+    #[test]
+    fn the_tail_of_a_long_file_is_found_from_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, files, hashes) = trail(dir.path(), &[2000]);
+        assert!(std::fs::metadata(&files[0]).unwrap().len() > 64 << 10);
+        assert_eq!(
+            tail(&files, &key()).unwrap(),
+            Some((2000, hashes[1999].clone()))
+        );
+        // One huge last line (bigger than the first window).
+        let mut record: Map<String, Value> =
+            serde_json::from_str(lines(&files[0]).last().unwrap()).unwrap();
+        record.insert("request".into(), json!("x".repeat(300 << 10)));
+        record.insert("seq".into(), json!(2001));
+        record.insert("prev".into(), json!(hashes[1999]));
+        seal(&key(), &mut record);
+        let mut out = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&files[0])
+            .unwrap();
+        out.write_all(&line(&record)).unwrap();
+        let head = record["hash"].as_str().unwrap().to_owned();
+        assert_eq!(tail(&files, &key()).unwrap(), Some((2001, head.clone())));
+        assert_eq!(verify(&files, &key()).unwrap().head, head);
+        // A file of a single line.
+        let single = dir.path().join("single");
+        std::fs::create_dir(&single).unwrap();
+        let (_, one, h) = trail(&single, &[1]);
+        assert_eq!(tail(&one, &key()).unwrap(), Some((1, h[0].clone())));
+        // A bad last record is reported with its line number.
+        let mut l = lines(&files[0]);
+        let last = l.len() - 1;
+        l[last] = l[last].replace("\"op\":\"delete\"", "\"op\":\"create\"");
+        write_lines(&files[0], &l);
+        let t = tail(&files, &key()).unwrap_err();
+        assert_eq!((t.line, t.seq), (2001, Some(2001)));
+    }
+}
