@@ -136,13 +136,17 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     telemetry::init(config.log.format);
-    let gateway = match Gateway::build(&config) {
+    let mut gateway = match Gateway::build(&config) {
         Ok(gateway) => gateway,
         Err(errors) => {
             report(path, &errors);
             return ExitCode::from(2);
         }
     };
+    if let Err(errors) = gateway.open_trail(&config.audit) {
+        report(path, &errors);
+        return ExitCode::from(2);
+    }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -170,6 +174,7 @@ fn serve(path: &Path) -> ExitCode {
             listen = %api.local_addr().map_or(config.server.listen, |a| a),
             admin_listen = %admin.local_addr().map_or(config.server.admin_listen, |a| a),
             upstream = %gateway.upstream.url(),
+            audit = %config.audit.path.display(),
             mode = ?config.upstream.mode,
             clients = config.clients.len(),
             "tokengate listening"
@@ -228,6 +233,29 @@ fn check(path: &Path) -> ExitCode {
         "  upstream       {}  (timeout {} ms)",
         gateway.upstream.url(),
         upstream.timeout_ms
+    );
+    let audit = &config.audit;
+    let key_source = match (&audit.hmac_key_file, &audit.hmac_key_env) {
+        (Some(file), _) => format!("file {}", file.display()),
+        (None, Some(env)) => format!("environment variable {env}"),
+        (None, None) => format!(
+            "environment variable {}",
+            crate::config::DEFAULT_AUDIT_KEY_ENV
+        ),
+    };
+    println!(
+        "  audit          {}  (fsync {}, rotate at {} bytes, reads {}), key from {key_source}",
+        audit.path.display(),
+        match audit.fsync {
+            crate::config::Fsync::Always => "always",
+            crate::config::Fsync::Interval => "every 100 ms",
+        },
+        audit.rotate_bytes,
+        if audit.reads {
+            "audited"
+        } else {
+            "not audited"
+        },
     );
     match upstream.mode {
         Mode::Hold => {

@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use tokio::time::Instant;
@@ -71,6 +71,17 @@ pub struct SourceIp {
     pub via_trusted_proxy: bool,
 }
 
+/// What the upstream answered, as the audit trail records it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UpstreamFacts {
+    /// The HTTP status.
+    pub status: u16,
+    /// The envelope's `success` (new-api answers HTTP 200 on failure), when the body is JSON.
+    pub success: Option<bool>,
+    /// The envelope's `message`, when the body is JSON.
+    pub message: Option<String>,
+}
+
 /// What one request has learnt so far, shared by every layer through the request extensions.
 #[derive(Debug)]
 pub struct RequestContext {
@@ -84,15 +95,25 @@ pub struct RequestContext {
     pub deadline: Instant,
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The request method.
+    pub method: http::Method,
+    /// The request path as it may be logged ([`loggable_path`]).
+    pub path: String,
     source_ip: OnceLock<SourceIp>,
     client: OnceLock<Arc<str>>,
     op: OnceLock<Operation>,
+    token_ids: OnceLock<Vec<u64>>,
+    request: OnceLock<serde_json::Value>,
+    forwarded: AtomicBool,
+    upstream: OnceLock<UpstreamFacts>,
 }
 
 impl RequestContext {
-    /// A context for a request that arrived now from `peer`.
+    /// A context for a `method` request to `path` that arrived now from `peer`.
     pub fn new(
         peer: SocketAddr,
+        method: http::Method,
+        path: &str,
         caller_request_id: Option<String>,
         timeout: std::time::Duration,
     ) -> Self {
@@ -103,10 +124,56 @@ impl RequestContext {
             started,
             deadline: started + timeout,
             peer,
+            method,
+            path: loggable_path(path),
             source_ip: OnceLock::new(),
             client: OnceLock::new(),
             op: OnceLock::new(),
+            token_ids: OnceLock::new(),
+            request: OnceLock::new(),
+            forwarded: AtomicBool::new(false),
+            upstream: OnceLock::new(),
         }
+    }
+
+    /// Records the token ids the request names (once).
+    pub fn set_token_ids(&self, ids: Vec<u64>) {
+        let _ = self.token_ids.set(ids);
+    }
+
+    /// The token ids the request names.
+    pub fn token_ids(&self) -> &[u64] {
+        self.token_ids.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Records the checked request body (once).
+    pub fn set_request(&self, body: serde_json::Value) {
+        let _ = self.request.set(body);
+    }
+
+    /// The checked request body, if the request had one.
+    pub fn request(&self) -> Option<&serde_json::Value> {
+        self.request.get()
+    }
+
+    /// Marks the request as sent upstream (after its intent record is durable).
+    pub fn set_forwarded(&self) {
+        self.forwarded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the request was sent upstream.
+    pub fn forwarded(&self) -> bool {
+        self.forwarded.load(Ordering::Relaxed)
+    }
+
+    /// Records what the upstream answered (once).
+    pub fn set_upstream(&self, facts: UpstreamFacts) {
+        let _ = self.upstream.set(facts);
+    }
+
+    /// What the upstream answered, if it did.
+    pub fn upstream(&self) -> Option<&UpstreamFacts> {
+        self.upstream.get()
     }
 
     /// The context of `request`, which the request-context layer inserts first of all.
@@ -150,9 +217,44 @@ impl RequestContext {
     }
 }
 
+/// The path as logged and audited: at most 8 segments, each shown only when it is short and
+/// plain (letters, digits, `.`, `_`, `-`); anything else, which might be a pasted key, is `…`.
+pub fn loggable_path(path: &str) -> String {
+    const MAX_SEGMENT: usize = 24;
+    let mut out = String::with_capacity(path.len().min(128));
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        if i > 8 {
+            out.push('…');
+            break;
+        }
+        let plain = segment.len() <= MAX_SEGMENT
+            && segment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        out.push_str(if plain { segment } else { "…" });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_logged_without_anything_that_could_be_a_key() {
+        assert_eq!(loggable_path("/api/token/123/key"), "/api/token/123/key");
+        assert_eq!(loggable_path("/api/token/"), "/api/token/");
+        let key = "sk-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKL";
+        assert_eq!(loggable_path(&format!("/api/token/{key}")), "/api/token/…");
+        assert_eq!(loggable_path("/api/token/%2e%2e/x"), "/api/token/…/x");
+        assert_eq!(
+            loggable_path("/a/b/c/d/e/f/g/h/i/j/k"),
+            "/a/b/c/d/e/f/g/h/…"
+        );
+    }
 
     #[test]
     fn ids_are_distinct_and_fixed_width() {

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 
+use crate::audit::writer::AuditError;
 use crate::context::RequestId;
 use crate::token::edit::{BodyError, Faults};
 use crate::token::json::JsonError;
@@ -64,6 +65,11 @@ pub enum GatewayError {
     /// A body over `server.max_body_bytes`.
     #[error("the request body is larger than the limit of {0} bytes")]
     BodyTooLarge(usize),
+    /// The audit trail cannot be written, so the request is not forwarded (SPEC §6, fail closed).
+    #[error(
+        "the request was not forwarded because the audit trail cannot be written; retry later"
+    )]
+    AuditUnavailable(#[source] AuditError),
     /// The upstream answered 429 with an empty body.
     #[error("the upstream is rate limiting requests; retry later")]
     UpstreamRateLimited,
@@ -101,6 +107,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::BodyTooLarge(_) => "body_too_large",
+            GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::UpstreamRateLimited => "upstream_rate_limited",
             GatewayError::Internal(_) => "internal",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
@@ -121,6 +128,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamAuthFailed => {

@@ -63,6 +63,7 @@ impl Service<Request<Bytes>> for Forward {
                     body,
                     credential: &caller.credential,
                     deadline: context.deadline,
+                    context: Some(&context),
                 })
                 .await?;
             let mut response = Response::new(Full::new(answer.body));

@@ -7,8 +7,10 @@ use std::time::Duration;
 use http::HeaderValue;
 use ipnet::IpNet;
 
+use crate::audit::chain::AuditKey;
+use crate::audit::writer::Trail;
 use crate::caller::Authenticator;
-use crate::config::{Config, ConfigError, ConfigErrors, Mode, DEFAULT_TOKEN_ENV};
+use crate::config::{AuditConfig, Config, ConfigError, ConfigErrors, Mode, DEFAULT_TOKEN_ENV};
 use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
 use crate::token::edit::Limits;
@@ -33,6 +35,12 @@ pub struct Gateway {
     pub ready_check: bool,
     /// The held credential (hold mode), for the readiness probe.
     pub held_credential: Option<Arc<Credential>>,
+    /// The key that seals the audit trail.
+    pub audit_key: AuditKey,
+    /// The open audit trail (after [`Gateway::open_trail`]); `check` never opens it.
+    pub trail: Option<Arc<Trail>>,
+    /// `audit.reads`.
+    pub audit_reads: bool,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
 }
@@ -55,7 +63,25 @@ impl Gateway {
             },
             Mode::Passthrough => None,
         };
-        let (Some(upstream), true) = (upstream, errors.is_empty()) else {
+        let audit = &config.audit;
+        let audit_key = AuditKey::load(
+            audit.hmac_key_env.as_deref(),
+            audit.hmac_key_file.as_deref(),
+        )
+        .map_err(|message| {
+            let key = if audit.hmac_key_file.is_some() {
+                "audit.hmac_key_file"
+            } else {
+                "audit.hmac_key_env"
+            };
+            errors.push(ConfigError {
+                key: key.into(),
+                message,
+            })
+        })
+        .ok();
+        let (Some(upstream), Some(audit_key), true) = (upstream, audit_key, errors.is_empty())
+        else {
             return Err(ConfigErrors(errors));
         };
         let authenticator = match &held_credential {
@@ -79,8 +105,20 @@ impl Gateway {
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             ready_check: config.upstream.ready_check,
             held_credential,
+            audit_key,
+            trail: None,
+            audit_reads: audit.reads,
             metrics,
         })
+    }
+
+    /// Opens the audit trail for writing (resuming its chain) and starts its writer; `serve`
+    /// refuses to start when this fails.
+    pub fn open_trail(&mut self, config: &AuditConfig) -> Result<(), ConfigErrors> {
+        let trail = Trail::open(config, self.audit_key.clone(), self.metrics.clone())
+            .map_err(|message| ConfigErrors::one("audit.path", message))?;
+        self.trail = Some(Arc::new(trail));
+        Ok(())
     }
 }
 

@@ -48,6 +48,10 @@ pub struct Metrics {
     upstream_duration: Latency,
     upstream_auth_failures: Counter,
     validation_refusals: Family<OpCode, Counter>,
+    audit_records: Counter,
+    audit_failures: Counter,
+    audit_fsync: Histogram,
+    audit_queue_depth: Gauge,
     ready: Gauge,
 }
 
@@ -73,6 +77,30 @@ impl Metrics {
         let upstream_auth_failures = Counter::default();
         let ready = Gauge::default();
         let validation_refusals = Family::<OpCode, Counter>::default();
+        let audit_records = Counter::default();
+        let audit_failures = Counter::default();
+        let audit_fsync = Histogram::new(exponential_buckets(0.000_025, 2.0, 16));
+        let audit_queue_depth = Gauge::default();
+        registry.register(
+            "tokengate_audit_records",
+            "Audit records written (and synced, with fsync = \"always\")",
+            audit_records.clone(),
+        );
+        registry.register(
+            "tokengate_audit_failures",
+            "Audited requests refused because their record could not be written",
+            audit_failures.clone(),
+        );
+        registry.register(
+            "tokengate_audit_fsync_seconds",
+            "Time one fdatasync of the audit trail took (one per batch of records)",
+            audit_fsync.clone(),
+        );
+        registry.register(
+            "tokengate_audit_queue_depth",
+            "Audit records waiting for the writer",
+            audit_queue_depth.clone(),
+        );
         registry.register(
             "tokengate_requests",
             "Requests answered, by operation and HTTP status",
@@ -110,6 +138,10 @@ impl Metrics {
             upstream_duration,
             upstream_auth_failures,
             validation_refusals,
+            audit_records,
+            audit_failures,
+            audit_fsync,
+            audit_queue_depth,
             ready,
         }
     }
@@ -143,6 +175,31 @@ impl Metrics {
                 code,
             })
             .inc();
+    }
+
+    /// Counts records written by the audit writer.
+    pub fn audit_records(&self, n: u64) {
+        self.audit_records.inc_by(n);
+    }
+
+    /// Counts an audited request refused because its record could not be written.
+    pub fn audit_failure(&self) {
+        self.audit_failures.inc();
+    }
+
+    /// Records one fsync of the trail.
+    pub fn audit_fsync(&self, elapsed: Duration) {
+        self.audit_fsync.observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the audit queue depth.
+    pub fn set_audit_queue_depth(&self, depth: i64) {
+        self.audit_queue_depth.set(depth);
+    }
+
+    /// The audit writer's view of readiness (also set by `/readyz`, which checks everything).
+    pub fn set_audit_ready(&self, ready: bool) {
+        self.set_ready(ready);
     }
 
     /// Sets `tokengate_ready`.

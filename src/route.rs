@@ -192,6 +192,14 @@ impl Endpoint {
         }
     }
 
+    /// The token id in the path, if the route has one.
+    pub fn token_id(&self) -> Option<TokenId> {
+        match self {
+            Endpoint::Get(id) | Endpoint::Delete(id) | Endpoint::RevealKey(id) => Some(*id),
+            _ => None,
+        }
+    }
+
     /// Whether the route carries a request body (the others refuse one).
     pub fn takes_body(&self) -> bool {
         !matches!(

@@ -35,12 +35,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    let Some(trail) = gateway.trail.clone() else {
+        tracing::error!("the audit trail is not open; nothing is served");
+        return;
+    };
     let (stop, stopped) = watch::channel(false);
     gateway.metrics.set_ready(true);
     let header_timeout = HEADER_READ_TIMEOUT.min(gateway.request_timeout);
     let api = tokio::spawn(serve(
         api,
-        stack::build(&gateway),
+        stack::build(&gateway, trail.clone()),
         stopped.clone(),
         grace,
         header_timeout,
@@ -60,6 +64,9 @@ pub async fn run(
     gateway.metrics.set_ready(false);
     let _ = stop.send(true);
     let _ = tokio::join!(api, admin);
+    if let Err(error) = trail.flush().await {
+        tracing::error!("the audit trail could not be flushed: {error}");
+    }
     tracing::info!("stopped");
 }
 

@@ -1,6 +1,7 @@
 //! The request stack, top to bottom, in one place. Changing the order is a one-line edit here.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{Request, Response};
@@ -9,10 +10,12 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
+use crate::audit::writer::Trail;
 use crate::error::Body;
 use crate::forward::Forward;
 use crate::gateway::Gateway;
 use crate::layers::access_log::AccessLogLayer;
+use crate::layers::audit::{AuditIntentLayer, AuditOutcomeLayer, AuditPolicy};
 use crate::layers::authenticate::Authenticate;
 use crate::layers::authorize::Authorize;
 use crate::layers::check::CheckLayer;
@@ -26,8 +29,9 @@ use crate::layers::validate::Validate;
 /// The caller-facing service.
 pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
 
-/// Builds the caller-facing service from the gateway's state.
-pub fn build(gateway: &Gateway) -> GatewayService {
+/// Builds the caller-facing service from the gateway's state, whose trail must be open.
+pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
+    let audit = AuditPolicy::new(trail, gateway.audit_reads);
     let service = ServiceBuilder::new()
         // Mark credentials sensitive at once, so no `Debug` of the request can print them.
         .layer(SetSensitiveRequestHeadersLayer::new([
@@ -39,6 +43,8 @@ pub fn build(gateway: &Gateway) -> GatewayService {
         .layer(RequestContextLayer::new(gateway.request_timeout))
         // One access-log line and the request metrics, whatever happened below.
         .layer(AccessLogLayer::new(gateway.metrics.clone()))
+        // The outcome record of every audited request, refused or forwarded, durable before the answer.
+        .layer(AuditOutcomeLayer::new(audit.clone()))
         // Render every refusal once, as the SPEC §9 envelope with the request id.
         .layer(RescueLayer)
         // Work out the caller IP (trusted proxies only) for forwarding, logs and audit.
@@ -60,6 +66,8 @@ pub fn build(gateway: &Gateway) -> GatewayService {
             gateway.limits.clone(),
             gateway.metrics.clone(),
         )))
+        // The intent record, durable before anything is sent; 503 when the trail cannot be written.
+        .layer(AuditIntentLayer::new(audit))
         // Send it upstream in canonical form with the credential injected.
         .service(Forward::new(gateway.upstream.clone()));
     BoxCloneSyncService::new(service)

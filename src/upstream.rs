@@ -25,6 +25,7 @@ use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 
 use crate::config::{AuthScheme, Mode, UpstreamConfig};
+use crate::context::{RequestContext, UpstreamFacts};
 use crate::error::{BoxError, GatewayError};
 use crate::metrics::Metrics;
 use crate::route::Operation;
@@ -149,6 +150,8 @@ pub struct UpstreamRequest<'a> {
     pub credential: &'a Credential,
     /// When the caller's request runs out of time.
     pub deadline: Instant,
+    /// Where to record what the upstream answered (for the audit trail), if anywhere.
+    pub context: Option<&'a RequestContext>,
 }
 
 /// The upstream's answer, read whole.
@@ -264,6 +267,9 @@ impl Upstream {
         };
 
         let status = parts.status;
+        if let Some(context) = request.context {
+            context.set_upstream(facts(status, &body));
+        }
         if status.is_redirection() {
             // The path only: a redirect keeps the query, which can hold a key fragment.
             let location = parts
@@ -299,6 +305,22 @@ impl Upstream {
             headers: parts.headers,
             body,
         })
+    }
+}
+
+/// The status, `success` and `message` of an upstream answer (null when the body is not a JSON
+/// envelope). A key reveal's keys are in `data`, which is never read here.
+fn facts(status: StatusCode, body: &[u8]) -> UpstreamFacts {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        success: Option<bool>,
+        message: Option<String>,
+    }
+    let envelope = serde_json::from_slice::<Envelope>(body).ok();
+    UpstreamFacts {
+        status: status.as_u16(),
+        success: envelope.as_ref().and_then(|e| e.success),
+        message: envelope.and_then(|e| e.message),
     }
 }
 

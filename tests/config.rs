@@ -39,7 +39,10 @@ fn the_example_config_loads_and_states_the_defaults() {
 fn check_accepts_the_example_with_its_secret_and_names_the_missing_one() {
     let (code, stdout, stderr) = run_cli(
         &["check", "--config", EXAMPLE],
-        &[("TOKENGATE_UPSTREAM_TOKEN", UPSTREAM_TOKEN)],
+        &[
+            ("TOKENGATE_UPSTREAM_TOKEN", UPSTREAM_TOKEN),
+            ("TOKENGATE_AUDIT_KEY", AUDIT_KEY),
+        ],
     );
     assert_eq!(code, 0, "{stderr}");
     assert!(

@@ -23,6 +23,7 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const MIN_KEY_BYTES: usize = 32;
 
 /// The HMAC-SHA256 key of the audit trail. Its `Debug` prints `AuditKey(***)`.
+#[derive(Clone)]
 pub struct AuditKey(hmac::Key);
 
 impl fmt::Debug for AuditKey {

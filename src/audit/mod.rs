@@ -4,9 +4,14 @@
 //! - [`canonical`]: RFC 8785 canonical JSON, the bytes that are hashed and written;
 //! - [`chain`]: the audit key, the HMAC-SHA256 `hash` of a record and its `prev` link
 //!   ([`chain::seal`], [`chain::line`]: what the writer appends);
+//! - [`record`]: the fields of an `intent` or `outcome` record, from the request's context;
+//! - [`writer`]: the one writer thread: bounded queue, group-commit fsync, rotation, resume,
+//!   fail-closed;
 //! - [`verify`]: listing a trail's files, checking a whole trail (`tokengate audit verify`), and
 //!   reading the verified tail a writer resumes from.
 
 pub mod canonical;
 pub mod chain;
+pub mod record;
 pub mod verify;
+pub mod writer;

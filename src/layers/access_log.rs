@@ -63,8 +63,6 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let context = RequestContext::of(&request).ok().cloned();
-        let method = request.method().clone();
-        let path = loggable_path(request.uri().path());
         let metrics = self.metrics.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -81,8 +79,8 @@ where
                 caller_request_id = context.caller_request_id.as_deref(),
                 client = context.client(),
                 op = context.op().map(|op| op.as_str()),
-                method = %method,
-                path = %path,
+                method = %context.method,
+                path = %context.path,
                 source_ip = %context.source_ip().ip,
                 status,
                 code = response.extensions().get::<ErrorCode>().map(|c| c.0),
@@ -91,45 +89,5 @@ where
             );
             Ok(response)
         })
-    }
-}
-
-/// The path as logged: at most 8 segments, each shown only when it is short and plain
-/// (letters, digits, `.`, `_`, `-`); anything else, which might be a pasted key, becomes `…`.
-fn loggable_path(path: &str) -> String {
-    const MAX_SEGMENT: usize = 24;
-    let mut out = String::with_capacity(path.len().min(128));
-    for (i, segment) in path.split('/').enumerate() {
-        if i > 0 {
-            out.push('/');
-        }
-        if i > 8 {
-            out.push('…');
-            break;
-        }
-        let plain = segment.len() <= MAX_SEGMENT
-            && segment
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        out.push_str(if plain { segment } else { "…" });
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::loggable_path;
-
-    #[test]
-    fn paths_are_logged_without_anything_that_could_be_a_key() {
-        assert_eq!(loggable_path("/api/token/123/key"), "/api/token/123/key");
-        assert_eq!(loggable_path("/api/token/"), "/api/token/");
-        let key = "sk-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFGHIJKL";
-        assert_eq!(loggable_path(&format!("/api/token/{key}")), "/api/token/…");
-        assert_eq!(loggable_path("/api/token/%2e%2e/x"), "/api/token/…/x");
-        assert_eq!(
-            loggable_path("/a/b/c/d/e/f/g/h/i/j/k"),
-            "/a/b/c/d/e/f/g/h/…"
-        );
     }
 }

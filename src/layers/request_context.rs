@@ -72,7 +72,13 @@ where
             .headers()
             .get(X_REQUEST_ID)
             .and_then(caller_request_id);
-        let context = Arc::new(RequestContext::new(peer, caller_id, self.timeout));
+        let context = Arc::new(RequestContext::new(
+            peer,
+            request.method().clone(),
+            request.uri().path(),
+            caller_id,
+            self.timeout,
+        ));
         let id = HeaderValue::from_str(context.id.as_str());
         request.extensions_mut().insert(context);
         let response = self.inner.call(request);

@@ -15,7 +15,11 @@ pub struct Route;
 impl<B> Check<B> for Route {
     fn check(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
         let route = route(request.method(), request.uri())?;
-        RequestContext::of(request)?.set_op(route.operation());
+        let context = RequestContext::of(request)?;
+        context.set_op(route.operation());
+        if let Some(id) = route.endpoint.token_id() {
+            context.set_token_ids(vec![id.get()]);
+        }
         request.extensions_mut().insert(route);
         Ok(())
     }

@@ -11,6 +11,7 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderMap, Request};
 
 use super::check::Check;
+use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::route::{Endpoint, Route};
@@ -48,6 +49,9 @@ impl Check<Bytes> for Validate {
         });
         match checked {
             Ok(edit) => {
+                let context = RequestContext::of(request)?;
+                context.set_token_ids(edit.token_ids().iter().map(|id| id.get()).collect());
+                context.set_request(edit.to_value());
                 *request.body_mut() = Bytes::from(edit.to_json());
                 request.extensions_mut().insert(edit);
                 Ok(())

@@ -269,6 +269,20 @@ impl Edit {
     }
 }
 
+/// `{"ids": [..]}` as forwarded.
+#[derive(Serialize)]
+struct IdsBody {
+    ids: Vec<u64>,
+}
+
+impl IdsBody {
+    fn of(ids: &[TokenId]) -> IdsBody {
+        IdsBody {
+            ids: ids.iter().map(|id| id.get()).collect(),
+        }
+    }
+}
+
 /// Reads the token fields of a create, update or status-only body.
 fn token_fields(
     kind: EditKind,

@@ -26,6 +26,8 @@ pub const UPSTREAM_TOKEN: &str = "UpStreamSecret0123456789abcdefXYZ";
 pub const USER_ID: i64 = 42;
 /// A caller key allowed every operation.
 pub const ADMIN_KEY: &str = "tg_admin_key_for_tests_0000000000000000000000000000000000000000";
+/// The audit trail's HMAC key. Scanned for in outputs: it must never leak.
+pub const AUDIT_KEY: &str = "audit-key-for-tests-0123456789-abcdefghijklmnop";
 /// A caller key allowed only reads.
 pub const READER_KEY: &str = "tg_reader_key_for_tests_111111111111111111111111111111111111111";
 
@@ -42,6 +44,10 @@ pub struct Options {
     pub shutdown_grace_ms: u64,
     pub ready_check: bool,
     pub ca_file: Option<String>,
+    /// `[audit]` lines beyond `path` and `hmac_key_file` (such as `fsync = "interval"`).
+    pub audit_extra: String,
+    /// The trail's path; a file in the gateway's temporary directory when not set.
+    pub audit_path: Option<std::path::PathBuf>,
 }
 
 impl Options {
@@ -57,11 +63,19 @@ impl Options {
             shutdown_grace_ms: 5_000,
             ready_check: false,
             ca_file: None,
+            audit_extra: String::new(),
+            audit_path: None,
         }
     }
 
-    /// The configuration text, with the token file at `token_file`.
-    pub fn toml(&self, token_file: &std::path::Path) -> String {
+    /// The configuration text, with the secret files and the trail in `dir`.
+    pub fn toml(&self, dir: &std::path::Path) -> String {
+        let token_file = dir.join("upstream-token");
+        let audit_key = dir.join("audit-key");
+        let audit_path = self
+            .audit_path
+            .clone()
+            .unwrap_or_else(|| dir.join("audit").join("trail.jsonl"));
         let token_line = if self.mode == "hold" {
             format!(
                 "access_token_file = {:?}\n",
@@ -116,9 +130,17 @@ user_id = {USER_ID}
 timeout_ms = {upstream_timeout}
 ready_check = {ready_check}
 {ca_line}
+[audit]
+path = {audit_path:?}
+hmac_key_file = {audit_key:?}
+{audit_extra}
+
 [log]
 format = "text"
 {clients}"#,
+            audit_path = audit_path.display().to_string(),
+            audit_key = audit_key.display().to_string(),
+            audit_extra = self.audit_extra,
             max_body = self.max_body_bytes,
             request_timeout = self.request_timeout_ms,
             grace = self.shutdown_grace_ms,
@@ -132,10 +154,23 @@ format = "text"
     }
 }
 
+/// Writes the secret files a configuration made by [`Options::toml`] reads from `dir`.
+pub fn write_secrets(dir: &std::path::Path, bearer: bool) {
+    let token = if bearer {
+        format!("Bearer {UPSTREAM_TOKEN}\n")
+    } else {
+        format!("{UPSTREAM_TOKEN}\n")
+    };
+    std::fs::write(dir.join("upstream-token"), token).unwrap();
+    std::fs::write(dir.join("audit-key"), format!("{AUDIT_KEY}\n")).unwrap();
+}
+
 /// A gateway running in this process; stops when dropped.
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
+    /// The live audit trail file.
+    pub audit_path: std::path::PathBuf,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -144,10 +179,11 @@ pub struct TestGateway {
 impl TestGateway {
     pub async fn start(options: Options) -> TestGateway {
         let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("upstream-token");
-        std::fs::write(&token_file, format!("{UPSTREAM_TOKEN}\n")).unwrap();
-        let config = Config::parse(&options.toml(&token_file)).unwrap();
-        let gateway = Gateway::build(&config).unwrap();
+        write_secrets(dir.path(), false);
+        let config = Config::parse(&options.toml(dir.path())).unwrap();
+        let mut gateway = Gateway::build(&config).unwrap();
+        gateway.open_trail(&config.audit).unwrap();
+        let audit_path = config.audit.path.clone();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (addr, admin_addr) = (api.local_addr().unwrap(), admin.local_addr().unwrap());
@@ -168,6 +204,7 @@ impl TestGateway {
         TestGateway {
             addr,
             admin: admin_addr,
+            audit_path,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
@@ -348,24 +385,28 @@ pub struct Process {
     pub output: std::sync::Arc<std::sync::Mutex<String>>,
     pub addr: SocketAddr,
     pub admin: SocketAddr,
-    _dir: tempfile::TempDir,
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Process {
     /// Runs `tokengate serve` with the configuration of `options` (JSON logs), and waits for
     /// its "tokengate listening" line to learn the ports.
     // The child is owned by the returned `Process`, whose `Drop` kills and reaps it.
-    #[allow(clippy::zombie_processes)]
     pub fn serve(options: &Options, env: &[(&str, &str)]) -> Process {
+        Process::serve_in(options, env, tempfile::tempdir().unwrap())
+    }
+
+    /// Like [`Process::serve`], with the configuration, secrets and trail in `dir` (which a
+    /// restarted gateway can be given again).
+    #[allow(clippy::zombie_processes)]
+    pub fn serve_in(options: &Options, env: &[(&str, &str)], dir: tempfile::TempDir) -> Process {
         use std::io::BufRead;
-        let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("upstream-token");
-        std::fs::write(&token_file, format!("Bearer {UPSTREAM_TOKEN}\n")).unwrap();
+        write_secrets(dir.path(), true);
         let config = dir.path().join("tokengate.toml");
         std::fs::write(
             &config,
             options
-                .toml(&token_file)
+                .toml(dir.path())
                 .replace("format = \"text\"", "format = \"json\""),
         )
         .unwrap();
@@ -416,7 +457,7 @@ impl Process {
                     output,
                     addr,
                     admin,
-                    _dir: dir,
+                    dir: Some(dir),
                 };
             }
         }
@@ -451,6 +492,11 @@ impl Process {
 
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// The directory holding the configuration, secrets and trail (to start the gateway again).
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        self.dir.take().unwrap()
     }
 }
 

@@ -1,0 +1,604 @@
+//! The one writer of the trail: a dedicated thread fed by a bounded queue, which assigns each
+//! record its `seq`, `ts`, `prev` and `hash`, appends a whole batch with one `write`, and makes it
+//! durable with one `fdatasync` (group commit) before any request in the batch goes on.
+//!
+//! The request path never holds a lock across I/O: it hands its record to the queue and waits, at
+//! most [`WAIT`], for the writer's answer. A full queue, a failed write or a stuck writer are all
+//! refusals the request path turns into 503 `audit_unavailable` (fail closed). After a failure the
+//! writer probes the file system every half second and reopens the file, so writing resumes by
+//! itself when the fault clears. A live file that was removed or replaced under the gateway is
+//! noticed before the next batch, reported, and a new file is started (the gap shows in `verify`).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use super::chain::{line, seal, AuditKey, GENESIS};
+use super::verify::{tail, trail_files};
+use crate::config::{AuditConfig, Fsync};
+use crate::metrics::Metrics;
+
+/// The longest a request waits for its record to be durable before it is refused.
+pub const WAIT: Duration = Duration::from_secs(3);
+/// Records waiting for the writer, at most; past that, requests are refused at once.
+const QUEUE: usize = 4096;
+/// The most records in one write and sync.
+const BATCH: usize = 1024;
+/// How often `fsync = "interval"` syncs, and how often a failed trail is probed.
+const TICK: Duration = Duration::from_millis(100);
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+/// A batch taking longer than this makes the trail report not ready (the writer is stuck).
+const STUCK: Duration = Duration::from_secs(2);
+
+/// Why a record could not be made durable.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the audit trail cannot be written: {0}")]
+pub struct AuditError(pub String);
+
+enum Job {
+    Append {
+        record: Map<String, Value>,
+        done: oneshot::Sender<Result<(), AuditError>>,
+    },
+    Flush {
+        done: oneshot::Sender<Result<(), AuditError>>,
+    },
+}
+
+/// What the request path and `/readyz` see of the writer.
+#[derive(Debug, Default)]
+struct Health {
+    /// False from a failed write until a write or probe succeeds.
+    healthy: AtomicBool,
+    /// When the batch in progress started (ms since the epoch), 0 when idle.
+    busy_since_ms: AtomicI64,
+    /// Records queued and not yet taken by the writer.
+    queued: AtomicI64,
+    /// The last problem, for `/readyz` and logs.
+    problem: std::sync::Mutex<Option<String>>,
+}
+
+/// The handle the request path holds: cheap to clone, never blocks.
+#[derive(Clone, Debug)]
+pub struct Trail {
+    queue: SyncSender<Job>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl Trail {
+    /// Opens the trail of `config` (resuming its chain from the last record on disk, which must
+    /// verify) and starts the writer thread. Fails when the trail cannot be opened for writing.
+    pub fn open(
+        config: &AuditConfig,
+        key: AuditKey,
+        metrics: Arc<Metrics>,
+    ) -> Result<Trail, String> {
+        let sink = Sink::open(config, &key)?;
+        let (queue, jobs) = sync_channel(QUEUE);
+        let health = Arc::new(Health::default());
+        health.healthy.store(true, Ordering::Relaxed);
+        let writer = Writer {
+            sink,
+            key,
+            fsync: config.fsync,
+            jobs,
+            health: health.clone(),
+            metrics: metrics.clone(),
+            dirty: false,
+        };
+        std::thread::Builder::new()
+            .name("tokengate-audit".into())
+            .spawn(move || writer.run())
+            .map_err(|e| format!("cannot start the audit writer: {e}"))?;
+        metrics.set_audit_ready(true);
+        Ok(Trail {
+            queue,
+            health,
+            metrics,
+        })
+    }
+
+    /// Appends one record (without `v`, `seq`, `ts`, `prev`, `hash`, which the writer adds) and
+    /// waits until it is durable (`fsync = "always"`) or written (`"interval"`).
+    pub async fn append(&self, record: Map<String, Value>) -> Result<(), AuditError> {
+        let (done, answer) = oneshot::channel();
+        self.submit(Job::Append { record, done }, answer).await
+    }
+
+    /// Waits until everything appended so far is on disk (at shutdown).
+    pub async fn flush(&self) -> Result<(), AuditError> {
+        let (done, answer) = oneshot::channel();
+        self.submit(Job::Flush { done }, answer).await
+    }
+
+    async fn submit(
+        &self,
+        job: Job,
+        answer: oneshot::Receiver<Result<(), AuditError>>,
+    ) -> Result<(), AuditError> {
+        let result = match self.queue.try_send(job) {
+            Ok(()) => {
+                let depth = self.health.queued.fetch_add(1, Ordering::Relaxed) + 1;
+                self.metrics.set_audit_queue_depth(depth);
+                match tokio::time::timeout(WAIT, answer).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) => Err(AuditError("the audit writer has stopped".into())),
+                    Err(_) => Err(AuditError(format!(
+                        "no answer from the audit writer within {} ms",
+                        WAIT.as_millis()
+                    ))),
+                }
+            }
+            Err(TrySendError::Full(_)) => Err(AuditError("the audit queue is full".into())),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(AuditError("the audit writer has stopped".into()))
+            }
+        };
+        if result.is_err() {
+            self.metrics.audit_failure();
+        }
+        result
+    }
+
+    /// Whether the trail can be written now (for `/readyz`), and if not, why.
+    pub fn ready(&self) -> Result<(), String> {
+        let busy_since = self.health.busy_since_ms.load(Ordering::Relaxed);
+        if busy_since != 0 && now_ms() - busy_since > STUCK.as_millis() as i64 {
+            return Err(format!(
+                "the audit writer has been stuck for over {} s",
+                STUCK.as_secs()
+            ));
+        }
+        if self.health.healthy.load(Ordering::Relaxed) {
+            Ok(())
+        } else {
+            let problem = self
+                .health
+                .problem
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            Err(problem.unwrap_or_else(|| "the audit trail cannot be written".into()))
+        }
+    }
+}
+
+/// Where records go: a file (rotated) or standard output.
+enum Sink {
+    File(FileSink),
+    Stdout { seq: u64, prev: String },
+}
+
+struct FileSink {
+    path: PathBuf,
+    rotate_bytes: u64,
+    /// The open live file and its (device, inode), or none after a failure.
+    file: Option<(File, (u64, u64))>,
+    size: u64,
+    /// The highest `<path>.<n>` on disk.
+    rotated: u64,
+    seq: u64,
+    prev: String,
+}
+
+impl Sink {
+    fn open(config: &AuditConfig, key: &AuditKey) -> Result<Sink, String> {
+        if config.path.as_os_str() == "-" {
+            return Ok(Sink::Stdout {
+                seq: 0,
+                prev: GENESIS.to_string(),
+            });
+        }
+        let path = config.path.clone();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        let files = trail_files(&path)
+            .map_err(|e| format!("cannot read the trail at {}: {e}", path.display()))?;
+        let (seq, prev) = match tail(&files, key) {
+            Ok(Some((seq, hash))) => (seq, hash),
+            Ok(None) => (0, GENESIS.to_string()),
+            Err(failure) => {
+                return Err(format!(
+                    "the audit trail's last record does not verify ({failure}); refusing to extend a broken chain: \
+                     check the key (audit.hmac_key_*), or move the damaged trail aside"
+                ))
+            }
+        };
+        let rotated = files.iter().filter(|f| **f != path).count() as u64;
+        let mut sink = FileSink {
+            path,
+            rotate_bytes: config.rotate_bytes,
+            file: None,
+            size: 0,
+            rotated,
+            seq,
+            prev,
+        };
+        sink.ensure_open()
+            .map_err(|e| format!("cannot open the audit trail for writing: {e}"))?;
+        Ok(Sink::File(sink))
+    }
+}
+
+impl FileSink {
+    /// Opens the live file if it is not open; notices a file removed or replaced under us.
+    fn ensure_open(&mut self) -> Result<(), String> {
+        if let Some((_, identity)) = &self.file {
+            match std::fs::metadata(&self.path) {
+                Ok(meta) if identity_of(&meta) == *identity => return Ok(()),
+                Ok(_) => {
+                    self.file = None;
+                    return Err(format!(
+                        "{} was replaced by another file; starting a new live file",
+                        self.path.display()
+                    ));
+                }
+                Err(_) => {
+                    self.file = None;
+                    return Err(format!(
+                        "{} was removed; starting a new live file",
+                        self.path.display()
+                    ));
+                }
+            }
+        }
+        let file = open_append(&self.path)
+            .map_err(|e| format!("cannot open {}: {e}", self.path.display()))?;
+        let meta = file.metadata().map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err(format!("{} is not a regular file", self.path.display()));
+        }
+        self.size = meta.len();
+        self.file = Some((file, identity_of(&meta)));
+        sync_dir(&self.path);
+        Ok(())
+    }
+
+    /// Renames a full live file to `<path>.<n+1>` and starts a new one; the chain runs on.
+    fn rotate_if_full(&mut self) -> Result<(), String> {
+        if self.size < self.rotate_bytes || self.size == 0 {
+            return Ok(());
+        }
+        let next = PathBuf::from(format!("{}.{}", self.path.display(), self.rotated + 1));
+        std::fs::rename(&self.path, &next)
+            .map_err(|e| format!("cannot rotate to {}: {e}", next.display()))?;
+        self.rotated += 1;
+        self.file = None;
+        sync_dir(&self.path);
+        self.ensure_open()
+    }
+
+    /// Checks that the file system takes a write and a sync in the trail's directory.
+    fn probe(&mut self) -> Result<(), String> {
+        let probe = PathBuf::from(format!("{}.probe", self.path.display()));
+        let result = (|| {
+            let mut file = File::create(&probe)?;
+            file.write_all(&[0u8; 4096])?;
+            file.sync_data()
+        })();
+        let _ = std::fs::remove_file(&probe);
+        result.map_err(|e| format!("the trail's directory cannot be written: {e}"))?;
+        self.ensure_open()
+    }
+}
+
+struct Writer {
+    sink: Sink,
+    key: AuditKey,
+    fsync: Fsync,
+    jobs: Receiver<Job>,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    /// Written since the last sync (`fsync = "interval"`).
+    dirty: bool,
+}
+
+impl Writer {
+    fn run(mut self) {
+        let mut last_sync = Instant::now();
+        let mut last_probe = Instant::now();
+        loop {
+            let first = match self.jobs.recv_timeout(TICK) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.dirty && last_sync.elapsed() >= TICK {
+                        let _ = self.sync();
+                        last_sync = Instant::now();
+                    }
+                    if !self.health.healthy.load(Ordering::Relaxed)
+                        && last_probe.elapsed() >= PROBE_EVERY
+                    {
+                        last_probe = Instant::now();
+                        self.probe();
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.sync();
+                    return;
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match self.jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            let depth = self
+                .health
+                .queued
+                .fetch_sub(batch.len() as i64, Ordering::Relaxed)
+                - batch.len() as i64;
+            self.metrics.set_audit_queue_depth(depth.max(0));
+            self.health.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+            let result = self.commit(&mut batch);
+            if self.fsync == Fsync::Interval && last_sync.elapsed() >= TICK && self.dirty {
+                let _ = self.sync();
+                last_sync = Instant::now();
+            }
+            self.health.busy_since_ms.store(0, Ordering::Relaxed);
+            self.report(&result);
+            for job in batch {
+                let done = match job {
+                    Job::Append { done, .. } | Job::Flush { done } => done,
+                };
+                let _ = done.send(result.clone());
+            }
+        }
+    }
+
+    /// Seals and writes every record of the batch with one write, then syncs once.
+    fn commit(&mut self, batch: &mut [Job]) -> Result<(), AuditError> {
+        let flush_only = batch.iter().all(|job| matches!(job, Job::Flush { .. }));
+        let ts = timestamp(SystemTime::now());
+        let (seq, prev) = match &mut self.sink {
+            Sink::File(sink) => {
+                sink.ensure_open().map_err(AuditError)?;
+                sink.rotate_if_full().map_err(AuditError)?;
+                (&mut sink.seq, &mut sink.prev)
+            }
+            Sink::Stdout { seq, prev } => (seq, prev),
+        };
+        let (first_seq, first_prev) = (*seq, prev.clone());
+        let mut bytes = Vec::with_capacity(batch.len() * 512);
+        let mut records = 0u64;
+        for job in batch.iter_mut() {
+            let Job::Append { record, .. } = job else {
+                continue;
+            };
+            let mut sealed = Map::with_capacity(record.len() + 5);
+            sealed.insert("v".into(), Value::from(1));
+            sealed.insert("seq".into(), Value::from(*seq + 1));
+            sealed.insert("ts".into(), Value::from(ts.as_str()));
+            sealed.append(record);
+            sealed.insert("prev".into(), Value::from(prev.as_str()));
+            seal(&self.key, &mut sealed);
+            bytes.extend_from_slice(&line(&sealed));
+            *seq += 1;
+            *prev = sealed
+                .get("hash")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            records += 1;
+        }
+        let written = if flush_only {
+            Ok(())
+        } else {
+            self.write(&bytes)
+        };
+        let synced = written.and_then(|()| match self.fsync {
+            Fsync::Always => self.sync(),
+            Fsync::Interval if flush_only => self.sync(),
+            Fsync::Interval => {
+                self.dirty = true;
+                Ok(())
+            }
+        });
+        match synced {
+            Ok(()) => {
+                self.metrics.audit_records(records);
+                Ok(())
+            }
+            Err(problem) => {
+                self.rollback(first_seq, first_prev);
+                Err(AuditError(problem))
+            }
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), String> {
+        match &mut self.sink {
+            Sink::File(sink) => {
+                let Some((file, _)) = &mut sink.file else {
+                    return Err("the trail file is not open".into());
+                };
+                file.write_all(bytes)
+                    .map_err(|e| format!("write to {} failed: {e}", sink.path.display()))?;
+                sink.size += bytes.len() as u64;
+                Ok(())
+            }
+            Sink::Stdout { .. } => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(bytes)
+                    .and_then(|()| out.flush())
+                    .map_err(|e| format!("write to standard output failed: {e}"))
+            }
+        }
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        self.dirty = false;
+        let Sink::File(sink) = &mut self.sink else {
+            return Ok(());
+        };
+        let Some((file, _)) = &sink.file else {
+            return Err("the trail file is not open".into());
+        };
+        let started = Instant::now();
+        let result = file
+            .sync_data()
+            .map_err(|e| format!("fsync of {} failed: {e}", sink.path.display()));
+        self.metrics.audit_fsync(started.elapsed());
+        result
+    }
+
+    /// After a failed batch: the chain state goes back to the last durable record, and the file is
+    /// cut back to its last complete line and closed (reopened by the next attempt).
+    fn rollback(&mut self, seq: u64, prev: String) {
+        if let Sink::File(sink) = &mut self.sink {
+            sink.seq = seq;
+            sink.prev = prev;
+            if let Some((file, _)) = sink.file.take() {
+                if let Ok(meta) = file.metadata() {
+                    let durable = meta.len().min(sink.size);
+                    let _ = file.set_len(last_line_end(&file, durable));
+                    let _ = file.sync_data();
+                }
+            }
+        }
+    }
+
+    fn probe(&mut self) {
+        let result = match &mut self.sink {
+            Sink::File(sink) => sink.probe(),
+            Sink::Stdout { .. } => Ok(()),
+        };
+        if result.is_ok() {
+            tracing::info!("the audit trail is writable again");
+        }
+        self.report(&result.map_err(AuditError));
+    }
+
+    fn report(&self, result: &Result<(), AuditError>) {
+        let healthy = result.is_ok();
+        let was = self.health.healthy.swap(healthy, Ordering::Relaxed);
+        let mut problem = self
+            .health
+            .problem
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => *problem = None,
+            Err(error) => {
+                if was {
+                    tracing::error!(
+                        "{error}; audited requests are refused until it can be written"
+                    );
+                }
+                *problem = Some(error.0.clone());
+            }
+        }
+        self.metrics.set_audit_ready(healthy);
+    }
+}
+
+/// Where the last complete line of `file` ends, at or before `len` (a failed write may have left
+/// part of a line).
+fn last_line_end(file: &File, len: u64) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = file;
+    let start = len.saturating_sub(1 << 20);
+    let mut tail = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err()
+        || file.take(len - start).read_to_end(&mut tail).is_err()
+    {
+        return len;
+    }
+    match tail.iter().rposition(|b| *b == b'\n') {
+        Some(i) => start + i as u64 + 1,
+        None if start == 0 => 0,
+        None => len,
+    }
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.create(true).append(true).read(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)
+}
+
+/// Makes a new or renamed directory entry durable.
+fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+    }
+}
+
+#[cfg(unix)]
+fn identity_of(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (meta.dev(), meta.ino())
+}
+
+#[cfg(not(unix))]
+fn identity_of(_meta: &std::fs::Metadata) -> (u64, u64) {
+    (0, 0)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// RFC 3339 in UTC with milliseconds: `2026-11-22T15:13:23.123Z`.
+pub fn timestamp(time: SystemTime) -> String {
+    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_millis() {
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_millis(951_782_400_123)),
+            "2000-02-29T00:00:00.123Z"
+        );
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_secs(1_795_359_006)),
+            "2026-11-22T14:50:06.000Z"
+        );
+        assert_eq!(
+            timestamp(UNIX_EPOCH + Duration::from_secs(4_102_444_799)),
+            "2099-12-31T23:59:59.000Z"
+        );
+    }
+}

@@ -1,0 +1,187 @@
+//! The audit trail on the request path (SPEC §6), in two places of the stack:
+//!
+//! - [`AuditOutcomeLayer`], near the top, writes the `outcome` record of every audited request
+//!   once its answer is known, whatever refused it below (authentication, the allow list,
+//!   validation, the upstream), and holds the answer until the record is durable.
+//! - [`AuditIntentLayer`], just before forwarding, writes the `intent` record and forwards only
+//!   once it is durable; if it cannot be written the request is refused with 503
+//!   `audit_unavailable` (fail closed), so nothing changes upstream without a trace.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use super::BoxFuture;
+use crate::audit::record;
+use crate::audit::writer::Trail;
+use crate::context::RequestContext;
+use crate::error::{Body, ErrorCode, GatewayError};
+use crate::route::{route, Operation};
+
+/// Which operations leave records.
+#[derive(Clone, Debug)]
+pub struct AuditPolicy {
+    trail: Arc<Trail>,
+    /// `audit.reads`: reads are audited too.
+    reads: bool,
+}
+
+impl AuditPolicy {
+    /// Records into `trail`; reads only when `reads`.
+    pub fn new(trail: Arc<Trail>, reads: bool) -> Self {
+        AuditPolicy { trail, reads }
+    }
+
+    /// Modifications and key reveals always; reads when `audit.reads = true`.
+    fn audits(&self, op: Operation) -> bool {
+        match op {
+            Operation::List | Operation::Search | Operation::Get => self.reads,
+            _ => true,
+        }
+    }
+}
+
+// === impl AuditOutcome ===
+
+/// Builds [`AuditOutcome`].
+#[derive(Clone, Debug)]
+pub struct AuditOutcomeLayer {
+    policy: AuditPolicy,
+}
+
+impl AuditOutcomeLayer {
+    /// Outcome records per `policy`.
+    pub fn new(policy: AuditPolicy) -> Self {
+        AuditOutcomeLayer { policy }
+    }
+}
+
+impl<S> Layer<S> for AuditOutcomeLayer {
+    type Service = AuditOutcome<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuditOutcome {
+            policy: self.policy.clone(),
+            inner,
+        }
+    }
+}
+
+/// Writes the outcome record of each audited request.
+#[derive(Clone, Debug)]
+pub struct AuditOutcome<S> {
+    policy: AuditPolicy,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for AuditOutcome<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = std::convert::Infallible>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<Result<Response<Body>, std::convert::Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let context = RequestContext::of(&request).ok().cloned();
+        // Requests refused before routing (a bad key) are classified by their path all the same.
+        let routed = route(request.method(), request.uri())
+            .ok()
+            .map(|r| r.operation());
+        let policy = self.policy.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let Some(context) = context else {
+                return Ok(response);
+            };
+            let Some(op) = context.op().or(routed).filter(|op| policy.audits(*op)) else {
+                return Ok(response);
+            };
+            let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
+            let record = record::outcome(&context, op, response.status().as_u16(), code);
+            if let Err(error) = policy.trail.append(record).await {
+                // The answer stands (a forwarded change happened; a refusal stays a refusal); the
+                // trail reports not ready until it can be written again.
+                tracing::error!(request_id = %context.id, forwarded = context.forwarded(), "outcome record lost: {error}");
+            }
+            Ok(response)
+        })
+    }
+}
+
+// === impl AuditIntent ===
+
+/// Builds [`AuditIntent`].
+#[derive(Clone, Debug)]
+pub struct AuditIntentLayer {
+    policy: AuditPolicy,
+}
+
+impl AuditIntentLayer {
+    /// Intent records per `policy`.
+    pub fn new(policy: AuditPolicy) -> Self {
+        AuditIntentLayer { policy }
+    }
+}
+
+impl<S> Layer<S> for AuditIntentLayer {
+    type Service = AuditIntent<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AuditIntent {
+            policy: self.policy.clone(),
+            inner,
+        }
+    }
+}
+
+/// Forwards only once the intent record is durable.
+#[derive(Clone, Debug)]
+pub struct AuditIntent<S> {
+    policy: AuditPolicy,
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for AuditIntent<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let context = RequestContext::of(&request)?.clone();
+            if let Some(op) = context.op().filter(|op| policy.audits(*op)) {
+                policy
+                    .trail
+                    .append(record::intent(&context, op))
+                    .await
+                    .map_err(GatewayError::AuditUnavailable)?;
+            }
+            context.set_forwarded();
+            inner.call(request).await
+        })
+    }
+}

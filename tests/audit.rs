@@ -1,0 +1,410 @@
+//! The audit trail over real sockets and a real file (SPEC §6): a record per outcome, intent
+//! durable before the upstream sees the change, no secret in any record, rotation and restart on
+//! one chain, and fail-closed behaviour when the trail cannot be written.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::*;
+use tokengate::emulator::{Emulator, EmulatorConfig, NewToken};
+
+/// Every record of the trail at `path` (rotated files first), in order.
+fn records(path: &Path) -> Vec<Value> {
+    let files = tokengate::audit::verify::trail_files(path).unwrap();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .map(|line| serde_json::from_str(&line).unwrap())
+        .collect()
+}
+
+fn of_request<'a>(records: &'a [Value], reply: &Reply) -> Vec<&'a Value> {
+    let id = reply.headers["x-request-id"].to_str().unwrap();
+    records.iter().filter(|r| r["request_id"] == id).collect()
+}
+
+/// `tokengate audit verify` over the trail at `path`.
+fn verify(path: &Path) -> (i32, String, String) {
+    let key = path.parent().unwrap().join("audit-key");
+    std::fs::write(&key, AUDIT_KEY).unwrap();
+    let mut args = vec!["audit", "verify", "--key-file", key.to_str().unwrap()];
+    let files = tokengate::audit::verify::trail_files(path).unwrap();
+    let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    args.extend(files.iter().map(String::as_str));
+    run_cli(&args, &[])
+}
+
+#[tokio::test]
+async fn a_forwarded_change_has_an_intent_then_an_outcome() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let reply = admin(
+        gateway.addr,
+        "POST",
+        "/api/token/",
+        Some(r#"{"name":"audited","remain_quota":7}"#),
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true);
+    let all = records(&gateway.audit_path);
+    let mine = of_request(&all, &reply);
+    assert_eq!(mine.len(), 2, "{all:#?}");
+    let (intent, outcome) = (mine[0], mine[1]);
+    assert_eq!(intent["phase"], "intent");
+    assert_eq!(outcome["phase"], "outcome");
+    assert_eq!(
+        outcome["seq"].as_u64().unwrap(),
+        intent["seq"].as_u64().unwrap() + 1
+    );
+    assert_eq!(outcome["prev"], intent["hash"]);
+    for record in [intent, outcome] {
+        assert_eq!(record["v"], 1);
+        assert_eq!(record["client"], "admin");
+        assert_eq!(record["op"], "create");
+        assert_eq!(record["method"], "POST");
+        assert_eq!(record["path"], "/api/token/");
+        assert_eq!(record["source_ip"], "127.0.0.1");
+        assert_eq!(
+            record["request"],
+            json!({"name": "audited", "remain_quota": 7})
+        );
+        assert_eq!(record["token_ids"], json!([]));
+        let ts = record["ts"].as_str().unwrap();
+        assert!(
+            ts.len() == 24 && ts.ends_with('Z') && ts.as_bytes()[19] == b'.',
+            "{ts}"
+        );
+        assert_eq!(record["hash"].as_str().unwrap().len(), 64);
+    }
+    assert!(
+        intent.get("outcome").is_none(),
+        "intent records carry no outcome fields"
+    );
+    assert_eq!(outcome["outcome"], "forwarded");
+    assert_eq!(outcome["reason"], Value::Null);
+    assert_eq!(outcome["status"], 200);
+    assert_eq!(outcome["upstream_status"], 200);
+    assert_eq!(outcome["upstream_success"], true);
+    assert_eq!(outcome["upstream_message"], "");
+    assert!(outcome["duration_ms"].is_u64());
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn the_intent_is_durable_before_the_upstream_sees_the_change() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    upstream.emulator.set_delay(Duration::from_millis(500));
+    let addr = gateway.addr;
+    let request = tokio::spawn(async move {
+        admin(addr, "POST", "/api/token/", Some(r#"{"name":"ordered"}"#)).await
+    });
+    while upstream.emulator.seen().is_empty() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The upstream is answering now: the intent is already on disk, the outcome not yet.
+    let during = records(&gateway.audit_path);
+    assert_eq!(during.len(), 1, "{during:#?}");
+    assert_eq!(
+        (
+            during[0]["phase"].as_str(),
+            during[0]["request"]["name"].as_str()
+        ),
+        (Some("intent"), Some("ordered"))
+    );
+    let reply = request.await.unwrap();
+    let after = records(&gateway.audit_path);
+    assert_eq!(of_request(&after, &reply).len(), 2);
+}
+
+#[tokio::test]
+async fn every_refusal_has_an_outcome_record_with_its_reason() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let reader = format!("Bearer {READER_KEY}");
+    let json_headers = |auth: &'static str| {
+        vec![
+            ("authorization", auth),
+            ("content-type", "application/json"),
+        ]
+    };
+    let cases: Vec<(Reply, &str, u16, Value)> = vec![
+        (
+            send(
+                gateway.addr,
+                "POST",
+                "/api/token/",
+                &json_headers("Bearer tg_unknown"),
+                Some(r#"{"name":"x"}"#),
+            )
+            .await,
+            "unauthenticated",
+            401,
+            Value::Null,
+        ),
+        (
+            send(
+                gateway.addr,
+                "DELETE",
+                "/api/token/5",
+                &[("authorization", &reader)],
+                None,
+            )
+            .await,
+            "forbidden",
+            403,
+            json!("reader"),
+        ),
+        (
+            admin(
+                gateway.addr,
+                "POST",
+                "/api/token/",
+                Some(r#"{"name":"","remain_quota":-1}"#),
+            )
+            .await,
+            "invalid_field",
+            400,
+            json!("admin"),
+        ),
+        (
+            admin(
+                gateway.addr,
+                "PUT",
+                "/api/token/",
+                Some(r#"{"id":5,"name":"x"}"#),
+            )
+            .await,
+            "incomplete_update",
+            400,
+            json!("admin"),
+        ),
+        (
+            admin(gateway.addr, "POST", "/api/token/", Some("[]")).await,
+            "invalid_json",
+            400,
+            json!("admin"),
+        ),
+    ];
+    let all = records(&gateway.audit_path);
+    for (reply, reason, status, client) in &cases {
+        let mine = of_request(&all, reply);
+        assert_eq!(
+            mine.len(),
+            1,
+            "{reason}: a refusal has a single outcome record: {all:#?}"
+        );
+        let record = mine[0];
+        assert_eq!(record["phase"], "outcome");
+        assert_eq!(record["outcome"], "rejected", "{reason}");
+        assert_eq!(record["reason"], *reason);
+        assert_eq!(record["status"], *status);
+        assert_eq!(record["client"], *client, "{reason}");
+        assert_eq!(record["upstream_status"], Value::Null);
+        assert_eq!(
+            record["request"],
+            Value::Null,
+            "{reason}: refused before it was checked"
+        );
+    }
+    let delete = of_request(&all, &cases[1].0)[0];
+    assert_eq!(
+        (delete["op"].as_str(), delete["token_ids"].clone()),
+        (Some("delete"), json!([5]))
+    );
+    // Reads are not audited by default; paths outside the API never are.
+    admin(gateway.addr, "GET", "/api/token/", None).await;
+    admin(gateway.addr, "GET", "/api/user/self", None).await;
+    assert_eq!(records(&gateway.audit_path).len(), all.len());
+    assert!(
+        upstream.emulator.seen().len() == 1,
+        "only the list reached the upstream"
+    );
+}
+
+#[tokio::test]
+async fn upstream_failures_and_timeouts_are_outcomes_after_an_intent() {
+    for (fake, reason, outcome) in [
+        (Fake::Reset, "upstream_unavailable", "upstream_error"),
+        (Fake::Hang, "upstream_timeout", "timeout"),
+        (
+            Fake::Answer("HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n"),
+            "upstream_auth_failed",
+            "upstream_error",
+        ),
+    ] {
+        let mut options = Options::new(fake_upstream(fake).await);
+        options.upstream_timeout_ms = 300;
+        let gateway = TestGateway::start(options).await;
+        let reply = admin(gateway.addr, "DELETE", "/api/token/9", None).await;
+        let all = records(&gateway.audit_path);
+        let mine = of_request(&all, &reply);
+        assert_eq!(mine.len(), 2, "{reason}: {all:#?}");
+        assert_eq!(mine[0]["phase"], "intent");
+        assert_eq!(mine[1]["outcome"], outcome, "{reason}");
+        assert_eq!(mine[1]["reason"], reason);
+        assert_eq!(mine[1]["token_ids"], json!([9]));
+    }
+}
+
+#[tokio::test]
+async fn an_http_200_failure_is_recorded_from_the_body() {
+    let (_upstream, gateway) = emulator_and_gateway().await;
+    let reply = admin(gateway.addr, "DELETE", "/api/token/424242", None).await;
+    assert_eq!(
+        (reply.status, reply.json()["success"].as_bool()),
+        (200, Some(false))
+    );
+    let all = records(&gateway.audit_path);
+    let outcome = of_request(&all, &reply)[1];
+    assert_eq!(outcome["outcome"], "forwarded");
+    assert_eq!(outcome["upstream_status"], 200);
+    assert_eq!(outcome["upstream_success"], false);
+    assert_eq!(outcome["upstream_message"], "record not found");
+}
+
+#[tokio::test]
+async fn no_secret_reaches_the_trail_and_it_verifies() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let id = upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            name: "secret-holder".into(),
+            ..Default::default()
+        },
+    );
+    let options_key = upstream
+        .emulator
+        .tokens()
+        .into_iter()
+        .find(|t| t.id == id)
+        .unwrap()
+        .key;
+    let single = admin(gateway.addr, "POST", &format!("/api/token/{id}/key"), None).await;
+    assert_eq!(single.json()["data"]["key"], options_key.as_str());
+    let batch = admin(
+        gateway.addr,
+        "POST",
+        "/api/token/batch/keys",
+        Some(&format!(r#"{{"ids":[{id}]}}"#)),
+    )
+    .await;
+    assert!(batch.text().contains(&options_key));
+    // A GET body (with its masked key) put back: the key field is not recorded.
+    let got = admin(gateway.addr, "GET", &format!("/api/token/{id}"), None).await;
+    admin(
+        gateway.addr,
+        "PUT",
+        "/api/token/",
+        Some(&got.json()["data"].to_string()),
+    )
+    .await;
+    send(
+        gateway.addr,
+        "DELETE",
+        "/api/token/1",
+        &[("authorization", UPSTREAM_TOKEN)],
+        None,
+    )
+    .await;
+    let trail = std::fs::read_to_string(&gateway.audit_path).unwrap();
+    for secret in [
+        UPSTREAM_TOKEN,
+        ADMIN_KEY,
+        READER_KEY,
+        AUDIT_KEY,
+        options_key.as_str(),
+        &options_key[..4],
+    ] {
+        assert!(!trail.contains(secret), "{secret} in the trail:\n{trail}");
+    }
+    let reveal = of_request(&records(&gateway.audit_path), &single)
+        .into_iter()
+        .cloned()
+        .collect::<Vec<_>>();
+    assert_eq!(
+        (reveal[1]["op"].as_str(), reveal[1]["token_ids"].clone()),
+        (Some("reveal_key"), json!([id]))
+    );
+    let (code, stdout, stderr) = verify(&gateway.audit_path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains(AUDIT_KEY) && !stderr.contains(AUDIT_KEY));
+}
+
+#[tokio::test]
+async fn rotation_and_restart_keep_one_chain() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.audit_path = Some(dir.path().join("trail.jsonl"));
+    options.audit_extra = "rotate_bytes = 4096".into();
+    for round in 0..2 {
+        let mut gateway = TestGateway::start(options.clone()).await;
+        for i in 0..15 {
+            let body = format!(r#"{{"name":"r{round}-{i}"}}"#);
+            assert_eq!(
+                admin(gateway.addr, "POST", "/api/token/", Some(&body))
+                    .await
+                    .status,
+                200
+            );
+        }
+        gateway.shutdown().await.unwrap();
+    }
+    let path = dir.path().join("trail.jsonl");
+    let files = tokengate::audit::verify::trail_files(&path).unwrap();
+    assert!(files.len() >= 4, "rotated into several files: {files:?}");
+    let all = records(&path);
+    assert_eq!(
+        all.len(),
+        60,
+        "2 restarts × 15 requests × intent and outcome"
+    );
+    for (i, record) in all.iter().enumerate() {
+        assert_eq!(
+            record["seq"],
+            i as u64 + 1,
+            "seq runs on across files and restarts"
+        );
+    }
+    let (code, stdout, stderr) = verify(&path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("60"), "{stdout}");
+}
+
+#[tokio::test]
+async fn a_damaged_tail_stops_the_gateway_from_starting() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.audit_path = Some(dir.path().join("trail.jsonl"));
+    let mut gateway = TestGateway::start(options.clone()).await;
+    admin(gateway.addr, "POST", "/api/token/", Some(r#"{"name":"x"}"#)).await;
+    gateway.shutdown().await.unwrap();
+    let path = dir.path().join("trail.jsonl");
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"name\":\"x\"", "\"name\":\"y\"");
+    std::fs::write(&path, text).unwrap();
+    let (code, _, stderr) = verify(&path);
+    assert_eq!(code, 1, "{stderr}");
+    // serve refuses to extend the broken chain.
+    write_secrets(dir.path(), false);
+    let config = tokengate::Config::parse(&options.toml(dir.path())).unwrap();
+    let mut broken = tokengate::Gateway::build(&config).unwrap();
+    let error = broken.open_trail(&config.audit).unwrap_err().to_string();
+    assert!(
+        error.contains("audit.path") && error.contains("does not verify"),
+        "{error}"
+    );
+}
