@@ -377,9 +377,13 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
     };
     match verify(&files, &key) {
         Ok(summary) => {
+            let plural =
+                |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
             println!(
-                "audit trail intact: {} records in {} files, last seq {}",
-                summary.records, summary.files, summary.last_seq
+                "audit trail intact: {} in {}, last seq {}",
+                plural(summary.records, "record"),
+                plural(summary.files as u64, "file"),
+                summary.last_seq
             );
             println!("head {}", summary.head);
             ExitCode::SUCCESS
