@@ -1,4 +1,4 @@
-//! The command line (SPEC §7): `serve`, `check`, `keys new`, `emulator`, `health`.
+//! The command line (SPEC §7): `serve`, `check`, `keys new`, `audit verify`, `emulator`, `health`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use crate::audit::chain::AuditKey;
+use crate::audit::verify::{trail_files, verify};
 use crate::caller::{key_digest_hex, new_key};
 use crate::config::{valid_client_name, Config, ConfigErrors, Mode};
 use crate::emulator::{Emulator, EmulatorConfig, Era};
@@ -38,6 +40,12 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Work with the audit trail.
+    Audit {
+        /// What to do with the trail.
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Run the built-in new-api emulator alone: an in-memory upstream to try the gateway against.
     Emulator(EmulatorArgs),
     /// Ask a running gateway's admin listener for /healthz (exit 0 when healthy); for container health checks.
@@ -65,6 +73,33 @@ pub enum KeysCommand {
         #[arg(long, default_value = "new-client")]
         client: String,
     },
+}
+
+/// `audit` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every hash, `prev` link and `seq` of the trail; print the record count and the head
+    /// hash (exit 0 only for an intact trail, 1 at the first bad record, 2 on a usage, config or
+    /// key problem).
+    Verify(AuditVerifyArgs),
+}
+
+/// `audit verify` arguments.
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// The configuration file; read only when the key or the files must come from its `[audit]`.
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// A file holding the audit key (instead of `audit.hmac_key_file`/`audit.hmac_key_env`).
+    #[arg(long, value_name = "FILE", conflicts_with = "key_env")]
+    pub key_file: Option<PathBuf>,
+    /// The environment variable holding the audit key (instead of the configuration's).
+    #[arg(long, value_name = "VAR")]
+    pub key_env: Option<String>,
+    /// The trail files, oldest first; by default `<audit.path>.1 … <audit.path>.n` then
+    /// `<audit.path>`.
+    #[arg(value_name = "FILES")]
+    pub files: Vec<PathBuf>,
 }
 
 /// `emulator` arguments.
@@ -105,6 +140,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { client },
         } => keys_new(&client),
+        Command::Audit {
+            command: AuditCommand::Verify(args),
+        } => audit_verify(&args),
         Command::Emulator(args) => emulator(args),
         Command::Health(args) => health(args),
     }
@@ -314,6 +352,75 @@ fn keys_new(client: &str) -> ExitCode {
     println!("key_sha256 = \"{}\"", key_digest_hex(&key));
     println!("allow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"delete\", \"batch_delete\"]");
     ExitCode::SUCCESS
+}
+
+fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
+    let path = &args.config.config;
+    let needs_config = args.files.is_empty() || (args.key_file.is_none() && args.key_env.is_none());
+    let config = if needs_config {
+        match Config::load(path) {
+            Ok(config) => Some(config),
+            Err(errors) => {
+                report(path, &errors);
+                return ExitCode::from(2);
+            }
+        }
+    } else {
+        None
+    };
+    let key = match (&args.key_file, &args.key_env, &config) {
+        (Some(file), _, _) => AuditKey::load(None, Some(file)),
+        (None, Some(env), _) => AuditKey::load(Some(env), None),
+        (None, None, Some(config)) => AuditKey::load(
+            config.audit.hmac_key_env.as_deref(),
+            config.audit.hmac_key_file.as_deref(),
+        ),
+        (None, None, None) => Err("no audit key: give --key-file or --key-env".to_owned()),
+    };
+    let key = match key {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("tokengate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let files = match (&config, args.files.is_empty()) {
+        (Some(config), true) => {
+            let live = &config.audit.path;
+            if live.as_os_str() == "-" {
+                eprintln!(
+                    "tokengate: audit.path is `-` (standard output): name the files to verify"
+                );
+                return ExitCode::from(2);
+            }
+            match trail_files(live) {
+                Ok(files) => files,
+                Err(error) => {
+                    eprintln!("tokengate: audit trail {}: {error}", live.display());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+        _ => args.files.clone(),
+    };
+    match verify(&files, &key) {
+        Ok(summary) => {
+            let plural =
+                |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+            println!(
+                "audit trail intact: {} in {}, last seq {}",
+                plural(summary.records, "record"),
+                plural(summary.files as u64, "file"),
+                summary.last_seq
+            );
+            println!("head {}", summary.head);
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("tokengate: audit trail broken at {failure}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn emulator(args: EmulatorArgs) -> ExitCode {

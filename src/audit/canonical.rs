@@ -166,6 +166,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::excessive_precision)] // the RFC's own digits
     fn rfc8785_example_3_2_2() {
         // RFC 8785 §3.2.2, with the numbers written as Rust literals (correctly rounded doubles).
         let value = json!({

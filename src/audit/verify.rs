@@ -639,7 +639,7 @@ mod tests {
         };
         seal(&key(), &mut record);
         std::fs::write(&path, line(&record)).unwrap();
-        let f = failure(&[path.clone()]);
+        let f = failure(std::slice::from_ref(&path));
         assert_eq!((f.line, f.seq), (1, Some(1)));
         assert!(f.reason.contains("v is 2"), "{f}");
     }
