@@ -43,21 +43,23 @@ async fn answer(gateway: &Gateway, method: &Method, path: &str, id: &RequestId) 
     match (method, path) {
         (&Method::GET, "/healthz") => json(StatusCode::OK, serde_json::json!({ "status": "ok" })),
         (&Method::GET, "/readyz") => {
+            let audit = match &gateway.trail {
+                Some(trail) => trail.ready().map(|()| "ok"),
+                None => Err("the audit trail is not open".to_string()),
+            };
             let upstream = upstream_check(gateway).await;
-            let ready = upstream.is_ok();
+            let ready = audit.is_ok() && upstream.is_ok();
             gateway.metrics.set_ready(ready);
             let status = if ready {
                 StatusCode::OK
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            let upstream = match upstream {
-                Ok(state) => state.to_string(),
-                Err(problem) => problem,
-            };
+            let text =
+                |check: Result<&str, String>| check.map_or_else(|problem| problem, str::to_string);
             json(
                 status,
-                serde_json::json!({ "ready": ready, "checks": { "upstream": upstream } }),
+                serde_json::json!({ "ready": ready, "checks": { "audit": text(audit), "upstream": text(upstream) } }),
             )
         }
         (&Method::GET, "/metrics") => {

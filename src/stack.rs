@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -11,7 +12,7 @@ use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::audit::writer::Trail;
-use crate::error::Body;
+use crate::error::{Body, GatewayError};
 use crate::forward::Forward;
 use crate::gateway::Gateway;
 use crate::layers::access_log::AccessLogLayer;
@@ -30,23 +31,29 @@ use crate::layers::validate::Validate;
 pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
 
 /// Builds the caller-facing service from the gateway's state, whose trail must be open.
+///
+/// The stack is built in three segments, each boxed: one `ServiceBuilder` type nesting every layer
+/// is hard work for the compiler's trait solver (minutes per build), and a box per segment costs
+/// one allocation per request.
 pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
     let audit = AuditPolicy::new(trail, gateway.audit_reads);
-    let service = ServiceBuilder::new()
-        // Mark credentials sensitive at once, so no `Debug` of the request can print them.
-        .layer(SetSensitiveRequestHeadersLayer::new([
-            AUTHORIZATION,
-            PROXY_AUTHORIZATION,
-            COOKIE,
-        ]))
-        // Give the request its id and deadline; echo the id to the caller.
-        .layer(RequestContextLayer::new(gateway.request_timeout))
-        // One access-log line and the request metrics, whatever happened below.
-        .layer(AccessLogLayer::new(gateway.metrics.clone()))
-        // The outcome record of every audited request, refused or forwarded, durable before the answer.
-        .layer(AuditOutcomeLayer::new(audit.clone()))
-        // Render every refusal once, as the SPEC §9 envelope with the request id.
-        .layer(RescueLayer)
+
+    // Below the body read: the request is `Request<Bytes>`.
+    let with_body = ServiceBuilder::new()
+        // Check a write body against SPEC §4 and forward the checked edit, never the raw bytes.
+        .layer(CheckLayer::new(Validate::new(
+            gateway.limits.clone(),
+            gateway.metrics.clone(),
+        )))
+        // The intent record, durable before anything is sent; 503 when the trail cannot be written.
+        .layer(AuditIntentLayer::new(audit.clone()))
+        // Send it upstream in canonical form with the credential injected.
+        .service(Forward::new(gateway.upstream.clone()));
+    let with_body: BoxCloneSyncService<Request<Bytes>, Response<Body>, GatewayError> =
+        BoxCloneSyncService::new(with_body);
+
+    // Who is calling and what they ask for, before the body is read.
+    let checked = ServiceBuilder::new()
         // Work out the caller IP (trusted proxies only) for forwarding, logs and audit.
         .layer(CheckLayer::new(SourceIp::new(
             gateway.trusted_proxies.clone(),
@@ -61,14 +68,25 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         .layer(CheckLayer::new(Authorize))
         // Read the body whole, within the size cap and the request deadline.
         .layer(ReadBodyLayer::new(gateway.max_body_bytes))
-        // Check a write body against SPEC §4 and forward the checked edit, never the raw bytes.
-        .layer(CheckLayer::new(Validate::new(
-            gateway.limits.clone(),
-            gateway.metrics.clone(),
-        )))
-        // The intent record, durable before anything is sent; 503 when the trail cannot be written.
-        .layer(AuditIntentLayer::new(audit))
-        // Send it upstream in canonical form with the credential injected.
-        .service(Forward::new(gateway.upstream.clone()));
+        .service(with_body);
+    let checked: BoxCloneSyncService<Request<Incoming>, Response<Body>, GatewayError> =
+        BoxCloneSyncService::new(checked);
+
+    let service = ServiceBuilder::new()
+        // Mark credentials sensitive at once, so no `Debug` of the request can print them.
+        .layer(SetSensitiveRequestHeadersLayer::new([
+            AUTHORIZATION,
+            PROXY_AUTHORIZATION,
+            COOKIE,
+        ]))
+        // Give the request its id and deadline; echo the id to the caller.
+        .layer(RequestContextLayer::new(gateway.request_timeout))
+        // One access-log line and the request metrics, whatever happened below.
+        .layer(AccessLogLayer::new(gateway.metrics.clone()))
+        // The outcome record of every audited request, refused or forwarded, durable before the answer.
+        .layer(AuditOutcomeLayer::new(audit))
+        // Render every refusal once, as the SPEC §9 envelope with the request id.
+        .layer(RescueLayer)
+        .service(checked);
     BoxCloneSyncService::new(service)
 }

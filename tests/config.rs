@@ -54,6 +54,10 @@ fn check_accepts_the_example_with_its_secret_and_names_the_missing_one() {
     let (code, _, stderr) = run_cli(&["check", "--config", EXAMPLE], &[]);
     assert_eq!(code, 1);
     assert!(
+        stderr.contains("audit.hmac_key_env") && stderr.contains("TOKENGATE_AUDIT_KEY"),
+        "{stderr}"
+    );
+    assert!(
         stderr.contains("upstream.access_token_env") && stderr.contains("TOKENGATE_UPSTREAM_TOKEN"),
         "{stderr}"
     );
@@ -63,6 +67,7 @@ fn check_accepts_the_example_with_its_secret_and_names_the_missing_one() {
         &[
             ("TOKENGATE_CONFIG", EXAMPLE),
             ("TOKENGATE_UPSTREAM_TOKEN", "x"),
+            ("TOKENGATE_AUDIT_KEY", AUDIT_KEY),
         ],
     );
     assert_eq!(code, 0);
@@ -80,7 +85,8 @@ fn check_reports_every_bad_key_by_name() {
             "[[clients]]\nname = \"a\"\nkey_sha256 = \"x\"\nallow = [\"lst\"]\n",
             "clients[0].allow",
         ),
-        ("[audit]\npath = \"x\"\n", "audit"),
+        ("[rate_limit]\nburst = 1\n", "rate_limit"),
+        ("[audit]\nfsync = \"sometimes\"\n", "audit.fsync"),
     ];
     for (text, key) in cases {
         std::fs::write(&path, text).unwrap();
@@ -161,14 +167,20 @@ fn debug_prints_hold_no_secret() {
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("t");
     std::fs::write(&token, UPSTREAM_TOKEN).unwrap();
+    let key = dir.path().join("k");
+    std::fs::write(&key, AUDIT_KEY).unwrap();
     let text = format!(
-        "[upstream]\naccess_token_file = {:?}\n",
-        token.display().to_string()
+        "[upstream]\naccess_token_file = {:?}\n[audit]\nhmac_key_file = {:?}\n",
+        token.display().to_string(),
+        key.display().to_string()
     );
     let config = Config::parse(&text).unwrap();
     let gateway = tokengate::Gateway::build(&config).unwrap();
     let printed = format!("{config:?} {gateway:?} {:#?}", gateway.authenticator);
-    assert!(!printed.contains(UPSTREAM_TOKEN), "{printed}");
+    assert!(
+        !printed.contains(UPSTREAM_TOKEN) && !printed.contains(AUDIT_KEY),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

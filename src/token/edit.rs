@@ -252,20 +252,25 @@ impl Edit {
 
     /// The body to forward: exactly the checked fields.
     pub fn to_json(&self) -> Vec<u8> {
-        #[derive(Serialize)]
-        struct IdsBody {
-            ids: Vec<u64>,
-        }
-        let written = match self {
+        // Serialising plain structs of strings, integers and JSON values cannot fail.
+        match self {
             Edit::Create(fields) | Edit::Update(fields) | Edit::StatusOnly(fields) => {
                 serde_json::to_vec(fields)
             }
-            Edit::Ids(ids) => serde_json::to_vec(&IdsBody {
-                ids: ids.iter().map(|id| id.get()).collect(),
-            }),
-        };
-        // Serialising plain structs of strings, integers and JSON values cannot fail.
-        written.unwrap_or_default()
+            Edit::Ids(ids) => serde_json::to_vec(&IdsBody::of(ids)),
+        }
+        .unwrap_or_default()
+    }
+
+    /// The checked fields as a JSON value (what the audit trail records as `request`).
+    pub fn to_value(&self) -> Value {
+        match self {
+            Edit::Create(fields) | Edit::Update(fields) | Edit::StatusOnly(fields) => {
+                serde_json::to_value(fields)
+            }
+            Edit::Ids(ids) => serde_json::to_value(IdsBody::of(ids)),
+        }
+        .unwrap_or(Value::Null)
     }
 }
 
@@ -494,8 +499,12 @@ impl fmt::Display for Faults {
     }
 }
 
-/// The known name nearest to a misspelt one (at most two edits away).
+/// The known name nearest to a misspelt one (at most two edits away). Field names are short: a
+/// name far longer than any is not a misspelling, and is not compared (that costs time).
 fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+    if name.len() > 32 {
+        return None;
+    }
     known
         .iter()
         .map(|k| (distance(name, k), *k))

@@ -217,14 +217,14 @@ fn comma_list(
     if text.is_empty() {
         return Ok(());
     }
-    let entries: Vec<&str> = text.split(',').collect();
-    for (i, entry) in entries.iter().enumerate() {
+    let mut seen = std::collections::HashSet::new();
+    for entry in text.split(',') {
         if entry.is_empty() {
             return Err(format!(
                 "has an empty {what} entry (two commas in a row, or a comma at an end)"
             ));
         }
-        if entry.trim() != *entry {
+        if entry.trim() != entry {
             return Err(format!(
                 "{what} `{}` has spaces around it; separate entries with a bare comma",
                 entry.escape_debug()
@@ -239,7 +239,8 @@ fn comma_list(
         if let Some(why) = extra(entry) {
             return Err(format!("{what} `{}` {why}", entry.escape_debug()));
         }
-        if entries[..i].contains(entry) {
+        // A set, not a scan of the entries before: 17 000 short entries fit in 64 KiB.
+        if !seen.insert(entry) {
             return Err(format!("lists the {what} `{}` twice", entry.escape_debug()));
         }
     }

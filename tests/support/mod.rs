@@ -513,6 +513,7 @@ pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         .args(args)
         .env_remove("TOKENGATE_UPSTREAM_TOKEN")
         .env_remove("TOKENGATE_CONFIG")
+        .env_remove("TOKENGATE_AUDIT_KEY")
         .envs(env.iter().copied())
         .output()
         .unwrap();
