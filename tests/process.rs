@@ -128,7 +128,7 @@ async fn no_secret_in_anything_the_gateway_prints_or_answers() {
         output.contains("\"request\""),
         "access lines were written:\n{output}"
     );
-    for secret in [UPSTREAM_TOKEN, ADMIN_KEY, READER_KEY] {
+    for secret in [UPSTREAM_TOKEN, ADMIN_KEY, READER_KEY, AUDIT_KEY] {
         assert!(
             !output.contains(secret),
             "{secret} in the gateway's output:\n{output}"
