@@ -60,11 +60,12 @@ run() { # $1 label, $2 audit path, $3 fsync
   config "$2" "$3" > "$work/tokengate.toml"
   RUST_LOG=warn "$bin" serve --config "$work/tokengate.toml" > /dev/null 2> "$work/serve.log" &
   local pid=$!
+  pids+=("$pid")
   for _ in $(seq 50); do curl -sf "http://$admin/healthz" >/dev/null 2>&1 && break; sleep 0.1; done
   for c in "${connections[@]}"; do
     local r0 f0 r1 f1
     r0=$(metric tokengate_audit_records_total); f0=$(metric tokengate_audit_fsync_seconds_count)
-    local out; out=$(wrk -t2 -c"$c" -d"${seconds}s" --latency -s bench/put_status.lua "http://$gw" 2>&1)
+    local out; out=$(wrk -t"$(( c < 2 ? c : 2 ))" -c"$c" -d"${seconds}s" --latency -s bench/put_status.lua "http://$gw" 2>&1)
     r1=$(metric tokengate_audit_records_total); f1=$(metric tokengate_audit_fsync_seconds_count)
     local rps p50 p99 non2xx
     rps=$(awk '/Requests\/sec/ { print $2 }' <<<"$out")
@@ -74,7 +75,7 @@ run() { # $1 label, $2 audit path, $3 fsync
     printf '| %-26s | %4s | %10s | %8s | %8s | %10.0f | %9.0f | %s\n' "$1" "$c" "$rps" "$p50" "$p99" \
       "$(echo "(${r1:-0} - ${r0:-0}) / $seconds" | bc -l)" "$(echo "(${f1:-0} - ${f0:-0}) / $seconds" | bc -l)" "${non2xx:-0}"
   done
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || { echo "the gateway died:" >&2; cat "$work/serve.log" >&2; }; wait "$pid" 2>/dev/null || true
 }
 
 echo "machine: $(nproc) cores, $(lscpu | awk -F: '/Model name/ { gsub(/^ +/, "", $2); print $2 }'), $(uname -r); $(date -u +%FT%TZ)"
