@@ -11,22 +11,6 @@ use serde_json::{json, Value};
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig, NewToken};
 
-/// Every record of the trail at `path` (rotated files first), in order.
-fn records(path: &Path) -> Vec<Value> {
-    let files = tokengate::audit::verify::trail_files(path).unwrap();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .map(|line| serde_json::from_str(&line).unwrap())
-        .collect()
-}
-
 fn of_request<'a>(records: &'a [Value], reply: &Reply) -> Vec<&'a Value> {
     let id = reply.headers["x-request-id"].to_str().unwrap();
     records.iter().filter(|r| r["request_id"] == id).collect()
@@ -54,7 +38,7 @@ async fn a_forwarded_change_has_an_intent_then_an_outcome() {
     )
     .await;
     assert_eq!(reply.json()["success"], true);
-    let all = records(&gateway.audit_path);
+    let all = audit_records(&gateway.audit_path);
     let mine = of_request(&all, &reply);
     assert_eq!(mine.len(), 2, "{all:#?}");
     let (intent, outcome) = (mine[0], mine[1]);
@@ -110,7 +94,7 @@ async fn the_intent_is_durable_before_the_upstream_sees_the_change() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // The upstream is answering now: the intent is already on disk, the outcome not yet.
-    let during = records(&gateway.audit_path);
+    let during = audit_records(&gateway.audit_path);
     assert_eq!(during.len(), 1, "{during:#?}");
     assert_eq!(
         (
@@ -120,7 +104,7 @@ async fn the_intent_is_durable_before_the_upstream_sees_the_change() {
         (Some("intent"), Some("ordered"))
     );
     let reply = request.await.unwrap();
-    let after = records(&gateway.audit_path);
+    let after = audit_records(&gateway.audit_path);
     assert_eq!(of_request(&after, &reply).len(), 2);
 }
 
@@ -192,7 +176,7 @@ async fn every_refusal_has_an_outcome_record_with_its_reason() {
             json!("admin"),
         ),
     ];
-    let all = records(&gateway.audit_path);
+    let all = audit_records(&gateway.audit_path);
     for (reply, reason, status, client) in &cases {
         let mine = of_request(&all, reply);
         assert_eq!(
@@ -221,7 +205,7 @@ async fn every_refusal_has_an_outcome_record_with_its_reason() {
     // Reads are not audited by default; paths outside the API never are.
     admin(gateway.addr, "GET", "/api/token/", None).await;
     admin(gateway.addr, "GET", "/api/user/self", None).await;
-    assert_eq!(records(&gateway.audit_path).len(), all.len());
+    assert_eq!(audit_records(&gateway.audit_path).len(), all.len());
     assert!(
         upstream.emulator.seen().len() == 1,
         "only the list reached the upstream"
@@ -243,7 +227,7 @@ async fn upstream_failures_and_timeouts_are_outcomes_after_an_intent() {
         options.upstream_timeout_ms = 300;
         let gateway = TestGateway::start(options).await;
         let reply = admin(gateway.addr, "DELETE", "/api/token/9", None).await;
-        let all = records(&gateway.audit_path);
+        let all = audit_records(&gateway.audit_path);
         let mine = of_request(&all, &reply);
         assert_eq!(mine.len(), 2, "{reason}: {all:#?}");
         assert_eq!(mine[0]["phase"], "intent");
@@ -261,7 +245,7 @@ async fn an_http_200_failure_is_recorded_from_the_body() {
         (reply.status, reply.json()["success"].as_bool()),
         (200, Some(false))
     );
-    let all = records(&gateway.audit_path);
+    let all = audit_records(&gateway.audit_path);
     let outcome = of_request(&all, &reply)[1];
     assert_eq!(outcome["outcome"], "forwarded");
     assert_eq!(outcome["upstream_status"], 200);
@@ -324,7 +308,7 @@ async fn no_secret_reaches_the_trail_and_it_verifies() {
     ] {
         assert!(!trail.contains(secret), "{secret} in the trail:\n{trail}");
     }
-    let reveal = of_request(&records(&gateway.audit_path), &single)
+    let reveal = of_request(&audit_records(&gateway.audit_path), &single)
         .into_iter()
         .cloned()
         .collect::<Vec<_>>();
@@ -362,7 +346,7 @@ async fn rotation_and_restart_keep_one_chain() {
     let path = dir.path().join("trail.jsonl");
     let files = tokengate::audit::verify::trail_files(&path).unwrap();
     assert!(files.len() >= 4, "rotated into several files: {files:?}");
-    let all = records(&path);
+    let all = audit_records(&path);
     assert_eq!(
         all.len(),
         60,

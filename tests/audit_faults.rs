@@ -6,27 +6,11 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig};
-
-fn records(path: &Path) -> Vec<Value> {
-    tokengate::audit::verify::trail_files(path)
-        .unwrap()
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .map(|line| serde_json::from_str(&line).unwrap())
-        .collect()
-}
 
 fn verify(files: &[PathBuf]) -> (i32, String, String) {
     let key = std::env::temp_dir().join(format!("tokengate-audit-key-{}", std::process::id()));
@@ -279,7 +263,7 @@ async fn a_removed_live_file_is_noticed_and_reported_not_written_into_the_void()
         .status,
         200
     );
-    let after = records(&gateway.audit_path);
+    let after = audit_records(&gateway.audit_path);
     assert!(after[0]["seq"].as_u64().unwrap() > 1);
     let (code, _, stderr) = verify(std::slice::from_ref(&gateway.audit_path));
     assert_eq!(
@@ -336,7 +320,7 @@ async fn a_killed_gateway_leaves_a_trail_that_covers_every_change() {
     }
     let dir = gateway.take_dir();
     let trail = dir.path().join("audit").join("trail.jsonl");
-    let intents: HashSet<String> = records(&trail)
+    let intents: HashSet<String> = audit_records(&trail)
         .iter()
         .filter(|r| r["phase"] == "intent")
         .filter_map(|r| r["request"]["name"].as_str().map(str::to_owned))

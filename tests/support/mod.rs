@@ -20,6 +20,22 @@ use tokio::sync::oneshot;
 use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
 use tokengate::{Config, Gateway};
 
+/// Every record of the audit trail at `path` (rotated files first), in order.
+pub fn audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    tokengate::audit::verify::trail_files(path)
+        .unwrap()
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .map(|line| serde_json::from_str(&line).unwrap())
+        .collect()
+}
+
 /// The upstream access token the tests' gateway holds. Scanned for in outputs: it must never leak.
 pub const UPSTREAM_TOKEN: &str = "UpStreamSecret0123456789abcdefXYZ";
 /// The upstream user id.
