@@ -392,3 +392,38 @@ async fn a_damaged_tail_stops_the_gateway_from_starting() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn reads_are_audited_when_asked_and_interval_sync_keeps_the_chain() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.audit_extra = "reads = true\nfsync = \"interval\"".into();
+    let mut gateway = TestGateway::start(options).await;
+    let list = admin(gateway.addr, "GET", "/api/token/?p=1", None).await;
+    let get = admin(gateway.addr, "GET", "/api/token/77", None).await;
+    let create = admin(
+        gateway.addr,
+        "POST",
+        "/api/token/",
+        Some(r#"{"name":"interval"}"#),
+    )
+    .await;
+    // With fsync = "interval", the records are written at once and synced within 100 ms.
+    let all = audit_records(&gateway.audit_path);
+    let list = of_request(&all, &list);
+    assert_eq!(
+        (list.len(), list[1]["op"].as_str(), list[1]["path"].as_str()),
+        (2, Some("list"), Some("/api/token/"))
+    );
+    let get = of_request(&all, &get);
+    assert_eq!(
+        (get[1]["op"].as_str(), get[1]["token_ids"].clone()),
+        (Some("get"), json!([77]))
+    );
+    assert_eq!(of_request(&all, &create).len(), 2);
+    gateway.shutdown().await.unwrap();
+    let (code, stdout, stderr) = verify(&gateway.audit_path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
