@@ -71,15 +71,25 @@ pub struct SourceIp {
     pub via_trusted_proxy: bool,
 }
 
-/// What the upstream answered, as the audit trail records it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What the upstream answered. The body is kept (a reference-counted view, not a copy) and read
+/// only if an audit record needs its `success` and `message`, so unaudited answers are not parsed.
+#[derive(Clone, PartialEq, Eq)]
 pub struct UpstreamFacts {
     /// The HTTP status.
     pub status: u16,
-    /// The envelope's `success` (new-api answers HTTP 200 on failure), when the body is JSON.
-    pub success: Option<bool>,
-    /// The envelope's `message`, when the body is JSON.
-    pub message: Option<String>,
+    /// The body as the upstream sent it. It may hold token keys (a key reveal): never print it.
+    pub body: bytes::Bytes,
+}
+
+impl fmt::Debug for UpstreamFacts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "UpstreamFacts {{ status: {}, body: {} bytes }}",
+            self.status,
+            self.body.len()
+        )
+    }
 }
 
 /// What one request has learnt so far, shared by every layer through the request extensions.

@@ -268,7 +268,10 @@ impl Upstream {
 
         let status = parts.status;
         if let Some(context) = request.context {
-            context.set_upstream(facts(status, &body));
+            context.set_upstream(UpstreamFacts {
+                status: status.as_u16(),
+                body: body.clone(),
+            });
         }
         if status.is_redirection() {
             // The path only: a redirect keeps the query, which can hold a key fragment.
@@ -305,22 +308,6 @@ impl Upstream {
             headers: parts.headers,
             body,
         })
-    }
-}
-
-/// The status, `success` and `message` of an upstream answer (null when the body is not a JSON
-/// envelope). A key reveal's keys are in `data`, which is never read here.
-fn facts(status: StatusCode, body: &[u8]) -> UpstreamFacts {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        success: Option<bool>,
-        message: Option<String>,
-    }
-    let envelope = serde_json::from_slice::<Envelope>(body).ok();
-    UpstreamFacts {
-        status: status.as_u16(),
-        success: envelope.as_ref().and_then(|e| e.success),
-        message: envelope.and_then(|e| e.message),
     }
 }
 

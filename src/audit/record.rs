@@ -61,6 +61,7 @@ pub fn outcome(
     let mut record = base(context, op, "outcome");
     let outcome = Outcome::of(context.forwarded(), code);
     let upstream = context.upstream();
+    let envelope = upstream.and_then(|u| serde_json::from_slice::<Envelope>(&u.body).ok());
     record.insert("outcome".into(), Value::from(outcome.as_str()));
     record.insert("reason".into(), code.map_or(Value::Null, Value::from));
     record.insert("status".into(), Value::from(status));
@@ -70,14 +71,15 @@ pub fn outcome(
     );
     record.insert(
         "upstream_success".into(),
-        upstream
-            .and_then(|u| u.success)
+        envelope
+            .as_ref()
+            .and_then(|e| e.success)
             .map_or(Value::Null, Value::from),
     );
     record.insert(
         "upstream_message".into(),
-        upstream
-            .and_then(|u| u.message.as_deref())
+        envelope
+            .and_then(|e| e.message)
             .map_or(Value::Null, Value::from),
     );
     record.insert(
@@ -85,6 +87,14 @@ pub fn outcome(
         Value::from(context.started.elapsed().as_millis() as u64),
     );
     record
+}
+
+/// new-api's envelope (HTTP 200 even on failure, so the body decides). Only `success` and
+/// `message` are read: a key reveal's keys, in `data`, are never looked at.
+#[derive(serde::Deserialize)]
+struct Envelope {
+    success: Option<bool>,
+    message: Option<String>,
 }
 
 fn base(context: &RequestContext, op: Operation, phase: &str) -> Map<String, Value> {
