@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -14,17 +13,6 @@ use tokengate::emulator::{Emulator, EmulatorConfig, NewToken};
 fn of_request<'a>(records: &'a [Value], reply: &Reply) -> Vec<&'a Value> {
     let id = reply.headers["x-request-id"].to_str().unwrap();
     records.iter().filter(|r| r["request_id"] == id).collect()
-}
-
-/// `tokengate audit verify` over the trail at `path`.
-fn verify(path: &Path) -> (i32, String, String) {
-    let key = path.parent().unwrap().join("audit-key");
-    std::fs::write(&key, AUDIT_KEY).unwrap();
-    let mut args = vec!["audit", "verify", "--key-file", key.to_str().unwrap()];
-    let files = tokengate::audit::verify::trail_files(path).unwrap();
-    let files: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
-    args.extend(files.iter().map(String::as_str));
-    run_cli(&args, &[])
 }
 
 #[tokio::test]
@@ -316,7 +304,7 @@ async fn no_secret_reaches_the_trail_and_it_verifies() {
         (reveal[1]["op"].as_str(), reveal[1]["token_ids"].clone()),
         (Some("reveal_key"), json!([id]))
     );
-    let (code, stdout, stderr) = verify(&gateway.audit_path);
+    let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!stdout.contains(AUDIT_KEY) && !stderr.contains(AUDIT_KEY));
 }
@@ -359,7 +347,7 @@ async fn rotation_and_restart_keep_one_chain() {
             "seq runs on across files and restarts"
         );
     }
-    let (code, stdout, stderr) = verify(&path);
+    let (code, stdout, stderr) = audit_verify_trail(&path);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("60"), "{stdout}");
 }
@@ -380,7 +368,7 @@ async fn a_damaged_tail_stops_the_gateway_from_starting() {
         .unwrap()
         .replace("\"name\":\"x\"", "\"name\":\"y\"");
     std::fs::write(&path, text).unwrap();
-    let (code, _, stderr) = verify(&path);
+    let (code, _, stderr) = audit_verify_trail(&path);
     assert_eq!(code, 1, "{stderr}");
     // serve refuses to extend the broken chain.
     write_secrets(dir.path(), false);
@@ -424,6 +412,6 @@ async fn reads_are_audited_when_asked_and_interval_sync_keeps_the_chain() {
     );
     assert_eq!(of_request(&all, &create).len(), 2);
     gateway.shutdown().await.unwrap();
-    let (code, stdout, stderr) = verify(&gateway.audit_path);
+    let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }

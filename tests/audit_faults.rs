@@ -12,20 +12,6 @@ use std::time::{Duration, Instant};
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig};
 
-fn verify(files: &[PathBuf]) -> (i32, String, String) {
-    let key = std::env::temp_dir().join(format!("tokengate-audit-key-{}", std::process::id()));
-    std::fs::write(&key, AUDIT_KEY).unwrap();
-    let mut args = vec![
-        "audit".to_string(),
-        "verify".into(),
-        "--key-file".into(),
-        key.display().to_string(),
-    ];
-    args.extend(files.iter().map(|f| f.display().to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run_cli(&args, &[])
-}
-
 async fn readyz(gateway: &TestGateway) -> Reply {
     send(gateway.admin, "GET", "/readyz", &[], None).await
 }
@@ -166,7 +152,7 @@ async fn a_full_file_system_fails_closed_then_recovers() {
         .collect();
     assert!(names.contains(&"after".to_string()));
     let files = tokengate::audit::verify::trail_files(&mount.0.join("trail.jsonl")).unwrap();
-    let (code, stdout, stderr) = verify(&files);
+    let (code, stdout, stderr) = audit_verify(&files);
     assert_eq!(code, 0, "no torn record was left behind: {stdout}{stderr}");
 }
 
@@ -219,8 +205,7 @@ async fn a_vanished_trail_directory_fails_closed_then_recovers() {
         .status,
         200
     );
-    let (code, stdout, stderr) =
-        verify(&tokengate::audit::verify::trail_files(&gateway.audit_path).unwrap());
+    let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
 
@@ -265,7 +250,7 @@ async fn a_removed_live_file_is_noticed_and_reported_not_written_into_the_void()
     );
     let after = audit_records(&gateway.audit_path);
     assert!(after[0]["seq"].as_u64().unwrap() > 1);
-    let (code, _, stderr) = verify(std::slice::from_ref(&gateway.audit_path));
+    let (code, _, stderr) = audit_verify(std::slice::from_ref(&gateway.audit_path));
     assert_eq!(
         code, 1,
         "the records lost with the removed file show as a break: {stderr}"
@@ -363,6 +348,6 @@ async fn a_killed_gateway_leaves_a_trail_that_covers_every_change() {
     let files =
         tokengate::audit::verify::trail_files(&dir.path().join("audit").join("trail.jsonl"))
             .unwrap();
-    let (code, stdout, stderr) = verify(&files);
+    let (code, stdout, stderr) = audit_verify(&files);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }

@@ -36,6 +36,26 @@ pub fn audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs `tokengate audit verify` with the tests' audit key over `files`.
+pub fn audit_verify(files: &[std::path::PathBuf]) -> (i32, String, String) {
+    let key = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(key.path(), AUDIT_KEY).unwrap();
+    let mut args = vec![
+        "audit".to_string(),
+        "verify".into(),
+        "--key-file".into(),
+        key.path().display().to_string(),
+    ];
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_cli(&args, &[])
+}
+
+/// `audit_verify` over every file of the trail at `path`.
+pub fn audit_verify_trail(path: &std::path::Path) -> (i32, String, String) {
+    audit_verify(&tokengate::audit::verify::trail_files(path).unwrap())
+}
+
 /// The upstream access token the tests' gateway holds. Scanned for in outputs: it must never leak.
 pub const UPSTREAM_TOKEN: &str = "UpStreamSecret0123456789abcdefXYZ";
 /// The upstream user id.
