@@ -77,7 +77,10 @@ pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId
             out.append(name.clone(), value.clone());
         }
     }
-    out.insert(X_FORWARDED_FOR, HeaderValue::from(IpHeader(source.ip)));
+    // An IP address in text is always a valid header value.
+    if let Ok(ip) = HeaderValue::from_str(&source.ip.to_string()) {
+        out.insert(X_FORWARDED_FOR, ip);
+    }
     if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
         // new-api logs under the id it is given: its log lines then carry the gateway's id.
         out.insert(X_ONEAPI_REQUEST_ID, id.clone());
@@ -111,16 +114,6 @@ pub fn to_caller(upstream: HeaderMap, request_id: &RequestId) -> HeaderMap {
         out.insert(X_REQUEST_ID, id);
     }
     out
-}
-
-/// An IP address as a header value.
-struct IpHeader(IpAddr);
-
-impl From<IpHeader> for HeaderValue {
-    fn from(ip: IpHeader) -> HeaderValue {
-        // An IP address is always a valid header value.
-        HeaderValue::from_str(&ip.0.to_string()).unwrap_or(HeaderValue::from_static("0.0.0.0"))
-    }
 }
 
 /// The caller IP (SPEC §3): the peer, unless the peer is a trusted proxy; then the right-most
