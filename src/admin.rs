@@ -98,7 +98,7 @@ async fn upstream_check(gateway: &Gateway) -> Result<&'static str, String> {
             body: Bytes::new(),
             credential,
             deadline: Instant::now() + gateway.request_timeout,
-            context: None,
+            served: None,
         })
         .await
         .map_err(|e| e.to_string())?;

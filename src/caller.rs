@@ -11,8 +11,10 @@ use http::HeaderValue;
 use ring::digest::{digest, SHA256};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::config::{AuthScheme, ClientConfig};
+use crate::config::{AuthScheme, ClientConfig, RateLimitConfig};
 use crate::error::GatewayError;
+use crate::policy::Policy;
+use crate::ratelimit::CallerLimits;
 use crate::route::{Operation, OperationSet};
 use crate::secret::strip_bearer;
 use crate::upstream::Credential;
@@ -44,12 +46,27 @@ pub struct Caller {
     pub allow: OperationSet,
     /// The credential its requests carry upstream.
     pub credential: Arc<Credential>,
+    /// Its rate-limit buckets (configured clients only: pass-through callers have none, so no
+    /// caller can make the gateway keep state by inventing credentials).
+    pub limits: Option<Arc<CallerLimits>>,
+    /// Its policy (configured clients only).
+    pub policy: Option<Arc<Policy>>,
 }
 
 impl Caller {
     /// Whether the caller may use `op`.
     pub fn may(&self, op: Operation) -> bool {
         self.allow.contains(op)
+    }
+
+    /// The `client` label of its metrics: its name when configured, `passthrough` otherwise (a
+    /// label per pass-through token would grow without bound).
+    pub fn metric_label(&self) -> &str {
+        if self.limits.is_some() {
+            &self.name
+        } else {
+            "passthrough"
+        }
     }
 }
 
@@ -72,7 +89,11 @@ pub enum Authenticator {
 
 impl Authenticator {
     /// The hold-mode table of configured clients. The digests were checked at load.
-    pub fn keys(clients: &[ClientConfig], credential: Arc<Credential>) -> Authenticator {
+    pub fn keys(
+        clients: &[ClientConfig],
+        rates: &RateLimitConfig,
+        credential: Arc<Credential>,
+    ) -> Authenticator {
         let clients = clients
             .iter()
             .filter_map(|client| {
@@ -82,11 +103,21 @@ impl Authenticator {
                     name: client.name.as_str().into(),
                     allow: client.allow.iter().copied().collect(),
                     credential: credential.clone(),
+                    limits: Some(Arc::new(CallerLimits::for_client(client, rates))),
+                    policy: Some(Arc::new(Policy::of(client))),
                 };
                 Some((digest, caller))
             })
             .collect();
         Authenticator::Keys { clients }
+    }
+
+    /// How many rate-limit buckets the callers hold (two per configured client).
+    pub fn buckets(&self) -> usize {
+        match self {
+            Authenticator::Keys { clients } => 2 * clients.len(),
+            Authenticator::Passthrough { .. } => 0,
+        }
     }
 
     /// Identifies the caller from its `Authorization` value (and, in pass-through mode, its
@@ -129,6 +160,8 @@ impl Authenticator {
                     name: format!("token:{}", &hex::encode(sha)[..12]).into(),
                     allow: OperationSet::all(),
                     credential: Arc::new(credential),
+                    limits: None,
+                    policy: None,
                 })
             }
         }
@@ -163,7 +196,9 @@ mod tests {
                 name: "team-a".into(),
                 key_sha256: key_digest_hex(key),
                 allow: vec![Operation::List],
+                ..ClientConfig::default()
             }],
+            &RateLimitConfig::default(),
             credential(),
         );
         for spelling in [

@@ -25,6 +25,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     /// Limits on request bodies.
     pub limits: LimitsConfig,
+    /// Rate-limit defaults for every client, and the global cap on upstream requests.
+    pub rate_limit: RateLimitConfig,
     /// The audit trail.
     pub audit: AuditConfig,
     /// Log output.
@@ -171,6 +173,38 @@ impl Default for LimitsConfig {
     }
 }
 
+/// `[rate_limit]`: the defaults of every client (each may override them) and the global cap.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Reads (`list`, `search`, `get`) per minute and caller.
+    pub reads_per_minute: u32,
+    /// Writes (every other operation, `reveal_key` included) per minute and caller.
+    pub writes_per_minute: u32,
+    /// The bucket size of each class: how many requests may come at once after a quiet spell.
+    pub burst: u32,
+    /// Every request the gateway sends upstream, over all callers (bucket: one second's worth).
+    pub upstream_requests_per_second: u32,
+    /// Count and log would-be refusals, refuse nothing (to try limits on live traffic).
+    pub dry_run: bool,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            reads_per_minute: 600,
+            writes_per_minute: 60,
+            burst: 10,
+            upstream_requests_per_second: 50,
+            dry_run: false,
+        }
+    }
+}
+
+/// The largest rate a limit may be set to (per minute or per second): beyond it, no limit is
+/// meant, and GCRA's per-request interval would round to nothing.
+pub const MAX_RATE: u32 = 1_000_000;
+
 /// `[audit]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -235,7 +269,7 @@ pub enum LogFormat {
 }
 
 /// One `[[clients]]` entry: an internal caller.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
     /// The caller's name, as it appears in logs, metrics and the audit trail.
@@ -244,6 +278,25 @@ pub struct ClientConfig {
     pub key_sha256: String,
     /// The operations the caller may use.
     pub allow: Vec<Operation>,
+    /// The highest `remain_quota` a token it writes may have.
+    pub max_remain_quota: Option<i64>,
+    /// Whether it may write tokens with `unlimited_quota: true`.
+    #[serde(default)]
+    pub allow_unlimited_quota: bool,
+    /// The groups its tokens may use (`""` is the account's own group).
+    pub groups: Option<Vec<String>>,
+    /// The models its tokens may be limited to; when set, every token must have a model limit.
+    pub models: Option<Vec<String>>,
+    /// How far ahead its tokens may expire, in days (and never `-1`).
+    pub max_expiry_days: Option<u32>,
+    /// The prefix of every token name it may create, change, reveal or delete.
+    pub name_prefix: Option<String>,
+    /// Overrides `rate_limit.reads_per_minute`.
+    pub reads_per_minute: Option<u32>,
+    /// Overrides `rate_limit.writes_per_minute`.
+    pub writes_per_minute: Option<u32>,
+    /// Overrides `rate_limit.burst`.
+    pub burst: Option<u32>,
 }
 
 /// One fault in a configuration, naming its key.
@@ -368,6 +421,22 @@ impl Config {
             fault("limits.max_batch".into(), "must be from 1 to 1000".into());
         }
 
+        let rates = &self.rate_limit;
+        for (key, value) in [
+            ("rate_limit.reads_per_minute", Some(rates.reads_per_minute)),
+            (
+                "rate_limit.writes_per_minute",
+                Some(rates.writes_per_minute),
+            ),
+            ("rate_limit.burst", Some(rates.burst)),
+            (
+                "rate_limit.upstream_requests_per_second",
+                Some(rates.upstream_requests_per_second),
+            ),
+        ] {
+            rate_rule(key.into(), value, &mut fault);
+        }
+
         let upstream = &self.upstream;
         for (i, name) in upstream.extra_fields.iter().enumerate() {
             let known = crate::token::edit::TOKEN_FIELDS.contains(&name.as_str())
@@ -447,8 +516,97 @@ impl Config {
                     "the same key digest is given to another client".into(),
                 );
             }
+            self.check_policy(i, client, &mut fault);
         }
         errors
+    }
+}
+
+impl Config {
+    /// The policy keys of `clients[i]` (SPEC §5).
+    fn check_policy(
+        &self,
+        i: usize,
+        client: &ClientConfig,
+        fault: &mut impl FnMut(String, String),
+    ) {
+        let key = |name: &str| format!("clients[{i}].{name}");
+        if let Some(max) = client.max_remain_quota {
+            if !(0..=crate::token::fields::MAX_QUOTA).contains(&max) {
+                fault(
+                    key("max_remain_quota"),
+                    format!("must be from 0 to {}", crate::token::fields::MAX_QUOTA),
+                );
+            }
+        }
+        if let Some(days) = client.max_expiry_days {
+            if !(1..=36_500).contains(&days) {
+                fault(key("max_expiry_days"), "must be from 1 to 36500".into());
+            }
+        }
+        if let Some(prefix) = &client.name_prefix {
+            if prefix.is_empty()
+                || prefix.len() > self.limits.name_max_bytes
+                || prefix.chars().any(char::is_control)
+            {
+                fault(
+                    key("name_prefix"),
+                    format!(
+                        "must be 1 to limits.name_max_bytes ({}) bytes without control characters",
+                        self.limits.name_max_bytes
+                    ),
+                );
+            }
+        }
+        if let Some(groups) = &client.groups {
+            for (j, group) in groups.iter().enumerate() {
+                if group.contains(',')
+                    || group.chars().any(char::is_whitespace)
+                    || groups[..j].contains(group)
+                {
+                    fault(
+                        format!("clients[{i}].groups[{j}]"),
+                        "must be a group name without commas or white space, given once (\"\" is the account's own group)".into(),
+                    );
+                }
+            }
+        }
+        if let Some(models) = &client.models {
+            if models.is_empty() {
+                fault(
+                    key("models"),
+                    "must list at least one model (leave it out to allow every model)".into(),
+                );
+            }
+            for (j, model) in models.iter().enumerate() {
+                if model.is_empty()
+                    || model.contains(',')
+                    || model.trim() != model
+                    || models[..j].contains(model)
+                {
+                    fault(
+                        format!("clients[{i}].models[{j}]"),
+                        "must be a model id without commas or surrounding spaces, given once"
+                            .into(),
+                    );
+                }
+            }
+        }
+        for (name, value) in [
+            ("reads_per_minute", client.reads_per_minute),
+            ("writes_per_minute", client.writes_per_minute),
+            ("burst", client.burst),
+        ] {
+            rate_rule(key(name), value, fault);
+        }
+    }
+}
+
+/// A rate or bucket size, when set, is from 1 to [`MAX_RATE`] (an operation a caller must not use
+/// at all is left out of its `allow` list).
+fn rate_rule(key: String, value: Option<u32>, fault: &mut impl FnMut(String, String)) {
+    if value.is_some_and(|v| !(1..=MAX_RATE).contains(&v)) {
+        fault(key, format!("must be from 1 to {MAX_RATE}"));
     }
 }
 

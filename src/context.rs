@@ -9,11 +9,12 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::time::Instant;
 
 use crate::error::GatewayError;
+use crate::ratelimit::RateStatus;
 use crate::route::Operation;
 
 /// The gateway's own id for one request: sent upstream and back to the caller as `X-Request-Id`,
@@ -116,6 +117,7 @@ pub struct RequestContext {
     request: OnceLock<serde_json::Value>,
     forwarded: AtomicBool,
     upstream: OnceLock<UpstreamFacts>,
+    rate: Mutex<Vec<RateStatus>>,
 }
 
 impl RequestContext {
@@ -143,6 +145,7 @@ impl RequestContext {
             request: OnceLock::new(),
             forwarded: AtomicBool::new(false),
             upstream: OnceLock::new(),
+            rate: Mutex::new(Vec::new()),
         }
     }
 
@@ -184,6 +187,21 @@ impl RequestContext {
     /// What the upstream answered, if it did.
     pub fn upstream(&self) -> Option<&UpstreamFacts> {
         self.upstream.get()
+    }
+
+    /// Records what a rate limit said about the request, replacing an earlier status of the
+    /// same policy (a batch is charged twice), for the `RateLimit` fields of the answer.
+    pub fn set_rate(&self, status: RateStatus) {
+        let mut rates = self.rate.lock().unwrap_or_else(|p| p.into_inner());
+        match rates.iter_mut().find(|r| r.policy == status.policy) {
+            Some(slot) => *slot = status,
+            None => rates.push(status),
+        }
+    }
+
+    /// What the rate limits said about the request, in the order they were consulted.
+    pub fn rates(&self) -> Vec<RateStatus> {
+        self.rate.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The context of `request`, which the request-context layer inserts first of all.

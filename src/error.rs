@@ -12,6 +12,8 @@ use http_body_util::Full;
 
 use crate::audit::writer::AuditError;
 use crate::context::RequestId;
+use crate::policy::PolicyRefusal;
+use crate::route::TokenId;
 use crate::token::edit::{BodyError, Faults};
 use crate::token::json::JsonError;
 
@@ -41,6 +43,20 @@ pub enum GatewayError {
         /// The operation's policy name.
         op: &'static str,
     },
+    /// A client policy rule (SPEC §5): every rule broken is reported.
+    #[error("{0}")]
+    Forbidden(PolicyRefusal),
+    /// A rate limit of SPEC §5: the caller's class, or the global cap on upstream requests.
+    #[error("{}", rate_limited_message(policy, *retry_after))]
+    RateLimited {
+        /// The limit's policy name: `reads`, `writes` or `upstream`.
+        policy: &'static str,
+        /// Whole seconds until a retry can succeed, at least 1.
+        retry_after: u64,
+    },
+    /// A token the request names does not exist, found when the gateway reads it for a check.
+    #[error("token {0} does not exist (or does not belong to the upstream account)")]
+    TokenNotFound(TokenId),
     /// A write body without `Content-Type: application/json`.
     #[error("a request body must be JSON: send `Content-Type: application/json` (with `charset=utf-8` or no charset)")]
     UnsupportedMediaType,
@@ -99,7 +115,9 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::MissingKey | GatewayError::UnknownKey => "unauthenticated",
-            GatewayError::OperationNotAllowed { .. } => "forbidden",
+            GatewayError::OperationNotAllowed { .. } | GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::TokenNotFound(_) => "not_found",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
             GatewayError::InvalidJson(_) => "invalid_json",
             GatewayError::InvalidBody(faults) => faults.code(),
@@ -121,7 +139,11 @@ impl GatewayError {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::MissingKey | GatewayError::UnknownKey => StatusCode::UNAUTHORIZED,
-            GatewayError::OperationNotAllowed { .. } => StatusCode::FORBIDDEN,
+            GatewayError::OperationNotAllowed { .. } | GatewayError::Forbidden(_) => {
+                StatusCode::FORBIDDEN
+            }
+            GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::TokenNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             GatewayError::InvalidJson(_) | GatewayError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
@@ -146,8 +168,17 @@ impl GatewayError {
 
     /// The SPEC §9 envelope for this error, carrying the request id.
     pub fn into_response(self, request_id: &RequestId) -> Response<Body> {
-        let faults = match &self {
-            GatewayError::InvalidBody(faults) => Some(faults),
+        let fields: Option<Vec<&str>> = match &self {
+            GatewayError::InvalidBody(faults) => Some(faults.fields()),
+            GatewayError::Forbidden(refusal) => {
+                let mut fields: Vec<&str> = Vec::new();
+                for violation in &refusal.violations {
+                    if !fields.contains(&violation.field) {
+                        fields.push(violation.field);
+                    }
+                }
+                Some(fields)
+            }
             _ => None,
         };
         let envelope = Envelope {
@@ -155,8 +186,8 @@ impl GatewayError {
             message: &self.to_string(),
             error: EnvelopeError {
                 code: self.code(),
-                field: faults.and_then(|f| f.field()),
-                fields: faults.map(|f| f.fields()),
+                field: fields.as_ref().and_then(|f| f.first().copied()),
+                fields: fields.clone(),
                 request_id: request_id.as_str(),
             },
         };
@@ -166,11 +197,28 @@ impl GatewayError {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, JSON_UTF8);
-        if let GatewayError::MethodNotAllowed { allow } = self {
-            headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+        match self {
+            GatewayError::MethodNotAllowed { allow } => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            GatewayError::RateLimited { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+            }
+            _ => {}
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
         response
+    }
+}
+
+/// The message of a 429 `rate_limited`.
+fn rate_limited_message(policy: &str, retry_after: u64) -> String {
+    if policy == "upstream" {
+        format!(
+            "the gateway's limit on requests to the upstream is reached; retry in {retry_after} s"
+        )
+    } else {
+        format!("this client's rate limit for {policy} is reached; retry in {retry_after} s")
     }
 }
 

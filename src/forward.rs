@@ -15,7 +15,7 @@ use crate::error::{Body, GatewayError};
 use crate::headers;
 use crate::layers::BoxFuture;
 use crate::route::Route;
-use crate::upstream::{Upstream, UpstreamRequest};
+use crate::upstream::{Served, Upstream, UpstreamRequest};
 
 /// Forwards to the [`Upstream`].
 #[derive(Clone)]
@@ -63,7 +63,11 @@ impl Service<Request<Bytes>> for Forward {
                     body,
                     credential: &caller.credential,
                     deadline: context.deadline,
-                    context: Some(&context),
+                    served: Some(Served {
+                        context: &context,
+                        caller_label: caller.metric_label(),
+                        records_answer: true,
+                    }),
                 })
                 .await?;
             let mut response = Response::new(Full::new(answer.body));

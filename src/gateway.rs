@@ -41,6 +41,8 @@ pub struct Gateway {
     pub trail: Option<Arc<Trail>>,
     /// `audit.reads`.
     pub audit_reads: bool,
+    /// `rate_limit.dry_run`.
+    pub rate_limit_dry_run: bool,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
 }
@@ -50,7 +52,7 @@ impl Gateway {
     pub fn build(config: &Config) -> Result<Gateway, ConfigErrors> {
         let metrics = Arc::new(Metrics::new());
         let mut errors = Vec::new();
-        let upstream = Upstream::new(&config.upstream, metrics.clone())
+        let upstream = Upstream::new(&config.upstream, &config.rate_limit, metrics.clone())
             .map_err(|(key, message)| errors.push(ConfigError { key, message }))
             .ok();
         let held_credential = match config.upstream.mode {
@@ -85,12 +87,16 @@ impl Gateway {
             return Err(ConfigErrors(errors));
         };
         let authenticator = match &held_credential {
-            Some(credential) => Authenticator::keys(&config.clients, credential.clone()),
+            Some(credential) => {
+                Authenticator::keys(&config.clients, &config.rate_limit, credential.clone())
+            }
             None => Authenticator::Passthrough {
                 scheme: config.upstream.auth_scheme,
                 default_user: HeaderValue::from(config.upstream.user_id),
             },
         };
+        // Two buckets per configured client and one for the upstream, fixed by the file.
+        metrics.set_rate_limit_buckets(authenticator.buckets() + 1);
         Ok(Gateway {
             upstream: Arc::new(upstream),
             authenticator: Arc::new(authenticator),
@@ -108,6 +114,7 @@ impl Gateway {
             audit_key,
             trail: None,
             audit_reads: audit.reads,
+            rate_limit_dry_run: config.rate_limit.dry_run,
             metrics,
         })
     }

@@ -33,6 +33,18 @@ struct Op {
     op: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientClass {
+    client: String,
+    class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientRule {
+    client: String,
+    rule: &'static str,
+}
+
 type Latency = Family<Op, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 0.25 ms to about 8 s.
@@ -48,6 +60,10 @@ pub struct Metrics {
     upstream_duration: Latency,
     upstream_auth_failures: Counter,
     validation_refusals: Family<OpCode, Counter>,
+    rate_limited: Family<ClientClass, Counter>,
+    rate_limited_dry_run: Family<ClientClass, Counter>,
+    rate_limit_buckets: Gauge,
+    policy_refusals: Family<ClientRule, Counter>,
     audit_records: Counter,
     audit_failures: Counter,
     audit_fsync: Histogram,
@@ -77,6 +93,10 @@ impl Metrics {
         let upstream_auth_failures = Counter::default();
         let ready = Gauge::default();
         let validation_refusals = Family::<OpCode, Counter>::default();
+        let rate_limited = Family::<ClientClass, Counter>::default();
+        let rate_limited_dry_run = Family::<ClientClass, Counter>::default();
+        let rate_limit_buckets = Gauge::default();
+        let policy_refusals = Family::<ClientRule, Counter>::default();
         let audit_records = Counter::default();
         let audit_failures = Counter::default();
         let audit_fsync = Histogram::new(exponential_buckets(0.000_025, 2.0, 16));
@@ -127,6 +147,26 @@ impl Metrics {
             validation_refusals.clone(),
         );
         registry.register(
+            "tokengate_rate_limited",
+            "Requests refused by a rate limit, by client and class (reads, writes, upstream)",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "tokengate_rate_limited_dry_run",
+            "Requests a rate limit would have refused with rate_limit.dry_run off, by client and class",
+            rate_limited_dry_run.clone(),
+        );
+        registry.register(
+            "tokengate_rate_limit_buckets",
+            "Rate-limit buckets held (two per configured client and one for the upstream)",
+            rate_limit_buckets.clone(),
+        );
+        registry.register(
+            "tokengate_policy_refusals",
+            "Requests refused by a client policy rule, by client and rule",
+            policy_refusals.clone(),
+        );
+        registry.register(
             "tokengate_ready",
             "1 when the gateway is ready to serve, else 0",
             ready.clone(),
@@ -138,6 +178,10 @@ impl Metrics {
             upstream_duration,
             upstream_auth_failures,
             validation_refusals,
+            rate_limited,
+            rate_limited_dry_run,
+            rate_limit_buckets,
+            policy_refusals,
             audit_records,
             audit_failures,
             audit_fsync,
@@ -173,6 +217,37 @@ impl Metrics {
             .get_or_create(&OpCode {
                 op: op.as_str(),
                 code,
+            })
+            .inc();
+    }
+
+    /// Counts a request refused by a rate limit (`dry_run`: one that would have been).
+    pub fn rate_limited(&self, client: &str, class: &'static str, dry_run: bool) {
+        let family = if dry_run {
+            &self.rate_limited_dry_run
+        } else {
+            &self.rate_limited
+        };
+        family
+            .get_or_create(&ClientClass {
+                client: client.into(),
+                class,
+            })
+            .inc();
+    }
+
+    /// Sets how many rate-limit buckets the gateway holds.
+    pub fn set_rate_limit_buckets(&self, buckets: usize) {
+        self.rate_limit_buckets
+            .set(i64::try_from(buckets).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a policy refusal by one rule.
+    pub fn policy_refusal(&self, client: &str, rule: &'static str) {
+        self.policy_refusals
+            .get_or_create(&ClientRule {
+                client: client.into(),
+                rule,
             })
             .inc();
     }

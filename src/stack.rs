@@ -20,6 +20,8 @@ use crate::layers::audit::{AuditIntentLayer, AuditOutcomeLayer, AuditPolicy};
 use crate::layers::authenticate::Authenticate;
 use crate::layers::authorize::Authorize;
 use crate::layers::check::CheckLayer;
+use crate::layers::policy::PolicyLayer;
+use crate::layers::rate_limit::{ChargeBatch, RateLimit};
 use crate::layers::read_body::ReadBodyLayer;
 use crate::layers::request_context::RequestContextLayer;
 use crate::layers::rescue::RescueLayer;
@@ -37,6 +39,7 @@ pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>,
 /// one allocation per request.
 pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
     let audit = AuditPolicy::new(trail, gateway.audit_reads);
+    let rate_limit = RateLimit::new(gateway.metrics.clone(), gateway.rate_limit_dry_run);
 
     // Below the body read: the request is `Request<Bytes>`.
     let with_body = ServiceBuilder::new()
@@ -45,6 +48,13 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
             gateway.limits.clone(),
             gateway.metrics.clone(),
         )))
+        // Charge the rest of a batch's cost, now that its ids are known.
+        .layer(CheckLayer::new(ChargeBatch(rate_limit.clone())))
+        // The caller's policy on the token as it would be stored (current names read upstream).
+        .layer(PolicyLayer::new(
+            gateway.upstream.clone(),
+            gateway.metrics.clone(),
+        ))
         // The intent record, durable before anything is sent; 503 when the trail cannot be written.
         .layer(AuditIntentLayer::new(audit.clone()))
         // Send it upstream in canonical form with the credential injected.
@@ -64,6 +74,8 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         )))
         // Map the request to a SPEC §2 route; nothing else is ever forwarded.
         .layer(CheckLayer::new(Route))
+        // Charge the caller's bucket for its class (reads or writes) before anything is spent.
+        .layer(CheckLayer::new(rate_limit))
         // Refuse operations outside the caller's allow list.
         .layer(CheckLayer::new(Authorize))
         // Read the body whole, within the size cap and the request deadline.

@@ -24,10 +24,11 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 
-use crate::config::{AuthScheme, Mode, UpstreamConfig};
+use crate::config::{AuthScheme, Mode, RateLimitConfig, UpstreamConfig};
 use crate::context::{RequestContext, UpstreamFacts};
 use crate::error::{BoxError, GatewayError};
 use crate::metrics::Metrics;
+use crate::ratelimit::UpstreamLimit;
 use crate::route::Operation;
 use crate::secret::{strip_bearer, Secret};
 
@@ -150,8 +151,22 @@ pub struct UpstreamRequest<'a> {
     pub credential: &'a Credential,
     /// When the caller's request runs out of time.
     pub deadline: Instant,
-    /// Where to record what the upstream answered (for the audit trail), if anywhere.
-    pub context: Option<&'a RequestContext>,
+    /// The caller's request this serves; `None` for the gateway's own readiness probe, which the
+    /// global rate limit does not count.
+    pub served: Option<Served<'a>>,
+}
+
+/// The caller's request an upstream request serves.
+#[derive(Debug, Clone, Copy)]
+pub struct Served<'a> {
+    /// Its context: the upstream's answer is recorded there for the audit trail when
+    /// `records_answer`, and a refusal by the global rate limit adds its `RateLimit` fields.
+    pub context: &'a RequestContext,
+    /// The caller's metric label ([`crate::caller::Caller::metric_label`]).
+    pub caller_label: &'a str,
+    /// Whether this answer is the one the caller's request is about (the forwarded request), as
+    /// opposed to a read the gateway makes for its own checks.
+    pub records_answer: bool,
 }
 
 /// The upstream's answer, read whole.
@@ -171,6 +186,7 @@ pub struct Upstream {
     url: UpstreamUrl,
     timeout: Duration,
     mode: Mode,
+    limit: UpstreamLimit,
     metrics: Arc<Metrics>,
 }
 
@@ -184,6 +200,7 @@ impl Upstream {
     /// A client for the configured upstream, trusting the web PKI roots or `upstream.ca_file`.
     pub fn new(
         config: &UpstreamConfig,
+        rates: &RateLimitConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, (String, String)> {
         let url = UpstreamUrl::parse(&config.url).map_err(|e| ("upstream.url".to_string(), e))?;
@@ -210,6 +227,7 @@ impl Upstream {
             url,
             timeout,
             mode: config.mode,
+            limit: UpstreamLimit::new(rates),
             metrics,
         })
     }
@@ -225,6 +243,9 @@ impl Upstream {
         &self,
         request: UpstreamRequest<'_>,
     ) -> Result<UpstreamResponse, GatewayError> {
+        if let Some(served) = request.served {
+            self.admit(served).await?;
+        }
         let uri = self
             .url
             .uri(request.path_and_query)
@@ -267,7 +288,12 @@ impl Upstream {
         };
 
         let status = parts.status;
-        if let Some(context) = request.context {
+        if let Some(Served {
+            context,
+            records_answer: true,
+            ..
+        }) = request.served
+        {
             context.set_upstream(UpstreamFacts {
                 status: status.as_u16(),
                 body: body.clone(),
@@ -307,6 +333,35 @@ impl Upstream {
             status,
             headers: parts.headers,
             body,
+        })
+    }
+}
+
+impl Upstream {
+    /// Waits for room under `rate_limit.upstream_requests_per_second` (at most a second), or
+    /// refuses with 429 `rate_limited`; in dry run, counts and logs instead of waiting.
+    async fn admit(&self, served: Served<'_>) -> Result<(), GatewayError> {
+        let refused = match self.limit.acquire().await {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                self.metrics
+                    .rate_limited(served.caller_label, "upstream", true);
+                tracing::info!(
+                    request_id = %served.context.id,
+                    client = served.caller_label,
+                    class = "upstream",
+                    "rate limit would refuse this request (rate_limit.dry_run)"
+                );
+                return Ok(());
+            }
+            Err(status) => status,
+        };
+        self.metrics
+            .rate_limited(served.caller_label, "upstream", false);
+        served.context.set_rate(refused);
+        Err(GatewayError::RateLimited {
+            policy: refused.policy,
+            retry_after: refused.reset,
         })
     }
 }

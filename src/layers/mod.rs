@@ -6,6 +6,8 @@ pub mod audit;
 pub mod authenticate;
 pub mod authorize;
 pub mod check;
+pub mod policy;
+pub mod rate_limit;
 pub mod read_body;
 pub mod request_context;
 pub mod rescue;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use http::header::HeaderName;
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
@@ -18,6 +19,12 @@ use crate::headers::X_REQUEST_ID;
 
 /// The longest caller `X-Request-Id` kept (a longer one is ignored, not trusted or truncated).
 const MAX_CALLER_ID: usize = 128;
+
+/// `RateLimit-Policy` (draft-ietf-httpapi-ratelimit-headers): the quota and window of a limit.
+pub const RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
+
+/// `RateLimit`: what is left of a limit and when more comes.
+pub const RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
 /// Builds [`RequestContextService`].
 #[derive(Clone, Debug)]
@@ -80,12 +87,24 @@ where
             self.timeout,
         ));
         let id = HeaderValue::from_str(context.id.as_str());
-        request.extensions_mut().insert(context);
+        request.extensions_mut().insert(context.clone());
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
+            let headers = response.headers_mut();
             if let Ok(id) = id {
-                response.headers_mut().insert(X_REQUEST_ID, id);
+                headers.insert(X_REQUEST_ID, id);
+            }
+            // The IETF rate-limit fields of every limit the request met, whatever the answer.
+            for status in context.rates() {
+                for (name, value) in [
+                    (RATELIMIT_POLICY, status.policy_item()),
+                    (RATELIMIT, status.limit_item()),
+                ] {
+                    if let Ok(value) = HeaderValue::try_from(value) {
+                        headers.append(name, value);
+                    }
+                }
             }
             Ok(response)
         })

@@ -89,8 +89,8 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), GatewayError> {
     Ok(())
 }
 
-/// The current Unix time in seconds (an expiry must be later).
-fn unix_now() -> i64 {
+/// The current Unix time in seconds (an expiry must be later; policy counts from it).
+pub(crate) fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)

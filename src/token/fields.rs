@@ -159,6 +159,14 @@ impl Expiry {
             n => Ok(Expiry::At(n)),
         }
     }
+
+    /// The value new-api stores: `-1` or the Unix time in seconds.
+    pub fn seconds(self) -> i64 {
+        match self {
+            Expiry::Never => -1,
+            Expiry::At(seconds) => seconds,
+        }
+    }
 }
 
 /// `model_limits`: comma-separated model ids, no empty entry, no surrounding spaces, no
@@ -338,6 +346,11 @@ impl AutoGroups {
             groups.push(group.to_owned());
         }
         Ok(AutoGroups(Some(groups)))
+    }
+
+    /// The groups (none for null).
+    pub fn groups(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().flatten().map(String::as_str)
     }
 }
 

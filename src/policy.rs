@@ -1,0 +1,532 @@
+//! Per-caller policy (SPEC §5): what a client may write, judged on the token **as it would be
+//! stored after the change**, not on the fields the body happens to carry.
+//!
+//! A pure check over the typed edit: no HTTP, no clock of its own (`now` is given). The one rule
+//! that needs the upstream, `name_prefix` on a token that already exists, is judged here on the
+//! name the policy layer reads first ([`Policy::judge_current_name`]).
+
+use std::fmt;
+
+use crate::config::ClientConfig;
+use crate::route::TokenId;
+use crate::token::edit::{Edit, TokenFields};
+
+/// Seconds in a day, for `max_expiry_days`.
+const DAY: i64 = 86_400;
+
+/// One client's policy; every rule is optional.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    max_remain_quota: Option<i64>,
+    allow_unlimited_quota: bool,
+    groups: Option<Vec<String>>,
+    models: Option<Vec<String>>,
+    max_expiry_days: Option<u32>,
+    name_prefix: Option<String>,
+}
+
+/// How new-api fills the fields a write leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Omitted {
+    /// A create: `expired_time` -1, no quota, `unlimited_quota` false, no model limit, group `""`.
+    CreateDefaults,
+    /// A full update: new-api writes the zero value of each field left out (`expired_time` 0).
+    ZeroValues,
+}
+
+/// One rule a token breaks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// The policy key (`max_remain_quota`, `name_prefix`…), also the metric label.
+    pub rule: &'static str,
+    /// The token field at fault.
+    pub field: &'static str,
+    /// What is wrong, for a person; it names the rule.
+    pub message: String,
+}
+
+/// Every rule a write breaks, for the 403 `forbidden`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyRefusal {
+    /// The client refused.
+    pub client: String,
+    /// The rules broken, at least one.
+    pub violations: Vec<Violation>,
+}
+
+impl fmt::Display for PolicyRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "client `{}` may not do this: ", self.client)?;
+        for (i, violation) in self.violations.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            f.write_str(&violation.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl Policy {
+    /// The policy keys of a `[[clients]]` entry (checked at load).
+    pub fn of(client: &ClientConfig) -> Policy {
+        Policy {
+            max_remain_quota: client.max_remain_quota,
+            allow_unlimited_quota: client.allow_unlimited_quota,
+            groups: client.groups.clone(),
+            models: client.models.clone(),
+            max_expiry_days: client.max_expiry_days,
+            name_prefix: client.name_prefix.clone(),
+        }
+    }
+
+    /// Whether the policy needs the current name of the tokens a request names.
+    pub fn checks_current_names(&self) -> bool {
+        self.name_prefix.is_some()
+    }
+
+    /// Judges the token an edit would store, if the edit writes a whole token: a create (with
+    /// new-api's defaults for what it omits) or a full update (with the zero values new-api
+    /// writes). A status-only update and the id lists of batches store no new fields: only
+    /// `name_prefix` applies to them, on the current names.
+    pub fn judge_edit(&self, edit: &Edit, now: i64) -> Vec<Violation> {
+        match edit {
+            Edit::Create(fields) => self.judge(fields, Omitted::CreateDefaults, now),
+            Edit::Update(fields) => self.judge(fields, Omitted::ZeroValues, now),
+            Edit::StatusOnly(_) | Edit::Ids(_) => Vec::new(),
+        }
+    }
+
+    /// Every rule broken by the token `fields` would store, omitted fields filled as `omitted`.
+    pub fn judge(&self, fields: &TokenFields, omitted: Omitted, now: i64) -> Vec<Violation> {
+        let mut violations = Vec::new();
+        let mut refuse = |rule, field, message| {
+            violations.push(Violation {
+                rule,
+                field,
+                message,
+            })
+        };
+
+        let unlimited = fields.unlimited_quota.unwrap_or(false);
+        if unlimited && !self.allow_unlimited_quota {
+            refuse(
+                "allow_unlimited_quota",
+                "unlimited_quota",
+                "unlimited_quota must be false: this client may not write unlimited tokens (allow_unlimited_quota is false)".into(),
+            );
+        }
+        if let Some(max) = self.max_remain_quota {
+            let quota = fields.remain_quota.map_or(0, |q| q.get());
+            if quota > max {
+                refuse(
+                    "max_remain_quota",
+                    "remain_quota",
+                    format!(
+                        "remain_quota {quota} is above this client's max_remain_quota of {max}"
+                    ),
+                );
+            }
+        }
+
+        if let Some(allowed) = &self.groups {
+            let mut entries = fields.group.iter().flat_map(|g| g.groups()).peekable();
+            let outside = if entries.peek().is_none() {
+                (!allowed.iter().any(String::is_empty))
+                    .then(|| "\"\" (the account's own group)".to_string())
+            } else {
+                first_outside(entries, allowed).map(|g| format!("`{g}`"))
+            };
+            if let Some(group) = outside {
+                refuse(
+                    "groups",
+                    "group",
+                    format!(
+                        "group {group} is not in this client's groups ({})",
+                        list(allowed)
+                    ),
+                );
+            }
+            let auto = fields.auto_groups.iter().flat_map(|a| a.groups());
+            if let Some(group) = first_outside(auto, allowed) {
+                refuse(
+                    "groups",
+                    "auto_groups",
+                    format!(
+                        "auto_groups lists `{group}`, which is not in this client's groups ({})",
+                        list(allowed)
+                    ),
+                );
+            }
+        }
+
+        if let Some(allowed) = &self.models {
+            let enabled = fields.model_limits_enabled.unwrap_or(false);
+            let mut models = fields
+                .model_limits
+                .iter()
+                .flat_map(|m| m.models())
+                .peekable();
+            let message = if !enabled {
+                Some("model_limits_enabled must be true: this client's tokens must be limited to its models".to_string())
+            } else if models.peek().is_none() {
+                Some("model_limits must list at least one model: this client's tokens must be limited to its models".to_string())
+            } else {
+                first_outside(models, allowed)
+                    .map(|model| format!("model `{model}` is not in this client's models"))
+            };
+            if let Some(message) = message {
+                refuse(
+                    "models",
+                    "model_limits",
+                    format!("{message} ({})", list(allowed)),
+                );
+            }
+        }
+
+        if let Some(days) = self.max_expiry_days {
+            let expiry = fields.expired_time.map_or(
+                match omitted {
+                    Omitted::CreateDefaults => -1,
+                    Omitted::ZeroValues => 0,
+                },
+                |e| e.seconds(),
+            );
+            let latest = now.saturating_add(i64::from(days) * DAY);
+            if expiry == -1 {
+                refuse(
+                    "max_expiry_days",
+                    "expired_time",
+                    format!("expired_time must be set: this client's tokens must expire within max_expiry_days ({days} days), and -1 never expires"),
+                );
+            } else if expiry > latest {
+                refuse(
+                    "max_expiry_days",
+                    "expired_time",
+                    format!("expired_time {expiry} is more than max_expiry_days ({days} days) away; the latest allowed now is {latest}"),
+                );
+            }
+        }
+
+        if let Some(prefix) = &self.name_prefix {
+            let name = fields.name.as_ref().map_or("", |n| n.as_str());
+            if !name.starts_with(prefix.as_str()) {
+                refuse(
+                    "name_prefix",
+                    "name",
+                    format!(
+                        "name must start with this client's name_prefix `{}`",
+                        prefix.escape_debug()
+                    ),
+                );
+            }
+        }
+        violations
+    }
+
+    /// `name_prefix` on a token that exists: the caller may change, reveal or delete it only if
+    /// its current name starts with the prefix.
+    pub fn judge_current_name(&self, id: TokenId, current: &str) -> Option<Violation> {
+        let prefix = self.name_prefix.as_deref()?;
+        (!current.starts_with(prefix)).then(|| Violation {
+            rule: "name_prefix",
+            field: "name",
+            message: format!(
+                "token {id} is named outside this client's name_prefix `{}`",
+                prefix.escape_debug()
+            ),
+        })
+    }
+}
+
+/// The first entry not in `allowed`.
+fn first_outside<'a>(
+    entries: impl IntoIterator<Item = &'a str>,
+    allowed: &[String],
+) -> Option<&'a str> {
+    entries
+        .into_iter()
+        .find(|entry| !allowed.iter().any(|a| a == entry))
+}
+
+/// An allowed set as a person reads it: `"" , team-a, auto` (at most 10 shown).
+fn list(allowed: &[String]) -> String {
+    let mut shown: Vec<String> = allowed
+        .iter()
+        .take(10)
+        .map(|a| {
+            if a.is_empty() {
+                "\"\"".into()
+            } else {
+                format!("`{a}`")
+            }
+        })
+        .collect();
+    if allowed.len() > 10 {
+        shown.push(format!("and {} more", allowed.len() - 10));
+    }
+    shown.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::edit::{EditKind, Limits};
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn limits() -> Limits {
+        Limits {
+            name_max_bytes: 50,
+            max_batch: 100,
+            require_complete_updates: true,
+            extra_fields: Vec::new(),
+        }
+    }
+
+    fn create(body: &str) -> Edit {
+        Edit::parse(EditKind::Create, body.as_bytes(), &limits(), NOW).unwrap()
+    }
+
+    /// A complete full update, with `overrides` replacing its fields.
+    fn update(overrides: serde_json::Value) -> Edit {
+        let mut body = serde_json::json!({"id": 1, "name": "t", "remain_quota": 0,
+            "unlimited_quota": false, "model_limits_enabled": false, "model_limits": "",
+            "allow_ips": "", "group": "", "expired_time": -1});
+        for (key, value) in overrides.as_object().unwrap() {
+            body[key] = value.clone();
+        }
+        let body = serde_json::to_vec(&body).unwrap();
+        Edit::parse(EditKind::Update, &body, &limits(), NOW).unwrap()
+    }
+
+    fn rules(policy: &Policy, edit: &Edit) -> Vec<(&'static str, &'static str)> {
+        policy
+            .judge_edit(edit, NOW)
+            .into_iter()
+            .map(|v| (v.rule, v.field))
+            .collect()
+    }
+
+    #[test]
+    fn no_policy_allows_anything_valid() {
+        let edit = create(r#"{"name":"x","unlimited_quota":true,"group":"vip","expired_time":-1}"#);
+        let open = Policy {
+            allow_unlimited_quota: true,
+            ..Policy::default()
+        };
+        assert_eq!(rules(&open, &edit), []);
+    }
+
+    #[test]
+    fn quota_at_the_cap_passes_and_one_above_is_refused() {
+        let policy = Policy {
+            max_remain_quota: Some(500_000),
+            ..Policy::default()
+        };
+        assert_eq!(
+            rules(&policy, &create(r#"{"name":"a","remain_quota":500000}"#)),
+            []
+        );
+        let refused = policy.judge_edit(&create(r#"{"name":"a","remain_quota":500001}"#), NOW);
+        assert_eq!(refused.len(), 1);
+        assert_eq!(
+            (refused[0].rule, refused[0].field),
+            ("max_remain_quota", "remain_quota")
+        );
+        assert!(refused[0].message.contains("max_remain_quota of 500000"));
+        // A create without a quota stores 0.
+        assert_eq!(rules(&policy, &create(r#"{"name":"a"}"#)), []);
+    }
+
+    #[test]
+    fn unlimited_quota_needs_its_permission() {
+        let policy = Policy::default();
+        assert_eq!(
+            rules(&policy, &create(r#"{"name":"a","unlimited_quota":true}"#)),
+            [("allow_unlimited_quota", "unlimited_quota")]
+        );
+        assert_eq!(
+            rules(&policy, &create(r#"{"name":"a","unlimited_quota":false}"#)),
+            []
+        );
+        assert_eq!(
+            rules(
+                &policy,
+                &update(serde_json::json!({"unlimited_quota": true}))
+            ),
+            [("allow_unlimited_quota", "unlimited_quota")]
+        );
+    }
+
+    #[test]
+    fn expiry_one_day_past_the_limit_is_refused_and_never_expiring_too() {
+        let policy = Policy {
+            max_expiry_days: Some(30),
+            ..Policy::default()
+        };
+        let at = |t: i64| create(&format!(r#"{{"name":"a","expired_time":{t}}}"#));
+        assert_eq!(rules(&policy, &at(NOW + 30 * DAY)), []);
+        assert_eq!(
+            rules(&policy, &at(NOW + 31 * DAY)),
+            [("max_expiry_days", "expired_time")]
+        );
+        assert_eq!(
+            rules(&policy, &at(-1)),
+            [("max_expiry_days", "expired_time")]
+        );
+        // A create that omits the expiry gets new-api's default, -1: refused.
+        assert_eq!(
+            rules(&policy, &create(r#"{"name":"a"}"#)),
+            [("max_expiry_days", "expired_time")]
+        );
+    }
+
+    #[test]
+    fn models_must_be_enabled_non_empty_and_inside_the_set() {
+        let policy = Policy {
+            models: Some(vec!["gpt-4o".into(), "o3".into()]),
+            ..Policy::default()
+        };
+        let with = |enabled: bool, models: &str| {
+            create(&format!(
+                r#"{{"name":"a","model_limits_enabled":{enabled},"model_limits":"{models}"}}"#
+            ))
+        };
+        assert_eq!(rules(&policy, &with(true, "gpt-4o,o3")), []);
+        assert_eq!(rules(&policy, &with(true, "o3")), []);
+        assert_eq!(
+            rules(&policy, &with(true, "gpt-4o,claude")),
+            [("models", "model_limits")]
+        );
+        assert_eq!(
+            rules(&policy, &with(true, "")),
+            [("models", "model_limits")]
+        );
+        assert_eq!(
+            rules(&policy, &with(false, "o3")),
+            [("models", "model_limits")]
+        );
+        // A create with no model limit at all is refused too.
+        assert_eq!(
+            rules(&policy, &create(r#"{"name":"a"}"#)),
+            [("models", "model_limits")]
+        );
+        let message = &policy.judge_edit(&with(true, "claude"), NOW)[0].message;
+        assert!(
+            message.contains("`claude`") && message.contains("`gpt-4o`"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn groups_cover_the_own_group_each_entry_and_auto_groups() {
+        let policy = Policy {
+            groups: Some(vec!["team".into(), "auto".into()]),
+            ..Policy::default()
+        };
+        let group = |g: &str| create(&format!(r#"{{"name":"a","group":"{g}"}}"#));
+        assert_eq!(rules(&policy, &group("team")), []);
+        assert_eq!(rules(&policy, &group("team,auto")), []);
+        assert_eq!(rules(&policy, &group("team,vip")), [("groups", "group")]);
+        assert_eq!(
+            rules(&policy, &group("")),
+            [("groups", "group")],
+            "the own group needs \"\""
+        );
+        assert_eq!(
+            rules(&policy, &create(r#"{"name":"a"}"#)),
+            [("groups", "group")]
+        );
+        let auto = create(r#"{"name":"a","group":"auto","auto_groups":["team","vip"]}"#);
+        assert_eq!(rules(&policy, &auto), [("groups", "auto_groups")]);
+        let own = Policy {
+            groups: Some(vec![String::new()]),
+            ..Policy::default()
+        };
+        assert_eq!(rules(&own, &group("")), []);
+        assert_eq!(rules(&own, &group("team")), [("groups", "group")]);
+    }
+
+    #[test]
+    fn name_prefix_on_new_names_and_current_names() {
+        let policy = Policy {
+            name_prefix: Some("team-a-".into()),
+            ..Policy::default()
+        };
+        assert_eq!(rules(&policy, &create(r#"{"name":"team-a-ci"}"#)), []);
+        assert_eq!(
+            rules(&policy, &create(r#"{"name":"team-b-ci"}"#)),
+            [("name_prefix", "name")]
+        );
+        assert_eq!(
+            rules(&policy, &create(r#"{"name":"team-a"}"#)),
+            [("name_prefix", "name")]
+        );
+        // A rename outside the prefix by a full update.
+        assert_eq!(
+            rules(&policy, &update(serde_json::json!({"name": "other"}))),
+            [("name_prefix", "name")]
+        );
+        assert_eq!(
+            rules(&policy, &update(serde_json::json!({"name": "team-a-x"}))),
+            []
+        );
+        let id = TokenId::parse("7").unwrap();
+        assert_eq!(policy.judge_current_name(id, "team-a-ci"), None);
+        let refused = policy.judge_current_name(id, "team-b-ci").unwrap();
+        assert_eq!((refused.rule, refused.field), ("name_prefix", "name"));
+        assert!(refused.message.contains("token 7"));
+        assert!(Policy::default()
+            .judge_current_name(id, "anything")
+            .is_none());
+    }
+
+    #[test]
+    fn a_full_update_is_judged_with_the_zero_values_new_api_writes() {
+        let policy = Policy {
+            max_expiry_days: Some(1),
+            groups: Some(vec!["team".into()]),
+            ..Policy::default()
+        };
+        let limits = Limits {
+            require_complete_updates: false,
+            ..limits()
+        };
+        let sparse =
+            Edit::parse(EditKind::Update, br#"{"id":1,"name":"a"}"#, &limits, NOW).unwrap();
+        // The omitted group is stored as "" (refused); the omitted expiry as 0 (allowed: it is
+        // not -1 and not too far).
+        assert_eq!(rules(&policy, &sparse), [("groups", "group")]);
+    }
+
+    #[test]
+    fn every_broken_rule_is_reported() {
+        let policy = Policy {
+            max_remain_quota: Some(10),
+            name_prefix: Some("p-".into()),
+            ..Policy::default()
+        };
+        let edit = create(r#"{"name":"x","remain_quota":11,"unlimited_quota":true}"#);
+        assert_eq!(
+            rules(&policy, &edit),
+            [
+                ("allow_unlimited_quota", "unlimited_quota"),
+                ("max_remain_quota", "remain_quota"),
+                ("name_prefix", "name")
+            ]
+        );
+        let status_only = Edit::parse(
+            EditKind::StatusOnly,
+            br#"{"id":1,"status":2,"unlimited_quota":true}"#,
+            &limits(),
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(
+            rules(&policy, &status_only),
+            [],
+            "status-only stores no new fields"
+        );
+    }
+}

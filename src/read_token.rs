@@ -1,0 +1,134 @@
+//! Reads one token from the upstream (`GET /api/token/{id}`) for a check of the gateway's own:
+//! `name_prefix` needs the current name of a token before it is changed, revealed or deleted.
+//!
+//! The read carries the caller's credential (so it sees exactly what the caller's change would
+//! touch), counts against the global upstream rate limit, and is never the answer the audit
+//! record reports.
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::{Map, Value};
+
+use crate::caller::Caller;
+use crate::context::RequestContext;
+use crate::error::GatewayError;
+use crate::headers;
+use crate::route::{Operation, TokenId};
+use crate::upstream::{Served, Upstream, UpstreamRequest};
+
+/// gorm's text for a missing row, which new-api returns verbatim for an unknown or foreign id.
+const RECORD_NOT_FOUND: &str = "record not found";
+
+/// The token `id` as the upstream stores it (the `data` object of its answer; the key in it is
+/// masked by new-api E2 and later, and must never be logged either way).
+pub async fn read_token(
+    upstream: &Upstream,
+    caller: &Caller,
+    context: &RequestContext,
+    id: TokenId,
+) -> Result<Map<String, Value>, GatewayError> {
+    let path = format!("/api/token/{id}");
+    let answer = upstream
+        .send(UpstreamRequest {
+            op: Operation::Get,
+            method: Method::GET,
+            path_and_query: &path,
+            headers: headers::to_upstream(&HeaderMap::new(), context.source_ip(), &context.id),
+            body: Bytes::new(),
+            credential: &caller.credential,
+            deadline: context.deadline,
+            served: Some(Served {
+                context,
+                caller_label: caller.metric_label(),
+                records_answer: false,
+            }),
+        })
+        .await?;
+    token_of(answer.status, &answer.body, id)
+}
+
+/// The token in a `GET /api/token/{id}` answer: HTTP 200, `success: true`, `data` an object.
+fn token_of(
+    status: StatusCode,
+    body: &[u8],
+    id: TokenId,
+) -> Result<Map<String, Value>, GatewayError> {
+    let refused = |why: &'static str, detail: String| {
+        tracing::warn!(
+            token_id = id.get(),
+            status = status.as_u16(),
+            "{why}: {detail}"
+        );
+        GatewayError::UpstreamUnavailable {
+            reason: "the upstream did not return a token the request names",
+            source: Some(detail.into()),
+        }
+    };
+    let Ok(Value::Object(mut envelope)) = serde_json::from_slice::<Value>(body) else {
+        return Err(refused(
+            "reading a token for a policy check",
+            format!("the answer (HTTP {status}) is not a JSON object"),
+        ));
+    };
+    if envelope.get("success") == Some(&Value::Bool(true)) && status == StatusCode::OK {
+        if let Some(Value::Object(token)) = envelope.remove("data") {
+            return Ok(token);
+        }
+        return Err(refused(
+            "reading a token for a policy check",
+            "the answer has no token in `data`".into(),
+        ));
+    }
+    let message = envelope
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    if message == RECORD_NOT_FOUND {
+        return Err(GatewayError::TokenNotFound(id));
+    }
+    Err(refused(
+        "the upstream refused to read a token for a policy check",
+        format!("HTTP {status}, message {message:?}"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> TokenId {
+        TokenId::parse("7").unwrap()
+    }
+
+    #[test]
+    fn the_token_is_the_data_object_of_a_success() {
+        let body = br#"{"success":true,"message":"","data":{"id":7,"name":"team-a-ci"}}"#;
+        let token = token_of(StatusCode::OK, body, id()).unwrap();
+        assert_eq!(token["name"], "team-a-ci");
+    }
+
+    #[test]
+    fn record_not_found_is_a_missing_token_and_other_failures_are_the_upstreams() {
+        let missing = br#"{"success":false,"message":"record not found"}"#;
+        assert!(matches!(
+            token_of(StatusCode::OK, missing, id()),
+            Err(GatewayError::TokenNotFound(_))
+        ));
+        for (status, body) in [
+            (
+                StatusCode::OK,
+                &br#"{"success":false,"message":"boom"}"#[..],
+            ),
+            (StatusCode::OK, b"<html>"),
+            (StatusCode::OK, br#"{"success":true,"data":null}"#),
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                br#"{"success":true,"data":{}}"#,
+            ),
+        ] {
+            let error = token_of(status, body, id()).unwrap_err();
+            assert_eq!(error.code(), "upstream_unavailable", "{status} {body:?}");
+        }
+    }
+}
