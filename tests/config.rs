@@ -85,7 +85,32 @@ fn check_reports_every_bad_key_by_name() {
             "[[clients]]\nname = \"a\"\nkey_sha256 = \"x\"\nallow = [\"lst\"]\n",
             "clients[0].allow",
         ),
-        ("[rate_limit]\nburst = 1\n", "rate_limit"),
+        ("[rate_limit]\nbrust = 1\n", "rate_limit.brust"),
+        ("[rate_limit]\nburst = 0\n", "rate_limit.burst"),
+        (
+            "[rate_limit]\nupstream_requests_per_second = 0\n",
+            "rate_limit.upstream_requests_per_second",
+        ),
+        (
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"x\"\nallow = []\nmax_expiry_days = 0\n",
+            "clients[0].max_expiry_days",
+        ),
+        (
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"x\"\nallow = []\nmodels = []\n",
+            "clients[0].models",
+        ),
+        (
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"x\"\nallow = []\ngroups = [\"a,b\"]\n",
+            "clients[0].groups[0]",
+        ),
+        (
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"x\"\nallow = []\nwrites_per_minute = 0\n",
+            "clients[0].writes_per_minute",
+        ),
+        (
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"x\"\nallow = []\nmax_remain_quota = -1\n",
+            "clients[0].max_remain_quota",
+        ),
         ("[audit]\nfsync = \"sometimes\"\n", "audit.fsync"),
     ];
     for (text, key) in cases {

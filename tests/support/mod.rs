@@ -84,6 +84,22 @@ pub struct Options {
     pub audit_extra: String,
     /// The trail's path; a file in the gateway's temporary directory when not set.
     pub audit_path: Option<std::path::PathBuf>,
+    /// The `[rate_limit]` lines. Tests that do not test limits get limits too high to meet.
+    pub rate_limit: String,
+    /// `[[clients]]` entries in place of the usual `admin` and `reader` (hold mode).
+    pub clients: Option<String>,
+}
+
+/// `[rate_limit]` lines no test meets unless it means to.
+pub const UNMET_RATE_LIMITS: &str = "reads_per_minute = 1000000\nwrites_per_minute = 1000000\nburst = 100000\nupstream_requests_per_second = 1000000\n";
+
+/// A `[[clients]]` entry named `name` with key `key`, allowed every operation, with `extra`
+/// lines (policy, rates).
+pub fn client_entry(name: &str, key: &str, extra: &str) -> String {
+    format!(
+        "\n[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nallow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"delete\", \"batch_delete\", \"reveal_key\"]\n{extra}\n",
+        tokengate::caller::key_digest_hex(key)
+    )
 }
 
 impl Options {
@@ -101,6 +117,8 @@ impl Options {
             ca_file: None,
             audit_extra: String::new(),
             audit_path: None,
+            rate_limit: UNMET_RATE_LIMITS.into(),
+            clients: None,
         }
     }
 
@@ -125,7 +143,9 @@ impl Options {
             .iter()
             .map(|p| format!("{p:?}"))
             .collect();
-        let clients = if self.mode == "hold" {
+        let clients = if let Some(clients) = &self.clients {
+            clients.clone()
+        } else if self.mode == "hold" {
             format!(
                 r#"
 [[clients]]
@@ -166,6 +186,8 @@ user_id = {USER_ID}
 timeout_ms = {upstream_timeout}
 ready_check = {ready_check}
 {ca_line}
+[rate_limit]
+{rate_limit}
 [audit]
 path = {audit_path:?}
 hmac_key_file = {audit_key:?}
@@ -177,6 +199,7 @@ format = "text"
             audit_path = audit_path.display().to_string(),
             audit_key = audit_key.display().to_string(),
             audit_extra = self.audit_extra,
+            rate_limit = self.rate_limit,
             max_body = self.max_body_bytes,
             request_timeout = self.request_timeout_ms,
             grace = self.shutdown_grace_ms,
