@@ -1,0 +1,302 @@
+//! Client policy (SPEC §5) as a caller sees it: each refusal is a 403 `forbidden` naming the rule
+//! and the field, nothing reaches the upstream (beyond the reads `name_prefix` needs), and the
+//! audit trail records the refusal with its reason.
+
+mod support;
+
+use serde_json::Value;
+use support::*;
+use tokengate::emulator::{Emulator, EmulatorConfig, NewToken, RunningEmulator};
+
+const TEAM_KEY: &str = "tg_team_key_for_policy_tests_2222222222222222222222222222222222";
+
+/// A gateway whose client `team` has `policy`, in front of an emulator.
+async fn gateway_with(policy: &str) -> (RunningEmulator, TestGateway) {
+    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(emulator.addr);
+    options.clients = Some(client_entry("team", TEAM_KEY, policy));
+    (emulator, TestGateway::start(options).await)
+}
+
+async fn team(gateway: &TestGateway, method: &str, path: &str, body: Option<&str>) -> Reply {
+    let auth = format!("Bearer {TEAM_KEY}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    send(gateway.addr, method, path, &headers, body).await
+}
+
+fn outcome_of<'a>(records: &'a [Value], reply: &Reply) -> &'a Value {
+    let id = reply.headers["x-request-id"].to_str().unwrap();
+    let mine: Vec<&Value> = records.iter().filter(|r| r["request_id"] == id).collect();
+    assert_eq!(mine.len(), 1, "a refusal has one outcome record: {mine:#?}");
+    mine[0]
+}
+
+fn token(name: &str) -> NewToken {
+    NewToken {
+        name: name.into(),
+        ..NewToken::default()
+    }
+}
+
+#[tokio::test]
+async fn each_rule_refuses_a_create_with_its_rule_and_field_and_nothing_is_forwarded() {
+    let (upstream, gateway) = gateway_with(
+        r#"max_remain_quota = 1000
+allow_unlimited_quota = false
+groups = ["team"]
+models = ["gpt-4o", "o3"]
+max_expiry_days = 30
+name_prefix = "team-""#,
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let good = serde_json::json!({"name": "team-ci", "remain_quota": 1000, "group": "team",
+        "model_limits_enabled": true, "model_limits": "o3", "expired_time": now + 29 * 86400});
+    let with = |key: &str, value: Value| {
+        let mut body = good.clone();
+        body[key] = value;
+        body.to_string()
+    };
+    let cases = [
+        (
+            with("remain_quota", 1001.into()),
+            "max_remain_quota",
+            "remain_quota",
+        ),
+        (
+            with("unlimited_quota", true.into()),
+            "allow_unlimited_quota",
+            "unlimited_quota",
+        ),
+        (with("group", "vip".into()), "groups", "group"),
+        (
+            with("model_limits", "o3,claude".into()),
+            "models",
+            "model_limits",
+        ),
+        (
+            with("expired_time", (now + 31 * 86400).into()),
+            "max_expiry_days",
+            "expired_time",
+        ),
+        (
+            with("expired_time", (-1).into()),
+            "max_expiry_days",
+            "expired_time",
+        ),
+        (with("name", "other-ci".into()), "name_prefix", "name"),
+    ];
+    for (body, rule, field) in cases {
+        upstream.emulator.clear_seen();
+        let reply = team(&gateway, "POST", "/api/token/", Some(&body)).await;
+        reply.assert_envelope(403, "forbidden");
+        let json = reply.json();
+        assert_eq!(json["error"]["field"], field, "{json}");
+        assert!(json["message"].as_str().unwrap().contains(rule), "{json}");
+        assert!(
+            upstream.emulator.seen().is_empty(),
+            "{rule}: the upstream saw it"
+        );
+        assert!(
+            reply.headers.get("ratelimit").is_some(),
+            "allowed by the limit: RateLimit says so"
+        );
+
+        let records = audit_records(&gateway.audit_path);
+        let outcome = outcome_of(&records, &reply);
+        assert_eq!(outcome["outcome"], "rejected");
+        assert_eq!(outcome["reason"], "forbidden");
+        assert_eq!(outcome["status"], 403);
+        assert_eq!(outcome["client"], "team");
+        assert_eq!(
+            outcome["request"]["name"],
+            serde_json::from_str::<Value>(&body).unwrap()["name"]
+        );
+    }
+    // The same body inside every rule is created.
+    let reply = team(&gateway, "POST", "/api/token/", Some(&good.to_string())).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["success"], true);
+    assert_eq!(upstream.emulator.tokens().len(), 1);
+
+    // Several rules broken at once: all named, the first field in `field`.
+    let reply = team(
+        &gateway,
+        "POST",
+        "/api/token/",
+        Some(r#"{"name":"x","remain_quota":5000,"unlimited_quota":true}"#),
+    )
+    .await;
+    reply.assert_envelope(403, "forbidden");
+    let fields = reply.json()["error"]["fields"].clone();
+    assert_eq!(
+        fields,
+        serde_json::json!([
+            "unlimited_quota",
+            "remain_quota",
+            "group",
+            "model_limits",
+            "expired_time",
+            "name"
+        ])
+    );
+
+    let metrics = send(gateway.admin, "GET", "/metrics", &[], None)
+        .await
+        .text();
+    assert!(
+        metrics.contains(
+            r#"tokengate_policy_refusals_total{client="team",rule="max_remain_quota"} 2"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"tokengate_policy_refusals_total{client="team",rule="name_prefix"} 2"#)
+    );
+}
+
+#[tokio::test]
+async fn name_prefix_reads_the_current_name_before_a_change_reveal_or_delete() {
+    let (upstream, gateway) = gateway_with(r#"name_prefix = "team-""#).await;
+    let ours = upstream.emulator.insert_token(USER_ID, token("team-ci"));
+    let theirs = upstream.emulator.insert_token(USER_ID, token("ops-prod"));
+
+    // Outside the prefix: refused after one read, and the change never sent.
+    for (method, path, body) in [
+        ("DELETE", format!("/api/token/{theirs}"), None),
+        ("POST", format!("/api/token/{theirs}/key"), None),
+        (
+            "PUT",
+            "/api/token/?status_only=true".to_string(),
+            Some(format!(r#"{{"id":{theirs},"status":2}}"#)),
+        ),
+    ] {
+        upstream.emulator.clear_seen();
+        let reply = team(&gateway, method, &path, body.as_deref()).await;
+        reply.assert_envelope(403, "forbidden");
+        assert_eq!(reply.json()["error"]["field"], "name");
+        assert!(reply.text().contains("name_prefix"), "{}", reply.text());
+        let seen = upstream.emulator.seen();
+        assert_eq!(seen.len(), 1, "{method} {path}: only the read");
+        assert_eq!(seen[0].method, "GET");
+        assert_eq!(seen[0].uri.path(), format!("/api/token/{theirs}"));
+        // The read carries the held credential and the request id, like any upstream request.
+        assert_eq!(seen[0].headers["authorization"], UPSTREAM_TOKEN);
+        assert_eq!(seen[0].headers["new-api-user"], USER_ID.to_string());
+    }
+    assert_eq!(
+        upstream
+            .emulator
+            .tokens()
+            .iter()
+            .filter(|t| t.status == 1)
+            .count(),
+        2
+    );
+
+    // A rename of our own token to a name outside the prefix: refused without a read.
+    upstream.emulator.clear_seen();
+    let rename = format!(
+        r#"{{"id":{ours},"name":"ops-x","expired_time":-1,"remain_quota":0,"unlimited_quota":false,"model_limits_enabled":false,"model_limits":"","allow_ips":"","group":""}}"#
+    );
+    team(&gateway, "PUT", "/api/token/", Some(&rename))
+        .await
+        .assert_envelope(403, "forbidden");
+    assert!(upstream.emulator.seen().is_empty());
+
+    // A full update of someone else's token to a name inside the prefix: refused on the read.
+    let takeover = rename
+        .replace(&format!("\"id\":{ours}"), &format!("\"id\":{theirs}"))
+        .replace("ops-x", "team-mine");
+    team(&gateway, "PUT", "/api/token/", Some(&takeover))
+        .await
+        .assert_envelope(403, "forbidden");
+    assert_eq!(upstream.emulator.seen().len(), 1);
+
+    // Inside the prefix: read, then done.
+    upstream.emulator.clear_seen();
+    let reply = team(&gateway, "POST", &format!("/api/token/{ours}/key"), None).await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    let reply = team(&gateway, "DELETE", &format!("/api/token/{ours}"), None).await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    let methods: Vec<String> = upstream
+        .emulator
+        .seen()
+        .iter()
+        .map(|s| s.method.to_string())
+        .collect();
+    assert_eq!(methods, ["GET", "POST", "GET", "DELETE"]);
+
+    // A token that does not exist cannot be checked: 404, nothing changed.
+    upstream.emulator.clear_seen();
+    team(&gateway, "DELETE", "/api/token/999", None)
+        .await
+        .assert_envelope(404, "not_found");
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn a_batch_with_one_id_outside_the_prefix_is_refused_whole() {
+    let (upstream, gateway) = gateway_with(r#"name_prefix = "team-""#).await;
+    let a = upstream.emulator.insert_token(USER_ID, token("team-a"));
+    let b = upstream.emulator.insert_token(USER_ID, token("team-b"));
+    let other = upstream.emulator.insert_token(USER_ID, token("ops"));
+
+    let body = format!(r#"{{"ids":[{a},{other},{b}]}}"#);
+    for path in ["/api/token/batch", "/api/token/batch/keys"] {
+        upstream.emulator.clear_seen();
+        let reply = team(&gateway, "POST", path, Some(&body)).await;
+        reply.assert_envelope(403, "forbidden");
+        assert!(
+            reply.text().contains(&format!("token {other}")),
+            "{}",
+            reply.text()
+        );
+        assert!(
+            upstream.emulator.seen().iter().all(|s| s.method == "GET"),
+            "{path}: only reads"
+        );
+        assert_eq!(upstream.emulator.seen().len(), 3);
+    }
+    assert_eq!(upstream.emulator.tokens().len(), 3);
+
+    let records = audit_records(&gateway.audit_path);
+    let last = records.last().unwrap();
+    assert_eq!(
+        (last["reason"].as_str(), last["op"].as_str()),
+        (Some("forbidden"), Some("reveal_key"))
+    );
+    assert_eq!(last["token_ids"], serde_json::json!([a, other, b]));
+
+    // The same batch without the foreign id goes through.
+    let reply = team(
+        &gateway,
+        "POST",
+        "/api/token/batch",
+        Some(&format!(r#"{{"ids":[{a},{b}]}}"#)),
+    )
+    .await;
+    assert_eq!(reply.json()["data"], 2, "{}", reply.text());
+}
+
+#[tokio::test]
+async fn a_client_without_rules_writes_what_the_body_rules_allow() {
+    let (upstream, gateway) = gateway_with("allow_unlimited_quota = true").await;
+    let reply = team(
+        &gateway,
+        "POST",
+        "/api/token/",
+        Some(r#"{"name":"anything","unlimited_quota":true,"expired_time":-1,"group":"vip"}"#),
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
