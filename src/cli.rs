@@ -312,10 +312,27 @@ fn check(path: &Path) -> ExitCode {
                 },
                 upstream.user_id
             );
+            let rates = &config.rate_limit;
+            println!(
+                "  rate limits    per client: reads {}/min, writes {}/min, burst {}; upstream {}/s{}",
+                rates.reads_per_minute,
+                rates.writes_per_minute,
+                rates.burst,
+                rates.upstream_requests_per_second,
+                if rates.dry_run {
+                    " (dry run: nothing is refused)"
+                } else {
+                    ""
+                }
+            );
             println!("  clients        {}", config.clients.len());
             for client in &config.clients {
                 let allow: Vec<&str> = client.allow.iter().map(|op| op.as_str()).collect();
                 println!("    {:<20} allow: {}", client.name, allow.join(", "));
+                let rules = client_rules(client);
+                if !rules.is_empty() {
+                    println!("    {:<20} {}", "", rules.join(", "));
+                }
             }
         }
         Mode::Passthrough => {
@@ -326,6 +343,46 @@ fn check(path: &Path) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+/// The policy and rate overrides of a client, as `check` prints them.
+fn client_rules(client: &crate::config::ClientConfig) -> Vec<String> {
+    let mut rules = Vec::new();
+    let list = |items: &[String]| {
+        items
+            .iter()
+            .map(|i| format!("{i:?}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if let Some(max) = client.max_remain_quota {
+        rules.push(format!("max_remain_quota {max}"));
+    }
+    if client.allow_unlimited_quota {
+        rules.push("allow_unlimited_quota".into());
+    }
+    if let Some(groups) = &client.groups {
+        rules.push(format!("groups [{}]", list(groups)));
+    }
+    if let Some(models) = &client.models {
+        rules.push(format!("models [{}]", list(models)));
+    }
+    if let Some(days) = client.max_expiry_days {
+        rules.push(format!("max_expiry_days {days}"));
+    }
+    if let Some(prefix) = &client.name_prefix {
+        rules.push(format!("name_prefix {prefix:?}"));
+    }
+    for (key, value) in [
+        ("reads_per_minute", client.reads_per_minute),
+        ("writes_per_minute", client.writes_per_minute),
+        ("burst", client.burst),
+    ] {
+        if let Some(value) = value {
+            rules.push(format!("{key} {value}"));
+        }
+    }
+    rules
 }
 
 fn keys_new(client: &str) -> ExitCode {

@@ -17,6 +17,9 @@
 //! admin.rs        /healthz, /readyz, /metrics
 //! route.rs        SPEC §2: (method, path, query) → Endpoint, canonical upstream path
 //! caller.rs       SPEC §3: keys, digests, the Caller of a request
+//! policy.rs       SPEC §5: a client's rules, judged on the token as it would be stored
+//! ratelimit.rs    SPEC §5: GCRA buckets per client and class, the global upstream cap
+//! read_token.rs   reading a token upstream for a check (name_prefix)
 //! headers.rs      SPEC §3: which headers cross, caller IP
 //! upstream.rs     the upstream client: credential injection, timeouts, status mapping
 //! forward.rs      the innermost service
@@ -30,7 +33,8 @@
 //!
 //! ```text
 //! request context (id, deadline) → access log + metrics → rescue (errors → envelope)
-//!   → source ip → authenticate → route → authorize → read body → validate → forward
+//!   → audit outcome → source ip → authenticate → route → rate limit → authorize → read body
+//!   → validate → batch cost → policy → audit intent → forward
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
