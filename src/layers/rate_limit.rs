@@ -49,7 +49,9 @@ impl RateLimit {
             // The first unit was charged before the body was read; a batch costs one per id,
             // capped at the bucket size.
             match extensions.get::<Edit>() {
-                Some(Edit::Ids(ids)) => ids.len().min(bucket.burst() as usize) as u32 - 1,
+                Some(Edit::Ids(ids)) => {
+                    (ids.len().min(bucket.burst() as usize) as u32).saturating_sub(1)
+                }
                 _ => 0,
             }
         } else {

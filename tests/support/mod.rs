@@ -152,6 +152,7 @@ impl Options {
 name = "admin"
 key_sha256 = "{}"
 allow = ["list", "search", "get", "create", "update", "delete", "batch_delete", "reveal_key"]
+allow_unlimited_quota = true
 
 [[clients]]
 name = "reader"
