@@ -8,15 +8,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use tokengate::token::edit::{Edit, EditKind, Limits};
 
-/// The gateway's default limits.
-fn limits() -> Limits {
-    Limits {
-        name_max_bytes: 50,
-        max_batch: 100,
-        require_complete_updates: true,
-        extra_fields: Vec::new(),
-    }
-}
 
 fn now() -> i64 {
     SystemTime::now()
@@ -137,7 +128,7 @@ fn big_unknown_key() -> Vec<u8> {
 }
 
 fn bench(c: &mut Criterion) {
-    let limits = limits();
+    let limits = Limits::default();
     let now = now();
     let cases: [(&str, EditKind, Vec<u8>, bool); 6] = [
         ("full_update_300B", EditKind::Update, full_update(now), true),

@@ -275,17 +275,8 @@ mod tests {
 
     const NOW: i64 = 1_800_000_000;
 
-    fn limits() -> Limits {
-        Limits {
-            name_max_bytes: 50,
-            max_batch: 100,
-            require_complete_updates: true,
-            extra_fields: Vec::new(),
-        }
-    }
-
     fn create(body: &str) -> Edit {
-        Edit::parse(EditKind::Create, body.as_bytes(), &limits(), NOW).unwrap()
+        Edit::parse(EditKind::Create, body.as_bytes(), &Limits::default(), NOW).unwrap()
     }
 
     /// A complete full update, with `overrides` replacing its fields.
@@ -297,7 +288,7 @@ mod tests {
             body[key] = value.clone();
         }
         let body = serde_json::to_vec(&body).unwrap();
-        Edit::parse(EditKind::Update, &body, &limits(), NOW).unwrap()
+        Edit::parse(EditKind::Update, &body, &Limits::default(), NOW).unwrap()
     }
 
     fn rules(policy: &Policy, edit: &Edit) -> Vec<(&'static str, &'static str)> {
@@ -491,7 +482,7 @@ mod tests {
         };
         let limits = Limits {
             require_complete_updates: false,
-            ..limits()
+            ..Limits::default()
         };
         let sparse =
             Edit::parse(EditKind::Update, br#"{"id":1,"name":"a"}"#, &limits, NOW).unwrap();
@@ -519,7 +510,7 @@ mod tests {
         let status_only = Edit::parse(
             EditKind::StatusOnly,
             br#"{"id":1,"status":2,"unlimited_quota":true}"#,
-            &limits(),
+            &Limits::default(),
             NOW,
         )
         .unwrap();

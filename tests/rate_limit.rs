@@ -38,6 +38,22 @@ async fn call(
     send(gateway.addr, method, path, &headers, body).await
 }
 
+/// Stores `n` tokens upstream; their ids.
+fn insert_tokens(upstream: &RunningEmulator, n: usize) -> Vec<i64> {
+    (0..n)
+        .map(|i| {
+            let name = format!("t{i}");
+            upstream.emulator.insert_token(
+                USER_ID,
+                NewToken {
+                    name,
+                    ..NewToken::default()
+                },
+            )
+        })
+        .collect()
+}
+
 fn header<'a>(reply: &'a Reply, name: &str) -> Vec<&'a str> {
     reply
         .headers
@@ -128,17 +144,7 @@ async fn writes_over_the_burst_are_429_with_retry_after_and_ratelimit_fields() {
 #[tokio::test]
 async fn a_batch_costs_one_per_id_and_a_refused_rest_keeps_its_first_unit() {
     let (upstream, gateway) = gateway_with("", "writes_per_minute = 1\nburst = 5\n").await;
-    let ids: Vec<i64> = (0..6)
-        .map(|i| {
-            upstream.emulator.insert_token(
-                USER_ID,
-                NewToken {
-                    name: format!("t{i}"),
-                    ..NewToken::default()
-                },
-            )
-        })
-        .collect();
+    let ids = insert_tokens(&upstream, 6);
     let batch = |ids: &[i64]| format!(r#"{{"ids":{ids:?}}}"#);
 
     // 3 of 5.
@@ -195,17 +201,7 @@ async fn a_batch_costs_one_per_id_and_a_refused_rest_keeps_its_first_unit() {
 #[tokio::test]
 async fn a_batch_larger_than_the_burst_costs_the_burst() {
     let (upstream, gateway) = gateway_with("", "writes_per_minute = 1\nburst = 3\n").await;
-    let ids: Vec<i64> = (0..5)
-        .map(|i| {
-            upstream.emulator.insert_token(
-                USER_ID,
-                NewToken {
-                    name: format!("t{i}"),
-                    ..NewToken::default()
-                },
-            )
-        })
-        .collect();
+    let ids = insert_tokens(&upstream, 5);
     let reply = call(
         &gateway,
         TEAM_KEY,

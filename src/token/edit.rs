@@ -71,6 +71,18 @@ pub struct Limits {
     pub extra_fields: Vec<String>,
 }
 
+impl Default for Limits {
+    /// The defaults of SPEC §10 (`[limits]`), with no extra fields.
+    fn default() -> Self {
+        Limits {
+            name_max_bytes: 50,
+            max_batch: 100,
+            require_complete_updates: true,
+            extra_fields: Vec::new(),
+        }
+    }
+}
+
 /// Which body shape an operation takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EditKind {
