@@ -8,7 +8,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use serde_json::json;
 use tokengate::token::edit::{Edit, EditKind, Limits};
 
-
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -93,7 +93,8 @@ impl Policy {
         match edit {
             Edit::Create(fields) => self.judge(fields, Omitted::CreateDefaults, now),
             Edit::Update(fields) => self.judge(fields, Omitted::ZeroValues, now),
-            Edit::StatusOnly(_) | Edit::Ids(_) => Vec::new(),
+            // A PATCH is judged once merged: the patch layer replaces it with the full update.
+            Edit::StatusOnly(_) | Edit::Ids(_) | Edit::Patch(_) => Vec::new(),
         }
     }
 

@@ -94,6 +94,8 @@ pub enum EditKind {
     StatusOnly,
     /// `{"ids": [..]}`: `POST /api/token/batch` and `POST /api/token/batch/keys`.
     Ids,
+    /// `PATCH /api/token/{id}`: a non-empty subset of the editable fields, no `id`.
+    Patch,
 }
 
 /// The fields of one token edit, each present or not, every one checked.
@@ -219,6 +221,8 @@ pub enum Edit {
     StatusOnly(TokenFields),
     /// The ids of a batch: 1 to `limits.max_batch`, distinct.
     Ids(Vec<TokenId>),
+    /// A partial update: the fields to change (the id is in the path).
+    Patch(TokenFields),
 }
 
 impl Edit {
@@ -242,6 +246,7 @@ impl Edit {
                 match kind {
                     EditKind::Create => Edit::Create(fields),
                     EditKind::Update => Edit::Update(fields),
+                    EditKind::Patch => Edit::Patch(fields),
                     _ => Edit::StatusOnly(fields),
                 }
             }
@@ -256,7 +261,7 @@ impl Edit {
     /// The ids the edit names (for the audit trail and policy).
     pub fn token_ids(&self) -> Vec<TokenId> {
         match self {
-            Edit::Create(_) => Vec::new(),
+            Edit::Create(_) | Edit::Patch(_) => Vec::new(),
             Edit::Update(fields) | Edit::StatusOnly(fields) => fields.id.into_iter().collect(),
             Edit::Ids(ids) => ids.clone(),
         }
@@ -266,9 +271,10 @@ impl Edit {
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain structs of strings, integers and JSON values cannot fail.
         match self {
-            Edit::Create(fields) | Edit::Update(fields) | Edit::StatusOnly(fields) => {
-                serde_json::to_vec(fields)
-            }
+            Edit::Create(fields)
+            | Edit::Update(fields)
+            | Edit::StatusOnly(fields)
+            | Edit::Patch(fields) => serde_json::to_vec(fields),
             Edit::Ids(ids) => serde_json::to_vec(&IdsBody::of(ids)),
         }
         .unwrap_or_default()
@@ -277,9 +283,10 @@ impl Edit {
     /// The checked fields as a JSON value (what the audit trail records as `request`).
     pub fn to_value(&self) -> Value {
         match self {
-            Edit::Create(fields) | Edit::Update(fields) | Edit::StatusOnly(fields) => {
-                serde_json::to_value(fields)
-            }
+            Edit::Create(fields)
+            | Edit::Update(fields)
+            | Edit::StatusOnly(fields)
+            | Edit::Patch(fields) => serde_json::to_value(fields),
             Edit::Ids(ids) => serde_json::to_value(IdsBody::of(ids)),
         }
         .unwrap_or(Value::Null)
@@ -310,6 +317,14 @@ fn token_fields(
 ) -> TokenFields {
     let mut fields = TokenFields::default();
     for (key, value) in map {
+        if kind == EditKind::Patch && key == "id" {
+            faults.push(Fault {
+                field: key,
+                code: FaultCode::UnknownField,
+                message: "is not a field of a PATCH: the token id is in the path".into(),
+            });
+            continue;
+        }
         match fields.set(&key, &value, rules) {
             Ok(true) => {}
             Err(message) => faults.push(Fault::invalid(&key, message)),
@@ -323,8 +338,15 @@ fn token_fields(
     let required: &[&str] = match kind {
         EditKind::Create => &["name"],
         EditKind::Update => &["id"],
+        EditKind::Patch => &[],
         _ => &["id", "status"],
     };
+    if kind == EditKind::Patch && fields == TokenFields::default() && faults.is_empty() {
+        faults.push(Fault::invalid(
+            "",
+            "a PATCH must carry at least one field to change".into(),
+        ));
+    }
     for field in required {
         if !fields.has(field) && !faults.iter().any(|f| f.field == *field) {
             faults.push(Fault::invalid(field, "is required".into()));
@@ -466,14 +488,18 @@ impl Faults {
         self.0.first().map_or("invalid_field", |f| f.code.as_str())
     }
 
-    /// The first faulty field (`error.field`).
+    /// The first faulty field (`error.field`); a fault of the whole body names none.
     pub fn field(&self) -> Option<&str> {
-        self.0.first().map(|f| f.field.as_str())
+        self.fields().first().copied()
     }
 
     /// Every faulty field (`error.fields`).
     pub fn fields(&self) -> Vec<&str> {
-        self.0.iter().map(|f| f.field.as_str()).collect()
+        self.0
+            .iter()
+            .map(|f| f.field.as_str())
+            .filter(|f| !f.is_empty())
+            .collect()
     }
 }
 
@@ -491,7 +517,11 @@ impl fmt::Display for Faults {
             .filter(|f| f.code != FaultCode::IncompleteUpdate)
         {
             sep(f)?;
-            write!(f, "`{}` {}", fault.field.escape_debug(), fault.message)?;
+            if fault.field.is_empty() {
+                f.write_str(&fault.message)?;
+            } else {
+                write!(f, "`{}` {}", fault.field.escape_debug(), fault.message)?;
+            }
         }
         let missing: Vec<&str> = self
             .0
@@ -503,7 +533,7 @@ impl fmt::Display for Faults {
             sep(f)?;
             write!(
                 f,
-                "a full update must carry every editable field, because new-api resets any field left out (an omitted expired_time expires the token at once); missing: {}. GET the token, change what you need and PUT the whole of it",
+                "a full update must carry every editable field, because new-api resets any field left out (an omitted expired_time expires the token at once); missing: {}. To change only some fields, send them with PATCH /api/token/{{id}}",
                 missing.join(", ")
             )?;
         }

@@ -4,3 +4,4 @@
 pub mod edit;
 pub mod fields;
 pub mod json;
+pub mod patch;
