@@ -114,9 +114,9 @@ pub struct RequestContext {
     client: OnceLock<Arc<str>>,
     op: OnceLock<Operation>,
     token_ids: OnceLock<Vec<u64>>,
-    request: OnceLock<serde_json::Value>,
+    request: Mutex<Option<serde_json::Value>>,
     forwarded: AtomicBool,
-    upstream: OnceLock<UpstreamFacts>,
+    upstream: Mutex<Option<UpstreamFacts>>,
     rate: Mutex<Vec<RateStatus>>,
 }
 
@@ -142,9 +142,9 @@ impl RequestContext {
             client: OnceLock::new(),
             op: OnceLock::new(),
             token_ids: OnceLock::new(),
-            request: OnceLock::new(),
+            request: Mutex::new(None),
             forwarded: AtomicBool::new(false),
-            upstream: OnceLock::new(),
+            upstream: Mutex::new(None),
             rate: Mutex::new(Vec::new()),
         }
     }
@@ -159,14 +159,17 @@ impl RequestContext {
         self.token_ids.get().map_or(&[], Vec::as_slice)
     }
 
-    /// Records the checked request body (once).
+    /// Records the checked request body, or what replaces it upstream (a PATCH's merged token).
     pub fn set_request(&self, body: serde_json::Value) {
-        let _ = self.request.set(body);
+        *self.request.lock().unwrap_or_else(|p| p.into_inner()) = Some(body);
     }
 
     /// The checked request body, if the request had one.
-    pub fn request(&self) -> Option<&serde_json::Value> {
-        self.request.get()
+    pub fn request(&self) -> Option<serde_json::Value> {
+        self.request
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Marks the request as sent upstream (after its intent record is durable).
@@ -179,14 +182,17 @@ impl RequestContext {
         self.forwarded.load(Ordering::Relaxed)
     }
 
-    /// Records what the upstream answered (once).
+    /// Records what the upstream answered (the last answer, when a request sends two).
     pub fn set_upstream(&self, facts: UpstreamFacts) {
-        let _ = self.upstream.set(facts);
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = Some(facts);
     }
 
-    /// What the upstream answered, if it did.
-    pub fn upstream(&self) -> Option<&UpstreamFacts> {
-        self.upstream.get()
+    /// What the upstream answered last, if it did.
+    pub fn upstream(&self) -> Option<UpstreamFacts> {
+        self.upstream
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Records what a rate limit said about the request, replacing an earlier status of the

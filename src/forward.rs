@@ -13,9 +13,10 @@ use crate::caller::Caller;
 use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::headers;
+use crate::layers::patch::StatusAfter;
 use crate::layers::BoxFuture;
 use crate::route::Route;
-use crate::upstream::{Served, Upstream, UpstreamRequest};
+use crate::upstream::{Served, Upstream, UpstreamRequest, UpstreamResponse};
 
 /// Forwards to the [`Upstream`].
 #[derive(Clone)]
@@ -53,27 +54,60 @@ impl Service<Request<Bytes>> for Forward {
                     "forward runs after route and authenticate".into(),
                 ));
             };
-            let path_and_query = route.upstream_path_and_query();
-            let answer = upstream
-                .send(UpstreamRequest {
-                    op: route.operation(),
-                    method: route.endpoint.method(),
-                    path_and_query: &path_and_query,
-                    headers: headers::to_upstream(&parts.headers, context.source_ip(), &context.id),
-                    body,
-                    credential: &caller.credential,
-                    deadline: context.deadline,
-                    served: Some(Served {
-                        context: &context,
-                        caller_label: caller.metric_label(),
-                        records_answer: true,
-                    }),
-                })
-                .await?;
+            let send = |path_and_query: String, body: Bytes| {
+                let upstream = &upstream;
+                let context = &context;
+                let headers =
+                    headers::to_upstream(&parts.headers, context.source_ip(), &context.id);
+                async move {
+                    upstream
+                        .send(UpstreamRequest {
+                            op: route.operation(),
+                            method: route.endpoint.method(),
+                            path_and_query: &path_and_query,
+                            headers,
+                            body,
+                            credential: &caller.credential,
+                            deadline: context.deadline,
+                            served: Some(Served {
+                                context,
+                                caller_label: caller.metric_label(),
+                                records_answer: true,
+                            }),
+                        })
+                        .await
+                }
+            };
+            let mut answer = send(route.upstream_path_and_query(), body).await?;
+            // A PATCH that also changes `status`: new-api's full PUT never does, so a status-only
+            // PUT follows once the full one succeeded, and its answer is the caller's.
+            if let (Some(StatusAfter(status)), Some(id)) = (
+                parts.extensions.get::<StatusAfter>(),
+                context.token_ids().first(),
+            ) {
+                if succeeded(&answer) {
+                    let body = serde_json::json!({ "id": id, "status": status.get() });
+                    answer = send(
+                        "/api/token/?status_only=true".into(),
+                        Bytes::from(body.to_string()),
+                    )
+                    .await?;
+                }
+            }
             let mut response = Response::new(Full::new(answer.body));
             *response.status_mut() = answer.status;
             *response.headers_mut() = headers::to_caller(answer.headers, &context.id);
             Ok(response)
         })
     }
+}
+
+/// Whether new-api reports success: HTTP 200 and `"success": true` (it answers failures with 200).
+fn succeeded(answer: &UpstreamResponse) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        success: bool,
+    }
+    answer.status == http::StatusCode::OK
+        && serde_json::from_slice::<Envelope>(&answer.body).is_ok_and(|e| e.success)
 }

@@ -52,6 +52,7 @@ pub mod forward;
 pub mod gateway;
 pub mod headers;
 pub mod layers;
+pub mod locks;
 pub mod metrics;
 pub mod policy;
 pub mod ratelimit;

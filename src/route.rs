@@ -154,6 +154,8 @@ pub enum Endpoint {
         /// Whether only `status` changes.
         status_only: bool,
     },
+    /// `PATCH /api/token/{id}`: read, merge, full `PUT` (SPEC §4.5).
+    Patch(TokenId),
     /// `DELETE /api/token/{id}`
     Delete(TokenId),
     /// `POST /api/token/batch`
@@ -172,7 +174,7 @@ impl Endpoint {
             Endpoint::Search => Operation::Search,
             Endpoint::Get(_) => Operation::Get,
             Endpoint::Create => Operation::Create,
-            Endpoint::Update { .. } => Operation::Update,
+            Endpoint::Update { .. } | Endpoint::Patch(_) => Operation::Update,
             Endpoint::Delete(_) => Operation::Delete,
             Endpoint::BatchDelete => Operation::BatchDelete,
             Endpoint::RevealKey(_) | Endpoint::RevealKeys => Operation::RevealKey,
@@ -187,7 +189,7 @@ impl Endpoint {
             | Endpoint::BatchDelete
             | Endpoint::RevealKey(_)
             | Endpoint::RevealKeys => Method::POST,
-            Endpoint::Update { .. } => Method::PUT,
+            Endpoint::Update { .. } | Endpoint::Patch(_) => Method::PUT,
             Endpoint::Delete(_) => Method::DELETE,
         }
     }
@@ -195,7 +197,10 @@ impl Endpoint {
     /// The token id in the path, if the route has one.
     pub fn token_id(&self) -> Option<TokenId> {
         match self {
-            Endpoint::Get(id) | Endpoint::Delete(id) | Endpoint::RevealKey(id) => Some(*id),
+            Endpoint::Get(id)
+            | Endpoint::Patch(id)
+            | Endpoint::Delete(id)
+            | Endpoint::RevealKey(id) => Some(*id),
             _ => None,
         }
     }
@@ -211,7 +216,10 @@ impl Endpoint {
     /// The canonical upstream path (new-api redirects any other spelling).
     pub fn upstream_path(&self) -> String {
         match self {
-            Endpoint::List | Endpoint::Create | Endpoint::Update { .. } => "/api/token/".into(),
+            // A PATCH is sent as the full update it becomes.
+            Endpoint::List | Endpoint::Create | Endpoint::Update { .. } | Endpoint::Patch(_) => {
+                "/api/token/".into()
+            }
             Endpoint::Search => "/api/token/search".into(),
             Endpoint::Get(id) | Endpoint::Delete(id) => format!("/api/token/{id}"),
             Endpoint::BatchDelete => "/api/token/batch".into(),
@@ -346,8 +354,9 @@ fn endpoint(method: &Method, segments: &[&str]) -> Result<Endpoint, GatewayError
             let id = token_id(id)?;
             match *method {
                 Method::GET => Ok(Endpoint::Get(id)),
+                Method::PATCH => Ok(Endpoint::Patch(id)),
                 Method::DELETE => Ok(Endpoint::Delete(id)),
-                _ => allow("GET, DELETE"),
+                _ => allow("GET, PATCH, DELETE"),
             }
         }
         [id, "key"] => {
@@ -558,7 +567,7 @@ mod tests {
             (Method::DELETE, "/api/token/", "GET, POST, PUT"),
             (Method::GET, "/api/token/batch", "POST"),
             (Method::PUT, "/api/token/batch", "POST"),
-            (Method::PATCH, "/api/token/5", "GET, DELETE"),
+            (Method::PUT, "/api/token/5", "GET, PATCH, DELETE"),
             (Method::GET, "/api/token/5/key", "POST"),
         ] {
             match r(method.clone(), uri) {

@@ -20,6 +20,7 @@ use crate::layers::audit::{AuditIntentLayer, AuditOutcomeLayer, AuditPolicy};
 use crate::layers::authenticate::Authenticate;
 use crate::layers::authorize::Authorize;
 use crate::layers::check::CheckLayer;
+use crate::layers::patch::PatchLayer;
 use crate::layers::policy::PolicyLayer;
 use crate::layers::rate_limit::{ChargeBatch, RateLimit};
 use crate::layers::read_body::ReadBodyLayer;
@@ -28,6 +29,7 @@ use crate::layers::rescue::RescueLayer;
 use crate::layers::route::Route;
 use crate::layers::source_ip::SourceIp;
 use crate::layers::validate::Validate;
+use crate::locks::TokenLocks;
 
 /// The caller-facing service.
 pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
@@ -50,6 +52,12 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         )))
         // Charge the rest of a batch's cost, now that its ids are known.
         .layer(CheckLayer::new(ChargeBatch(rate_limit.clone())))
+        // One change at a time per token; a PATCH read, merged and checked as the full update.
+        .layer(PatchLayer::new(
+            gateway.upstream.clone(),
+            gateway.limits.clone(),
+            Arc::new(TokenLocks::default()),
+        ))
         // The caller's policy on the token as it would be stored (current names read upstream).
         .layer(PolicyLayer::new(
             gateway.upstream.clone(),

@@ -55,7 +55,7 @@ async fn other_methods_are_405_with_allow() {
         ("HEAD", "/api/token/", "GET, POST, PUT"),
         ("DELETE", "/api/token/", "GET, POST, PUT"),
         ("GET", "/api/token/batch", "POST"),
-        ("PATCH", "/api/token/5", "GET, DELETE"),
+        ("PUT", "/api/token/5", "GET, PATCH, DELETE"),
         ("PUT", "/api/token/batch", "POST"),
         ("GET", "/api/token/5/key", "POST"),
     ] {

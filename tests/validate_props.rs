@@ -281,6 +281,7 @@ fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, 
         (Value::Object(body), Value::Object(forwarded))
     };
     match kind {
+        EditKind::Patch => unreachable!("not in KINDS: PATCH is tested in tests/patch.rs"),
         EditKind::Create => (
             valid_name(50),
             optional_fields(now, earliest),
@@ -639,6 +640,7 @@ fn request_of(kind: EditKind, reveal: bool) -> (&'static str, &'static str) {
         EditKind::StatusOnly => ("PUT", "/api/token/?status_only=true"),
         EditKind::Ids if reveal => ("POST", "/api/token/batch/keys"),
         EditKind::Ids => ("POST", "/api/token/batch"),
+        EditKind::Patch => unreachable!("not in KINDS: PATCH is tested in tests/patch.rs"),
     }
 }
 

@@ -61,7 +61,9 @@ pub fn outcome(
     let mut record = base(context, op, "outcome");
     let outcome = Outcome::of(context.forwarded(), code);
     let upstream = context.upstream();
-    let envelope = upstream.and_then(|u| serde_json::from_slice::<Envelope>(&u.body).ok());
+    let envelope = upstream
+        .as_ref()
+        .and_then(|u| serde_json::from_slice::<Envelope>(&u.body).ok());
     record.insert("outcome".into(), Value::from(outcome.as_str()));
     record.insert("reason".into(), code.map_or(Value::Null, Value::from));
     record.insert("status".into(), Value::from(status));
@@ -123,10 +125,7 @@ fn base(context: &RequestContext, op: Operation, phase: &str) -> Map<String, Val
         "token_ids".into(),
         Value::from(context.token_ids().to_vec()),
     );
-    record.insert(
-        "request".into(),
-        context.request().cloned().unwrap_or(Value::Null),
-    );
+    record.insert("request".into(), context.request().unwrap_or(Value::Null));
     record
 }
 

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod authenticate;
 pub mod authorize;
 pub mod check;
+pub mod patch;
 pub mod policy;
 pub mod rate_limit;
 pub mod read_body;

@@ -13,6 +13,7 @@ use http::{Request, Response};
 use serde_json::Value;
 use tower::{Layer, Service};
 
+use super::patch::KnownName;
 use super::validate::unix_now;
 use super::BoxFuture;
 use crate::caller::Caller;
@@ -125,8 +126,12 @@ async fn judge(
         return Ok(violations);
     }
     let context = RequestContext::of(request)?;
+    let known = extensions.get::<KnownName>();
     let names = futures_util::stream::iter(existing_ids(route, edit))
         .map(|id| async move {
+            if let Some(KnownName(known_id, name)) = known.filter(|k| k.0 == id) {
+                return Ok((*known_id, name.clone()));
+            }
             let token = read_token(upstream, caller, context, id).await?;
             let name = match token.get("name") {
                 Some(Value::String(name)) => name.clone(),
@@ -150,6 +155,11 @@ fn existing_ids(route: &Route, edit: Option<&Edit>) -> Vec<TokenId> {
         Endpoint::Update { .. } | Endpoint::BatchDelete | Endpoint::RevealKeys => {
             edit.map_or_else(Vec::new, Edit::token_ids)
         }
-        Endpoint::List | Endpoint::Search | Endpoint::Get(_) | Endpoint::Create => Vec::new(),
+        // A PATCH reaches policy as the update it became.
+        Endpoint::List
+        | Endpoint::Search
+        | Endpoint::Get(_)
+        | Endpoint::Create
+        | Endpoint::Patch(_) => Vec::new(),
     }
 }

@@ -369,6 +369,11 @@ impl Status {
             )),
         }
     }
+
+    /// The status code.
+    pub fn get(self) -> i64 {
+        self.0
+    }
 }
 
 /// `mj_custom_proxy` (forks): empty, or an `http(s)://` URL.
