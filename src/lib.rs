@@ -19,11 +19,13 @@
 //! caller.rs       SPEC §3: keys, digests, the Caller of a request
 //! policy.rs       SPEC §5: a client's rules, judged on the token as it would be stored
 //! ratelimit.rs    SPEC §5: GCRA buckets per client and class, the global upstream cap
-//! read_token.rs   reading a token upstream for a check (name_prefix)
+//! read_token.rs   reading a token upstream for a check (name_prefix) or a merge (PATCH)
+//! locks.rs        per-token serialisation of changes (SPEC §4.5)
 //! headers.rs      SPEC §3: which headers cross, caller IP
 //! upstream.rs     the upstream client: credential injection, timeouts, status mapping
 //! forward.rs      the innermost service
-//! token/          SPEC §4: strict JSON, one type per field rule, the typed edit of each operation
+//! token/          SPEC §4: strict JSON, one type per field rule, the typed edit of each operation,
+//!                 the PATCH merge
 //! error.rs        GatewayError and the SPEC §9 envelope
 //! emulator/       a built-in new-api emulator (sandbox and test upstream); shares no checks with the gateway
 //! layers/         one concern per layer (see stack.rs)
@@ -34,7 +36,7 @@
 //! ```text
 //! request context (id, deadline) → access log + metrics → rescue (errors → envelope)
 //!   → audit outcome → source ip → authenticate → route → rate limit → authorize → read body
-//!   → validate → batch cost → policy → audit intent → forward
+//!   → validate → batch cost → per-token lock + PATCH merge → policy → audit intent → forward
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]
