@@ -16,7 +16,7 @@ use crate::error::{Body, GatewayError, JSON_UTF8};
 use crate::gateway::Gateway;
 use crate::headers::X_REQUEST_ID;
 use crate::route::Operation;
-use crate::upstream::UpstreamRequest;
+use crate::upstream::{Envelope, UpstreamRequest};
 
 /// The admin service.
 pub fn service(
@@ -103,9 +103,12 @@ async fn upstream_check(gateway: &Gateway) -> Result<&'static str, String> {
         .await
         .map_err(|e| e.to_string())?;
     // new-api answers a bad credential with HTTP 200 and `success: false` in some eras.
-    let body: serde_json::Value = serde_json::from_slice(&answer.body).unwrap_or_default();
-    if body["success"] == false {
-        let message = body["message"].as_str().unwrap_or("no message");
+    if let Some(Envelope {
+        success: Some(false),
+        message,
+    }) = Envelope::parse(&answer.body)
+    {
+        let message = message.as_deref().unwrap_or("no message");
         return Err(format!("the upstream refused the request: {message}"));
     }
     Ok("ok")

@@ -16,7 +16,7 @@ use crate::headers;
 use crate::layers::patch::StatusAfter;
 use crate::layers::BoxFuture;
 use crate::route::Route;
-use crate::upstream::{Served, Upstream, UpstreamRequest, UpstreamResponse};
+use crate::upstream::{Served, Upstream, UpstreamRequest};
 
 /// Forwards to the [`Upstream`].
 #[derive(Clone)]
@@ -85,7 +85,7 @@ impl Service<Request<Bytes>> for Forward {
                 parts.extensions.get::<StatusAfter>(),
                 context.token_ids().first(),
             ) {
-                if succeeded(&answer) {
+                if answer.succeeded() {
                     let body = serde_json::json!({ "id": id, "status": status.get() });
                     answer = send(
                         "/api/token/?status_only=true".into(),
@@ -100,14 +100,4 @@ impl Service<Request<Bytes>> for Forward {
             Ok(response)
         })
     }
-}
-
-/// Whether new-api reports success: HTTP 200 and `"success": true` (it answers failures with 200).
-fn succeeded(answer: &UpstreamResponse) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        success: bool,
-    }
-    answer.status == http::StatusCode::OK
-        && serde_json::from_slice::<Envelope>(&answer.body).is_ok_and(|e| e.success)
 }

@@ -121,13 +121,6 @@ impl<C: Clock> fmt::Debug for Bucket<C> {
     }
 }
 
-impl Bucket<DefaultClock> {
-    /// A bucket on the real monotonic clock.
-    pub fn new(policy: &'static str, quota: u32, window: Duration, burst: u32) -> Self {
-        Bucket::with_clock(policy, quota, window, burst, DefaultClock::default())
-    }
-}
-
 impl<C: Clock> Bucket<C> {
     /// A bucket on `clock` (a fake one in tests). `quota` and `burst` are clamped to at least 1
     /// (the config refuses 0).

@@ -366,6 +366,32 @@ impl Upstream {
     }
 }
 
+/// new-api's answer envelope. It answers failures with HTTP 200 too, so `success` decides. Only
+/// `success` and `message` are read: `data` may hold token keys (a reveal) and is never looked at.
+#[derive(Debug, serde::Deserialize)]
+pub struct Envelope<'a> {
+    /// `success`, when the answer has one.
+    pub success: Option<bool>,
+    /// `message`, when the answer has one.
+    #[serde(borrow)]
+    pub message: Option<std::borrow::Cow<'a, str>>,
+}
+
+impl Envelope<'_> {
+    /// The envelope of a body, if it is a JSON object.
+    pub fn parse(body: &[u8]) -> Option<Envelope<'_>> {
+        serde_json::from_slice(body).ok()
+    }
+}
+
+impl UpstreamResponse {
+    /// Whether new-api reports success: HTTP 200 and `"success": true`.
+    pub fn succeeded(&self) -> bool {
+        self.status == StatusCode::OK
+            && Envelope::parse(&self.body).is_some_and(|e| e.success == Some(true))
+    }
+}
+
 /// new-api's answers, in HTTP 200 envelopes, that refuse the credential itself (E1/E2
 /// `auth.access_token_invalid`, `user_info_invalid`, `user_banned`, `insufficient_privilege`, in
 /// English and Chinese: the language follows the caller's `Accept-Language`).
@@ -383,17 +409,14 @@ const CREDENTIAL_REFUSALS: [&str; 8] = [
 /// Whether an HTTP 200 body is new-api refusing the credential (it answers most auth failures
 /// with 200 and `success: false`); only small failure envelopes are parsed.
 fn refuses_credential(body: &[u8]) -> bool {
-    #[derive(serde::Deserialize)]
-    struct Envelope<'a> {
-        success: bool,
-        #[serde(borrow)]
-        message: std::borrow::Cow<'a, str>,
-    }
     if body.len() > 512 || !body.windows(15).any(|w| w == b"\"success\":false") {
         return false;
     }
-    serde_json::from_slice::<Envelope<'_>>(body)
-        .is_ok_and(|e| !e.success && CREDENTIAL_REFUSALS.contains(&e.message.as_ref()))
+    Envelope::parse(body).is_some_and(|e| {
+        e.success == Some(false)
+            && e.message
+                .is_some_and(|m| CREDENTIAL_REFUSALS.contains(&m.as_ref()))
+    })
 }
 
 /// Names what went wrong on the way to the upstream, from the error's cause chain.

@@ -9,6 +9,7 @@ use serde_json::{Map, Value};
 
 use crate::context::RequestContext;
 use crate::route::Operation;
+use crate::upstream::Envelope;
 
 /// What became of a request, as the outcome record says it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,15 +62,15 @@ pub fn outcome(
     let mut record = base(context, op, "outcome");
     let outcome = Outcome::of(context.forwarded(), code);
     let upstream = context.upstream();
-    let envelope = upstream
-        .as_ref()
-        .and_then(|u| serde_json::from_slice::<Envelope>(&u.body).ok());
+    let envelope = upstream.as_ref().and_then(|u| Envelope::parse(&u.body));
     record.insert("outcome".into(), Value::from(outcome.as_str()));
     record.insert("reason".into(), code.map_or(Value::Null, Value::from));
     record.insert("status".into(), Value::from(status));
     record.insert(
         "upstream_status".into(),
-        upstream.map_or(Value::Null, |u| Value::from(u.status)),
+        upstream
+            .as_ref()
+            .map_or(Value::Null, |u| Value::from(u.status)),
     );
     record.insert(
         "upstream_success".into(),
@@ -82,21 +83,13 @@ pub fn outcome(
         "upstream_message".into(),
         envelope
             .and_then(|e| e.message)
-            .map_or(Value::Null, Value::from),
+            .map_or(Value::Null, |m| Value::from(m.into_owned())),
     );
     record.insert(
         "duration_ms".into(),
         Value::from(context.started.elapsed().as_millis() as u64),
     );
     record
-}
-
-/// new-api's envelope (HTTP 200 even on failure, so the body decides). Only `success` and
-/// `message` are read: a key reveal's keys, in `data`, are never looked at.
-#[derive(serde::Deserialize)]
-struct Envelope {
-    success: Option<bool>,
-    message: Option<String>,
 }
 
 fn base(context: &RequestContext, op: Operation, phase: &str) -> Map<String, Value> {
