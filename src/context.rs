@@ -205,9 +205,10 @@ impl RequestContext {
         }
     }
 
-    /// What the rate limits said about the request, in the order they were consulted.
-    pub fn rates(&self) -> Vec<RateStatus> {
-        self.rate.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    /// What the rate limits said about the request, in the order they were consulted; taken
+    /// once, for the answer.
+    pub fn take_rates(&self) -> Vec<RateStatus> {
+        std::mem::take(&mut *self.rate.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// The context of `request`, which the request-context layer inserts first of all.

@@ -80,6 +80,11 @@ impl Policy {
         }
     }
 
+    /// Whether the policy has no rule at all (then nothing is judged).
+    pub fn is_empty(&self) -> bool {
+        *self == Policy::default()
+    }
+
     /// Whether the policy needs the current name of the tokens a request names.
     pub fn checks_current_names(&self) -> bool {
         self.name_prefix.is_some()

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use http::{Request, Response};
 use serde_json::Value;
 use tower::{Layer, Service};
@@ -82,7 +83,7 @@ where
 {
     type Response = Response<Body>;
     type Error = GatewayError;
-    type Future = BoxFuture<Result<Response<Body>, GatewayError>>;
+    type Future = Either<S::Future, BoxFuture<Result<Response<Body>, GatewayError>>>;
 
     #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -90,13 +91,14 @@ where
     }
 
     fn call(&mut self, mut request: Request<Bytes>) -> Self::Future {
+        // Only changes of one token wait for its lock; everything else passes unboxed.
+        let Some(id) = changed_token(&request) else {
+            return Either::Left(self.inner.call(request));
+        };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
-        Box::pin(async move {
-            let Some(id) = changed_token(&request) else {
-                return inner.call(request).await;
-            };
+        Either::Right(Box::pin(async move {
             let _guard = layer.locks.lock(id).await;
             if matches!(
                 request.extensions().get::<Route>().map(|r| &r.endpoint),
@@ -105,7 +107,7 @@ where
                 to_full_update(&layer, &mut request, id).await?;
             }
             inner.call(request).await
-        })
+        }))
     }
 }
 

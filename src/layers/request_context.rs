@@ -96,7 +96,7 @@ where
                 headers.insert(X_REQUEST_ID, id);
             }
             // The IETF rate-limit fields of every limit the request met, whatever the answer.
-            for status in context.rates() {
+            for status in context.take_rates() {
                 for (name, value) in [
                     (RATELIMIT_POLICY, status.policy_item()),
                     (RATELIMIT, status.limit_item()),
