@@ -235,6 +235,16 @@ async fn name_prefix_reads_the_current_name_before_a_change_reveal_or_delete() {
         .collect();
     assert_eq!(methods, ["GET", "POST", "GET", "DELETE"]);
 
+    // list and search are not filtered by name_prefix (names are visible, keys stay masked).
+    let listed = team(&gateway, "GET", "/api/token/", None).await.json();
+    let names: Vec<&str> = listed["data"]["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"ops-prod"), "{listed}");
+
     // A token that does not exist cannot be checked: 404, nothing changed.
     upstream.emulator.clear_seen();
     team(&gateway, "DELETE", "/api/token/999", None)

@@ -278,6 +278,91 @@ async fn the_global_upstream_cap_waits_up_to_a_second_then_refuses() {
     );
 }
 
+#[tokio::test]
+async fn name_prefix_reads_and_patch_reads_count_against_the_upstream_cap() {
+    let (upstream, gateway) = gateway_with(
+        "upstream_requests_per_second = 1\n",
+        "name_prefix = \"t\"\n",
+    )
+    .await;
+    let ids = insert_tokens(&upstream, 2);
+    // One upstream request a second, a bucket of one: the delete's read goes at once and the
+    // delete itself waits for the next second, so the whole takes about a second.
+    let started = std::time::Instant::now();
+    let reply = call(
+        &gateway,
+        TEAM_KEY,
+        "DELETE",
+        &format!("/api/token/{}", ids[0]),
+        None,
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "the read counted"
+    );
+    // A PATCH is two upstream requests too (its name check reuses the read).
+    let started = std::time::Instant::now();
+    let path = format!("/api/token/{}", ids[1]);
+    let reply = call(
+        &gateway,
+        TEAM_KEY,
+        "PATCH",
+        &path,
+        Some(r#"{"name":"t-new"}"#),
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1800),
+        "read and write counted"
+    );
+    let methods: Vec<String> = upstream
+        .emulator
+        .seen()
+        .iter()
+        .map(|s| s.method.to_string())
+        .collect();
+    assert_eq!(methods, ["GET", "DELETE", "GET", "PUT"]);
+}
+
+#[tokio::test]
+async fn passthrough_callers_get_no_bucket_and_meet_only_the_upstream_cap() {
+    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(emulator.addr);
+    options.mode = "passthrough";
+    options.rate_limit = "upstream_requests_per_second = 1\n".into();
+    let gateway = TestGateway::start(options).await;
+    let auth = [("authorization", UPSTREAM_TOKEN)];
+    let first = send(gateway.addr, "GET", "/api/token/", &auth, None).await;
+    assert_eq!(first.json()["success"], true, "{}", first.text());
+    assert!(
+        first.headers.get("ratelimit").is_none(),
+        "no caller bucket, no RateLimit field"
+    );
+    let replies = futures_util::future::join_all(
+        (0..3).map(|_| send(gateway.addr, "GET", "/api/token/", &auth, None)),
+    )
+    .await;
+    let refused = replies
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("the upstream cap applies");
+    assert_eq!(
+        header(refused, "ratelimit-policy"),
+        [r#""upstream";q=1;w=1"#]
+    );
+    let text = metrics(&gateway).await;
+    assert!(text.contains("tokengate_rate_limit_buckets 1"), "{text}");
+    assert!(
+        text.contains(r#"tokengate_rate_limited_total{client="passthrough",class="upstream"}"#),
+        "{text}"
+    );
+}
+
 /// Memory and limiter state stay flat however many unknown keys are tried: no bucket, metric
 /// label or cache entry is made before a caller is known.
 #[tokio::test]
