@@ -16,6 +16,7 @@ use crate::config::{valid_client_name, Config, ConfigErrors, Mode};
 use crate::emulator::{Emulator, EmulatorConfig, Era};
 use crate::gateway::Gateway;
 use crate::secret::Secret;
+use crate::token::batch::BatchMode;
 use crate::{server, telemetry};
 
 /// tokengate: a gateway for the token API of new-api-compatible LLM aggregators.
@@ -267,10 +268,14 @@ fn check(path: &Path) -> ExitCode {
         "  listen         {}  (admin {})",
         config.server.listen, config.server.admin_listen
     );
+    let batch = match upstream.batch_update {
+        BatchMode::Fanout => format!("fanout, {} at a time", config.limits.batch_concurrency),
+        BatchMode::Native => "native".into(),
+    };
     println!(
-        "  upstream       {}  (timeout {} ms)",
+        "  upstream       {}  (timeout {} ms, batch update {batch})",
         gateway.upstream.url(),
-        upstream.timeout_ms
+        upstream.timeout_ms,
     );
     let audit = &config.audit;
     let key_source = match (&audit.hmac_key_file, &audit.hmac_key_env) {
@@ -407,7 +412,7 @@ fn keys_new(client: &str) -> ExitCode {
     println!("[[clients]]");
     println!("name = \"{client}\"");
     println!("key_sha256 = \"{}\"", key_digest_hex(&key));
-    println!("allow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"delete\", \"batch_delete\"]");
+    println!("allow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"batch_update\", \"delete\", \"batch_delete\"]");
     ExitCode::SUCCESS
 }
 

@@ -14,6 +14,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::route::Operation;
+use crate::token::batch::BatchMode;
 
 /// The whole configuration file.
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +110,8 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     /// Field names of a fork that pass through bodies unchecked.
     pub extra_fields: Vec<String>,
+    /// How `PUT /api/token/batch` reaches the upstream: per token, or as one request.
+    pub batch_update: BatchMode,
 }
 
 impl Default for UpstreamConfig {
@@ -124,6 +127,7 @@ impl Default for UpstreamConfig {
             ready_check: false,
             ca_file: None,
             extra_fields: Vec::new(),
+            batch_update: BatchMode::Fanout,
         }
     }
 }
@@ -161,6 +165,8 @@ pub struct LimitsConfig {
     pub max_batch: usize,
     /// Whether a full update must carry every editable field (new-api resets any it lacks).
     pub require_complete_updates: bool,
+    /// How many tokens of a fan-out batch update are read and written at once.
+    pub batch_concurrency: usize,
 }
 
 impl Default for LimitsConfig {
@@ -169,6 +175,7 @@ impl Default for LimitsConfig {
             name_max_bytes: 50,
             max_batch: 100,
             require_complete_updates: true,
+            batch_concurrency: 4,
         }
     }
 }
@@ -419,6 +426,12 @@ impl Config {
         }
         if !(1..=1000).contains(&self.limits.max_batch) {
             fault("limits.max_batch".into(), "must be from 1 to 1000".into());
+        }
+        if !(1..=100).contains(&self.limits.batch_concurrency) {
+            fault(
+                "limits.batch_concurrency".into(),
+                "must be from 1 to 100".into(),
+            );
         }
 
         let rates = &self.rate_limit;

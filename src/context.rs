@@ -116,6 +116,7 @@ pub struct RequestContext {
     token_ids: OnceLock<Vec<u64>>,
     request: Mutex<Option<serde_json::Value>>,
     forwarded: AtomicBool,
+    itemized: AtomicBool,
     upstream: Mutex<Option<UpstreamFacts>>,
     rate: Mutex<Vec<RateStatus>>,
 }
@@ -144,9 +145,46 @@ impl RequestContext {
             token_ids: OnceLock::new(),
             request: Mutex::new(None),
             forwarded: AtomicBool::new(false),
+            itemized: AtomicBool::new(false),
             upstream: Mutex::new(None),
             rate: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The context of one token's part of a fan-out batch: the batch's id, caller, operation
+    /// and deadline, with its own token id, body, and upstream answer for its audit records.
+    pub fn part(&self, token_id: u64) -> RequestContext {
+        let part = RequestContext {
+            id: self.id.clone(),
+            caller_request_id: self.caller_request_id.clone(),
+            started: self.started,
+            deadline: self.deadline,
+            peer: self.peer,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            source_ip: self.source_ip.clone(),
+            client: self.client.clone(),
+            op: self.op.clone(),
+            token_ids: OnceLock::new(),
+            request: Mutex::new(None),
+            forwarded: AtomicBool::new(false),
+            itemized: AtomicBool::new(false),
+            upstream: Mutex::new(None),
+            rate: Mutex::new(Vec::new()),
+        };
+        part.set_token_ids(vec![token_id]);
+        part
+    }
+
+    /// Marks the request as audited part by part (a fan-out batch): each part writes its own
+    /// intent and outcome records, so the request as a whole writes none.
+    pub fn set_itemized(&self) {
+        self.itemized.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the request is audited part by part.
+    pub fn itemized(&self) -> bool {
+        self.itemized.load(Ordering::Relaxed)
     }
 
     /// Records the token ids the request names (once).

@@ -13,6 +13,7 @@ use crate::caller::Caller;
 use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::headers;
+use crate::layers::audit::AuditPolicy;
 use crate::layers::patch::StatusAfter;
 use crate::layers::BoxFuture;
 use crate::route::Route;
@@ -22,12 +23,13 @@ use crate::upstream::{Served, Upstream, UpstreamRequest};
 #[derive(Clone)]
 pub struct Forward {
     upstream: Arc<Upstream>,
+    audit: AuditPolicy,
 }
 
 impl Forward {
-    /// Forwards to `upstream`.
-    pub fn new(upstream: Arc<Upstream>) -> Self {
-        Forward { upstream }
+    /// Forwards to `upstream`; `audit` records between the two `PUT`s of a PATCH.
+    pub fn new(upstream: Arc<Upstream>, audit: AuditPolicy) -> Self {
+        Forward { upstream, audit }
     }
 }
 
@@ -43,6 +45,7 @@ impl Service<Request<Bytes>> for Forward {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let upstream = self.upstream.clone();
+        let audit = self.audit.clone();
         Box::pin(async move {
             let context = RequestContext::of(&request)?.clone();
             let (parts, body) = request.into_parts();
@@ -80,13 +83,17 @@ impl Service<Request<Bytes>> for Forward {
             };
             let mut answer = send(route.upstream_path_and_query(), body).await?;
             // A PATCH that also changes `status`: new-api's full PUT never does, so a status-only
-            // PUT follows once the full one succeeded, and its answer is the caller's.
+            // PUT follows once the full one succeeded, and its answer is the caller's. Each PUT has
+            // its own intent and outcome records (SPEC §6).
             if let (Some(StatusAfter(status)), Some(id)) = (
                 parts.extensions.get::<StatusAfter>(),
                 context.token_ids().first(),
             ) {
                 if answer.succeeded() {
                     let body = serde_json::json!({ "id": id, "status": status.get() });
+                    audit
+                        .next_put(&context, answer.status.as_u16(), body.clone())
+                        .await?;
                     answer = send(
                         "/api/token/?status_only=true".into(),
                         Bytes::from(body.to_string()),

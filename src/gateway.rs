@@ -29,6 +29,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// What body validation depends on (`[limits]`, `upstream.extra_fields`).
     pub limits: Arc<Limits>,
+    /// `limits.batch_concurrency`: tokens of a fan-out batch update written at once.
+    pub batch_concurrency: usize,
     /// `server.request_timeout_ms`.
     pub request_timeout: Duration,
     /// `upstream.ready_check`.
@@ -107,7 +109,9 @@ impl Gateway {
                 max_batch: config.limits.max_batch,
                 require_complete_updates: config.limits.require_complete_updates,
                 extra_fields: config.upstream.extra_fields.clone(),
+                batch_update: config.upstream.batch_update,
             }),
+            batch_concurrency: config.limits.batch_concurrency,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             ready_check: config.upstream.ready_check,
             held_credential,

@@ -25,7 +25,7 @@
 //! upstream.rs     the upstream client: credential injection, timeouts, status mapping
 //! forward.rs      the innermost service
 //! token/          SPEC §4: strict JSON, one type per field rule, the typed edit of each operation,
-//!                 the PATCH merge
+//!                 the PATCH merge, the batch update body
 //! error.rs        GatewayError and the SPEC §9 envelope
 //! emulator/       a built-in new-api emulator (sandbox and test upstream); shares no checks with the gateway
 //! layers/         one concern per layer (see stack.rs)
@@ -36,7 +36,8 @@
 //! ```text
 //! request context (id, deadline) → access log + metrics → rescue (errors → envelope)
 //!   → audit outcome → source ip → authenticate → route → rate limit → authorize → read body
-//!   → validate → batch cost → per-token lock + PATCH merge → policy → audit intent → forward
+//!   → validate → batch cost → batch fan-out (each id on as a PATCH) → per-token lock + PATCH
+//!   merge → policy → audit intent → forward
 //! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs, rust_2018_idioms, unreachable_pub)]

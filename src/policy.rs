@@ -32,6 +32,10 @@ pub enum Omitted {
     CreateDefaults,
     /// A full update: new-api writes the zero value of each field left out (`expired_time` 0).
     ZeroValues,
+    /// The fields a batch update names, before any token is read: what it leaves out keeps each
+    /// token's stored value, unknown here, so only the rules on the fields it sets are judged
+    /// (each token is judged again, merged, as it is written).
+    Stored,
 }
 
 /// One rule a token breaks.
@@ -98,6 +102,7 @@ impl Policy {
         match edit {
             Edit::Create(fields) => self.judge(fields, Omitted::CreateDefaults, now),
             Edit::Update(fields) => self.judge(fields, Omitted::ZeroValues, now),
+            Edit::BatchUpdate(batch) => self.judge(&batch.fields, Omitted::Stored, now),
             // A PATCH is judged once merged: the patch layer replaces it with the full update.
             Edit::StatusOnly(_) | Edit::Ids(_) | Edit::Patch(_) => Vec::new(),
         }
@@ -114,6 +119,9 @@ impl Policy {
             })
         };
 
+        // Whether a rule on a field left out is judged: not when its value is the stored one.
+        let judged = |present: bool| present || omitted != Omitted::Stored;
+
         let unlimited = fields.unlimited_quota.unwrap_or(false);
         if unlimited && !self.allow_unlimited_quota {
             refuse(
@@ -122,7 +130,7 @@ impl Policy {
                 "unlimited_quota must be false: this client may not write unlimited tokens (allow_unlimited_quota is false)".into(),
             );
         }
-        if let Some(max) = self.max_remain_quota {
+        if let (Some(max), true) = (self.max_remain_quota, judged(fields.remain_quota.is_some())) {
             let quota = fields.remain_quota.map_or(0, |q| q.get());
             if quota > max {
                 refuse(
@@ -135,7 +143,7 @@ impl Policy {
             }
         }
 
-        if let Some(allowed) = &self.groups {
+        if let (Some(allowed), true) = (&self.groups, judged(fields.group.is_some())) {
             let mut entries = fields.group.iter().flat_map(|g| g.groups()).peekable();
             let outside = if entries.peek().is_none() {
                 (!allowed.iter().any(String::is_empty))
@@ -153,6 +161,8 @@ impl Policy {
                     ),
                 );
             }
+        }
+        if let Some(allowed) = &self.groups {
             let auto = fields.auto_groups.iter().flat_map(|a| a.groups());
             if let Some(group) = first_outside(auto, allowed) {
                 refuse(
@@ -166,8 +176,12 @@ impl Policy {
             }
         }
 
-        if let Some(allowed) = &self.models {
-            let enabled = fields.model_limits_enabled.unwrap_or(false);
+        let models_set = fields.model_limits_enabled.is_some() || fields.model_limits.is_some();
+        if let (Some(allowed), true) = (&self.models, judged(models_set)) {
+            // A batch that sets only `model_limits` leaves `model_limits_enabled` as stored.
+            let enabled = fields
+                .model_limits_enabled
+                .unwrap_or(omitted == Omitted::Stored);
             let mut models = fields
                 .model_limits
                 .iter()
@@ -175,6 +189,8 @@ impl Policy {
                 .peekable();
             let message = if !enabled {
                 Some("model_limits_enabled must be true: this client's tokens must be limited to its models".to_string())
+            } else if !judged(fields.model_limits.is_some()) {
+                None
             } else if models.peek().is_none() {
                 Some("model_limits must list at least one model: this client's tokens must be limited to its models".to_string())
             } else {
@@ -190,11 +206,11 @@ impl Policy {
             }
         }
 
-        if let Some(days) = self.max_expiry_days {
+        if let (Some(days), true) = (self.max_expiry_days, judged(fields.expired_time.is_some())) {
             let expiry = fields.expired_time.map_or(
                 match omitted {
                     Omitted::CreateDefaults => -1,
-                    Omitted::ZeroValues => 0,
+                    Omitted::ZeroValues | Omitted::Stored => 0,
                 },
                 |e| e.seconds(),
             );
@@ -214,7 +230,7 @@ impl Policy {
             }
         }
 
-        if let Some(prefix) = &self.name_prefix {
+        if let (Some(prefix), true) = (&self.name_prefix, judged(fields.name.is_some())) {
             let name = fields.name.as_ref().map_or("", |n| n.as_str());
             if !name.starts_with(prefix.as_str()) {
                 refuse(
@@ -303,6 +319,50 @@ mod tests {
             .into_iter()
             .map(|v| (v.rule, v.field))
             .collect()
+    }
+
+    fn batch(body: &str) -> Edit {
+        Edit::parse(
+            EditKind::BatchUpdate,
+            body.as_bytes(),
+            &Limits::default(),
+            NOW,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_batch_is_judged_on_the_fields_it_sets() {
+        let strict = Policy {
+            max_remain_quota: Some(10),
+            groups: Some(vec!["team".into()]),
+            models: Some(vec!["o3".into()]),
+            max_expiry_days: Some(1),
+            name_prefix: Some("ci-".into()),
+            ..Policy::default()
+        };
+        // Fields left out keep their stored values, unknown before each token is read.
+        let quota = batch(r#"{"ids":[1],"update_fields":["remain_quota"],"remain_quota":5}"#);
+        assert_eq!(rules(&strict, &quota), []);
+        let everything = batch(
+            r#"{"ids":[1],"update_fields":["remain_quota","group","model_limits","expired_time","name","unlimited_quota"],
+            "remain_quota":11,"group":"vip","model_limits":"gpt-4o","expired_time":-1,"name":"x","unlimited_quota":true}"#,
+        );
+        assert_eq!(
+            rules(&strict, &everything),
+            [
+                ("allow_unlimited_quota", "unlimited_quota"),
+                ("max_remain_quota", "remain_quota"),
+                ("groups", "group"),
+                ("models", "model_limits"),
+                ("max_expiry_days", "expired_time"),
+                ("name_prefix", "name"),
+            ]
+        );
+        let disabled = batch(
+            r#"{"ids":[1],"update_fields":["model_limits_enabled"],"model_limits_enabled":false}"#,
+        );
+        assert_eq!(rules(&strict, &disabled), [("models", "model_limits")]);
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub enum Operation {
     Create,
     /// `PUT /api/token/`
     Update,
-    /// `PUT /api/token/batch` (not served yet: a later release adds it).
+    /// `PUT /api/token/batch`: fanned out per token, or forwarded to a fork that serves it.
     BatchUpdate,
     /// `DELETE /api/token/{id}`
     Delete,
@@ -158,6 +158,8 @@ pub enum Endpoint {
     Patch(TokenId),
     /// `DELETE /api/token/{id}`
     Delete(TokenId),
+    /// `PUT /api/token/batch` (SPEC §4.6).
+    BatchUpdate,
     /// `POST /api/token/batch`
     BatchDelete,
     /// `POST /api/token/{id}/key`
@@ -175,6 +177,7 @@ impl Endpoint {
             Endpoint::Get(_) => Operation::Get,
             Endpoint::Create => Operation::Create,
             Endpoint::Update { .. } | Endpoint::Patch(_) => Operation::Update,
+            Endpoint::BatchUpdate => Operation::BatchUpdate,
             Endpoint::Delete(_) => Operation::Delete,
             Endpoint::BatchDelete => Operation::BatchDelete,
             Endpoint::RevealKey(_) | Endpoint::RevealKeys => Operation::RevealKey,
@@ -189,7 +192,7 @@ impl Endpoint {
             | Endpoint::BatchDelete
             | Endpoint::RevealKey(_)
             | Endpoint::RevealKeys => Method::POST,
-            Endpoint::Update { .. } | Endpoint::Patch(_) => Method::PUT,
+            Endpoint::Update { .. } | Endpoint::Patch(_) | Endpoint::BatchUpdate => Method::PUT,
             Endpoint::Delete(_) => Method::DELETE,
         }
     }
@@ -222,7 +225,7 @@ impl Endpoint {
             }
             Endpoint::Search => "/api/token/search".into(),
             Endpoint::Get(id) | Endpoint::Delete(id) => format!("/api/token/{id}"),
-            Endpoint::BatchDelete => "/api/token/batch".into(),
+            Endpoint::BatchUpdate | Endpoint::BatchDelete => "/api/token/batch".into(),
             Endpoint::RevealKey(id) => format!("/api/token/{id}/key"),
             Endpoint::RevealKeys => "/api/token/batch/keys".into(),
         }
@@ -344,7 +347,8 @@ fn endpoint(method: &Method, segments: &[&str]) -> Result<Endpoint, GatewayError
         },
         ["batch"] => match *method {
             Method::POST => Ok(Endpoint::BatchDelete),
-            _ => allow("POST"),
+            Method::PUT => Ok(Endpoint::BatchUpdate),
+            _ => allow("POST, PUT"),
         },
         ["batch", "keys"] => match *method {
             Method::POST => Ok(Endpoint::RevealKeys),
@@ -565,8 +569,8 @@ mod tests {
             (Method::OPTIONS, "/api/token/", "GET, POST, PUT"),
             (Method::HEAD, "/api/token/", "GET, POST, PUT"),
             (Method::DELETE, "/api/token/", "GET, POST, PUT"),
-            (Method::GET, "/api/token/batch", "POST"),
-            (Method::PUT, "/api/token/batch", "POST"),
+            (Method::GET, "/api/token/batch", "POST, PUT"),
+            (Method::DELETE, "/api/token/batch", "POST, PUT"),
             (Method::PUT, "/api/token/5", "GET, PATCH, DELETE"),
             (Method::GET, "/api/token/5/key", "POST"),
         ] {

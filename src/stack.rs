@@ -19,6 +19,7 @@ use crate::layers::access_log::AccessLogLayer;
 use crate::layers::audit::{AuditIntentLayer, AuditOutcomeLayer, AuditPolicy};
 use crate::layers::authenticate::Authenticate;
 use crate::layers::authorize::Authorize;
+use crate::layers::batch_update::BatchFanoutLayer;
 use crate::layers::check::CheckLayer;
 use crate::layers::patch::PatchLayer;
 use crate::layers::policy::PolicyLayer;
@@ -52,6 +53,13 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         )))
         // Charge the rest of a batch's cost, now that its ids are known.
         .layer(CheckLayer::new(ChargeBatch(rate_limit.clone())))
+        // A batch update in fan-out mode: each id goes on below as a PATCH of its own.
+        .layer(BatchFanoutLayer::new(
+            gateway.limits.batch_update,
+            gateway.batch_concurrency,
+            audit.clone(),
+            gateway.metrics.clone(),
+        ))
         // One change at a time per token; a PATCH read, merged and checked as the full update.
         .layer(PatchLayer::new(
             gateway.upstream.clone(),
@@ -66,7 +74,7 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         // The intent record, durable before anything is sent; 503 when the trail cannot be written.
         .layer(AuditIntentLayer::new(audit.clone()))
         // Send it upstream in canonical form with the credential injected.
-        .service(Forward::new(gateway.upstream.clone()));
+        .service(Forward::new(gateway.upstream.clone(), audit.clone()));
     let with_body: BoxCloneSyncService<Request<Bytes>, Response<Body>, GatewayError> =
         BoxCloneSyncService::new(with_body);
 

@@ -41,6 +41,7 @@ fn gateway_limits() -> Limits {
         max_batch: 100,
         require_complete_updates: true,
         extra_fields: Vec::new(),
+        batch_update: tokengate::token::batch::BatchMode::Fanout,
     }
 }
 
@@ -281,7 +282,9 @@ fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, 
         (Value::Object(body), Value::Object(forwarded))
     };
     match kind {
-        EditKind::Patch => unreachable!("not in KINDS: PATCH is tested in tests/patch.rs"),
+        EditKind::Patch | EditKind::BatchUpdate => {
+            unreachable!("not in KINDS: tests/patch.rs and tests/batch_update.rs test them")
+        }
         EditKind::Create => (
             valid_name(50),
             optional_fields(now, earliest),
@@ -640,7 +643,9 @@ fn request_of(kind: EditKind, reveal: bool) -> (&'static str, &'static str) {
         EditKind::StatusOnly => ("PUT", "/api/token/?status_only=true"),
         EditKind::Ids if reveal => ("POST", "/api/token/batch/keys"),
         EditKind::Ids => ("POST", "/api/token/batch"),
-        EditKind::Patch => unreachable!("not in KINDS: PATCH is tested in tests/patch.rs"),
+        EditKind::Patch | EditKind::BatchUpdate => {
+            unreachable!("not in KINDS: tests/patch.rs and tests/batch_update.rs test them")
+        }
     }
 }
 

@@ -6,6 +6,11 @@
 //! - [`AuditIntentLayer`], just before forwarding, writes the `intent` record and forwards only
 //!   once it is durable; if it cannot be written the request is refused with 503
 //!   `audit_unavailable` (fail closed), so nothing changes upstream without a trace.
+//!
+//! A request that sends more than one change writes records per change (SPEC §6): a PATCH that
+//! also sets `status` writes the first `PUT`'s outcome and the second's intent between the two
+//! ([`AuditPolicy::next_put`]), and each token of a fan-out batch writes its own pair (the
+//! request is then *itemized*, and has no outcome record of its own).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,11 +40,56 @@ impl AuditPolicy {
     }
 
     /// Modifications and key reveals always; reads when `audit.reads = true`.
-    fn audits(&self, op: Operation) -> bool {
+    pub(crate) fn audits(&self, op: Operation) -> bool {
         match op {
             Operation::List | Operation::Search | Operation::Get => self.reads,
             _ => true,
         }
+    }
+
+    /// Writes the intent record of `context`; the change must not be sent if this fails.
+    pub(crate) async fn intent(
+        &self,
+        context: &RequestContext,
+        op: Operation,
+    ) -> Result<(), GatewayError> {
+        self.trail
+            .append(record::intent(context, op))
+            .await
+            .map_err(GatewayError::AuditUnavailable)
+    }
+
+    /// Writes the outcome record of `context`, answered with `status` (and the SPEC §9 `code`
+    /// when the gateway made the answer). A failure is logged and the answer stands (a forwarded
+    /// change happened; a refusal stays a refusal); the trail reports not ready until it can be
+    /// written again.
+    pub(crate) async fn outcome(
+        &self,
+        context: &RequestContext,
+        op: Operation,
+        status: u16,
+        code: Option<&str>,
+    ) {
+        let record = record::outcome(context, op, status, code);
+        if let Err(error) = self.trail.append(record).await {
+            tracing::error!(request_id = %context.id, forwarded = context.forwarded(), "outcome record lost: {error}");
+        }
+    }
+
+    /// Between the two `PUT`s of one PATCH: the outcome of the first (answered `status`), then
+    /// the intent of the second, whose body is `next`. The second must not be sent if this fails.
+    pub(crate) async fn next_put(
+        &self,
+        context: &RequestContext,
+        status: u16,
+        next: serde_json::Value,
+    ) -> Result<(), GatewayError> {
+        let Some(op) = context.op().filter(|op| self.audits(*op)) else {
+            return Ok(());
+        };
+        self.outcome(context, op, status, None).await;
+        context.set_request(next);
+        self.intent(context, op).await
     }
 }
 
@@ -99,19 +149,16 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            let Some(context) = context else {
+            let Some(context) = context.filter(|c| !c.itemized()) else {
                 return Ok(response);
             };
             let Some(op) = context.op().or(routed).filter(|op| policy.audits(*op)) else {
                 return Ok(response);
             };
             let code = response.extensions().get::<ErrorCode>().map(|c| c.0);
-            let record = record::outcome(&context, op, response.status().as_u16(), code);
-            if let Err(error) = policy.trail.append(record).await {
-                // The answer stands (a forwarded change happened; a refusal stays a refusal); the
-                // trail reports not ready until it can be written again.
-                tracing::error!(request_id = %context.id, forwarded = context.forwarded(), "outcome record lost: {error}");
-            }
+            policy
+                .outcome(&context, op, response.status().as_u16(), code)
+                .await;
             Ok(response)
         })
     }
@@ -174,11 +221,7 @@ where
         Box::pin(async move {
             let context = RequestContext::of(&request)?.clone();
             if let Some(op) = context.op().filter(|op| policy.audits(*op)) {
-                policy
-                    .trail
-                    .append(record::intent(&context, op))
-                    .await
-                    .map_err(GatewayError::AuditUnavailable)?;
+                policy.intent(&context, op).await?;
             }
             context.set_forwarded();
             inner.call(request).await

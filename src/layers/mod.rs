@@ -5,6 +5,7 @@ pub mod access_log;
 pub mod audit;
 pub mod authenticate;
 pub mod authorize;
+pub mod batch_update;
 pub mod check;
 pub mod patch;
 pub mod policy;

@@ -4,7 +4,8 @@
 //! `status` is all it changes), through policy, the intent record and the forward. A PATCH that
 //! changes `status` and other fields sends the status-only `PUT` after the full one (see
 //! [`StatusAfter`]). The lock is held until the answer, so two PATCHes of one token never
-//! interleave between read and write.
+//! interleave between read and write. Each id of a fan-out batch update comes through here as a
+//! PATCH of its own, so batches, PATCHes and PUTs of one token take turns.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -164,12 +165,8 @@ async fn to_full_update(
         }
         Edit::Update(merged)
     };
-    let mut recorded = edit.to_value();
-    if let (Some(status), false) = (patch.status, status_only) {
-        // The audit record shows everything the PATCH sends, the later status included.
-        recorded["status"] = Value::from(status.get());
-    }
-    context.set_request(recorded);
+    // The intent record shows this PUT; a status-only PUT that follows has its own.
+    context.set_request(edit.to_value());
     *request.body_mut() = Bytes::from(edit.to_json());
     let extensions = request.extensions_mut();
     extensions.insert(Route {

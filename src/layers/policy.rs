@@ -99,19 +99,23 @@ where
             if violations.is_empty() {
                 return inner.call(request).await;
             }
-            let client = request
-                .extensions()
-                .get::<Caller>()
-                .map_or_else(String::new, |c| c.name.to_string());
-            for violation in &violations {
-                metrics.policy_refusal(&client, violation.rule);
-            }
-            Err(GatewayError::Forbidden(PolicyRefusal {
-                client,
-                violations,
-            }))
+            let client = request.extensions().get::<Caller>();
+            Err(refusal(&metrics, client, violations))
         }))
     }
+}
+
+/// The 403 for `violations` (at least one) of `caller`'s policy, counted in `metrics`.
+pub(crate) fn refusal(
+    metrics: &Metrics,
+    caller: Option<&Caller>,
+    violations: Vec<Violation>,
+) -> GatewayError {
+    let client = caller.map_or_else(String::new, |c| c.name.to_string());
+    for violation in &violations {
+        metrics.policy_refusal(&client, violation.rule);
+    }
+    GatewayError::Forbidden(PolicyRefusal { client, violations })
 }
 
 /// Every rule the request breaks: first those of the token it would store, then (only if those
@@ -162,9 +166,12 @@ async fn judge(
 fn existing_ids(route: &Route, edit: Option<&Edit>) -> Vec<TokenId> {
     match route.endpoint {
         Endpoint::Delete(id) | Endpoint::RevealKey(id) => vec![id],
-        Endpoint::Update { .. } | Endpoint::BatchDelete | Endpoint::RevealKeys => {
-            edit.map_or_else(Vec::new, Edit::token_ids)
-        }
+        // A batch update reaches policy whole only in native mode (fan-out sends each token
+        // through as a PATCH of its own).
+        Endpoint::Update { .. }
+        | Endpoint::BatchUpdate
+        | Endpoint::BatchDelete
+        | Endpoint::RevealKeys => edit.map_or_else(Vec::new, Edit::token_ids),
         // A PATCH reaches policy as the update it became.
         Endpoint::List
         | Endpoint::Search

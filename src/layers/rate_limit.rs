@@ -48,12 +48,12 @@ impl RateLimit {
         let cost = if batch {
             // The first unit was charged before the body was read; a batch costs one per id,
             // capped at the bucket size.
-            match extensions.get::<Edit>() {
-                Some(Edit::Ids(ids)) => {
-                    (ids.len().min(bucket.burst() as usize) as u32).saturating_sub(1)
-                }
-                _ => 0,
-            }
+            extensions
+                .get::<Edit>()
+                .and_then(Edit::batch_len)
+                .map_or(0, |n| {
+                    (n.min(bucket.burst() as usize) as u32).saturating_sub(1)
+                })
         } else {
             1
         };

@@ -61,7 +61,7 @@ where
 }
 
 /// Logs a server-side error with its whole cause chain (the message sent stays generic).
-fn log(id: &RequestId, error: &GatewayError) {
+pub(crate) fn log(id: &RequestId, error: &GatewayError) {
     let mut causes = String::new();
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {

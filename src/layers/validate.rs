@@ -43,6 +43,7 @@ impl Check<Bytes> for Validate {
             Endpoint::Update { status_only: true } => EditKind::StatusOnly,
             Endpoint::BatchDelete | Endpoint::RevealKeys => EditKind::Ids,
             Endpoint::Patch(_) => EditKind::Patch,
+            Endpoint::BatchUpdate => EditKind::BatchUpdate,
             _ => return Ok(()),
         };
         let checked = json_content_type(request.headers()).and_then(|()| {

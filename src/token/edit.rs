@@ -10,6 +10,7 @@ use std::fmt;
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use super::batch::{self, BatchMode, BatchUpdate};
 use super::fields::{
     self, AllowIps, AutoGroups, Expiry, Groups, ModelLimits, Name, ProxyUrl, Quota, Refusal, Rules,
     Status, Text,
@@ -69,6 +70,8 @@ pub struct Limits {
     pub require_complete_updates: bool,
     /// `upstream.extra_fields`: fork fields passed through unchecked.
     pub extra_fields: Vec<String>,
+    /// `upstream.batch_update`: which fields a batch update can apply depends on it.
+    pub batch_update: BatchMode,
 }
 
 impl Default for Limits {
@@ -79,6 +82,7 @@ impl Default for Limits {
             max_batch: 100,
             require_complete_updates: true,
             extra_fields: Vec::new(),
+            batch_update: BatchMode::Fanout,
         }
     }
 }
@@ -96,6 +100,8 @@ pub enum EditKind {
     Ids,
     /// `PATCH /api/token/{id}`: a non-empty subset of the editable fields, no `id`.
     Patch,
+    /// `PUT /api/token/batch`: `ids`, `update_fields` and the fields they name.
+    BatchUpdate,
 }
 
 /// The fields of one token edit, each present or not, every one checked.
@@ -163,7 +169,7 @@ fn serialize_id<S: serde::Serializer>(
 
 impl TokenFields {
     /// Whether the named field is present.
-    fn has(&self, field: &str) -> bool {
+    pub(super) fn has(&self, field: &str) -> bool {
         match field {
             "id" => self.id.is_some(),
             "name" => self.name.is_some(),
@@ -184,7 +190,7 @@ impl TokenFields {
     }
 
     /// Checks one field into place; `Ok(false)` when `key` is not a token field.
-    fn set(&mut self, key: &str, value: &Value, rules: &Rules) -> Result<bool, Refusal> {
+    pub(super) fn set(&mut self, key: &str, value: &Value, rules: &Rules) -> Result<bool, Refusal> {
         fn put<T>(slot: &mut Option<T>, parsed: Result<T, Refusal>) -> Result<bool, Refusal> {
             *slot = Some(parsed?);
             Ok(true)
@@ -223,6 +229,8 @@ pub enum Edit {
     Ids(Vec<TokenId>),
     /// A partial update: the fields to change (the id is in the path).
     Patch(TokenFields),
+    /// A batch update: the named fields, to apply to every id.
+    BatchUpdate(BatchUpdate),
 }
 
 impl Edit {
@@ -241,6 +249,9 @@ impl Edit {
         let mut faults = Vec::new();
         let edit = match kind {
             EditKind::Ids => Edit::Ids(ids(map, limits, &mut faults)),
+            EditKind::BatchUpdate => {
+                Edit::BatchUpdate(batch::parse(map, limits, &rules, &mut faults))
+            }
             _ => {
                 let fields = token_fields(kind, map, limits, &rules, &mut faults);
                 match kind {
@@ -264,6 +275,16 @@ impl Edit {
             Edit::Create(_) | Edit::Patch(_) => Vec::new(),
             Edit::Update(fields) | Edit::StatusOnly(fields) => fields.id.into_iter().collect(),
             Edit::Ids(ids) => ids.clone(),
+            Edit::BatchUpdate(batch) => batch.ids.clone(),
+        }
+    }
+
+    /// How many tokens a batch names (what it costs in the rate limit); `None` for one token.
+    pub fn batch_len(&self) -> Option<usize> {
+        match self {
+            Edit::Ids(ids) => Some(ids.len()),
+            Edit::BatchUpdate(batch) => Some(batch.ids.len()),
+            _ => None,
         }
     }
 
@@ -276,6 +297,7 @@ impl Edit {
             | Edit::StatusOnly(fields)
             | Edit::Patch(fields) => serde_json::to_vec(fields),
             Edit::Ids(ids) => serde_json::to_vec(&IdsBody::of(ids)),
+            Edit::BatchUpdate(batch) => serde_json::to_vec(&batch.to_value()),
         }
         .unwrap_or_default()
     }
@@ -288,6 +310,7 @@ impl Edit {
             | Edit::StatusOnly(fields)
             | Edit::Patch(fields) => serde_json::to_value(fields),
             Edit::Ids(ids) => serde_json::to_value(IdsBody::of(ids)),
+            Edit::BatchUpdate(batch) => Ok(batch.to_value()),
         }
         .unwrap_or(Value::Null)
     }
@@ -372,47 +395,63 @@ fn ids(mut map: Map<String, Value>, limits: &Limits, faults: &mut Vec<Fault>) ->
     for key in map.keys() {
         faults.push(Fault::unknown(key, &["ids"]));
     }
-    let items = match value {
-        None => {
-            return push(
-                faults,
-                Fault::invalid("ids", "is required: send {\"ids\": [1, 2, 3]}".into()),
-            )
-        }
-        Some(Value::Array(items)) => items,
+    id_list(value, false, limits, faults)
+}
+
+/// Reads the `ids` of a batch: a JSON array of ids or, when `comma_string`, also a string of ids
+/// separated by commas (spaces around them allowed); 1 to `limits.max_batch`, distinct.
+pub(super) fn id_list(
+    value: Option<Value>,
+    comma_string: bool,
+    limits: &Limits,
+    faults: &mut Vec<Fault>,
+) -> Vec<TokenId> {
+    let mut refuse = |message: String| {
+        faults.push(Fault::invalid("ids", message));
+        Vec::new()
+    };
+    let entries: Vec<Result<TokenId, String>> = match value {
+        None => return refuse("is required: send {\"ids\": [1, 2, 3]}".into()),
+        Some(Value::Array(items)) => items.iter().map(fields::token_id).collect(),
+        Some(Value::String(text)) if comma_string => text
+            .split(',')
+            .map(|entry| {
+                let entry = entry.trim_matches(' ');
+                TokenId::parse(entry).ok_or_else(|| {
+                    format!(
+                        "`{}` is not a token id (a whole number from 1 to 9223372036854775807)",
+                        entry.escape_debug()
+                    )
+                })
+            })
+            .collect(),
         Some(other) => {
-            let message = format!("must be an array of token ids, not {}", json::kind(&other));
-            return push(faults, Fault::invalid("ids", message));
+            let shape = if comma_string {
+                "an array of token ids or a string of ids separated by commas"
+            } else {
+                "an array of token ids"
+            };
+            return refuse(format!("must be {shape}, not {}", json::kind(&other)));
         }
     };
-    if items.is_empty() || items.len() > limits.max_batch {
-        let message = format!("lists {} ids; send 1 to {}", items.len(), limits.max_batch);
-        return push(faults, Fault::invalid("ids", message));
+    if entries.is_empty() || entries.len() > limits.max_batch {
+        return refuse(format!(
+            "lists {} ids; send 1 to {}",
+            entries.len(),
+            limits.max_batch
+        ));
     }
-    let mut ids = Vec::with_capacity(items.len());
-    for item in &items {
-        match fields::token_id(item) {
-            Ok(id) if ids.contains(&id) => {
-                return push(
-                    faults,
-                    Fault::invalid("ids", format!("lists the id {id} twice")),
-                )
-            }
+    let mut ids = Vec::with_capacity(entries.len());
+    for entry in entries {
+        match entry {
+            Ok(id) if ids.contains(&id) => return refuse(format!("lists the id {id} twice")),
             Ok(id) => ids.push(id),
             Err(message) => {
-                return push(
-                    faults,
-                    Fault::invalid("ids", format!("every entry must be a token id: {message}")),
-                )
+                return refuse(format!("every entry must be a token id: {message}"));
             }
         }
     }
     ids
-}
-
-fn push(faults: &mut Vec<Fault>, fault: Fault) -> Vec<TokenId> {
-    faults.push(fault);
-    Vec::new()
 }
 
 /// Why a body was refused.
@@ -458,7 +497,7 @@ pub struct Fault {
 }
 
 impl Fault {
-    fn invalid(field: &str, message: String) -> Fault {
+    pub(super) fn invalid(field: &str, message: String) -> Fault {
         Fault {
             field: field.into(),
             code: FaultCode::InvalidField,
@@ -466,7 +505,7 @@ impl Fault {
         }
     }
 
-    fn unknown(field: &str, known: &[&str]) -> Fault {
+    pub(super) fn unknown(field: &str, known: &[&str]) -> Fault {
         let hint = closest(field, known)
             .map(|k| format!(" (did you mean `{k}`?)"))
             .unwrap_or_default();
@@ -543,7 +582,7 @@ impl fmt::Display for Faults {
 
 /// The known name nearest to a misspelt one (at most two edits away). Field names are short: a
 /// name far longer than any is not a misspelling, and is not compared (that costs time).
-fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
+pub(super) fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
     if name.len() > 32 {
         return None;
     }
@@ -586,6 +625,7 @@ mod tests {
             max_batch: 3,
             require_complete_updates: true,
             extra_fields: vec!["billing_type".into()],
+            batch_update: BatchMode::Fanout,
         }
     }
 

@@ -88,6 +88,10 @@ pub struct Options {
     pub rate_limit: String,
     /// `[[clients]]` entries in place of the usual `admin` and `reader` (hold mode).
     pub clients: Option<String>,
+    /// More `[upstream]` lines (such as `batch_update = "native"`).
+    pub upstream_extra: String,
+    /// The `[limits]` lines.
+    pub limits: String,
 }
 
 /// `[rate_limit]` lines no test meets unless it means to.
@@ -97,7 +101,7 @@ pub const UNMET_RATE_LIMITS: &str = "reads_per_minute = 1000000\nwrites_per_minu
 /// lines (policy, rates).
 pub fn client_entry(name: &str, key: &str, extra: &str) -> String {
     format!(
-        "\n[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nallow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"delete\", \"batch_delete\", \"reveal_key\"]\n{extra}\n",
+        "\n[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nallow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"batch_update\", \"delete\", \"batch_delete\", \"reveal_key\"]\n{extra}\n",
         tokengate::caller::key_digest_hex(key)
     )
 }
@@ -119,6 +123,8 @@ impl Options {
             audit_path: None,
             rate_limit: UNMET_RATE_LIMITS.into(),
             clients: None,
+            upstream_extra: String::new(),
+            limits: String::new(),
         }
     }
 
@@ -151,7 +157,7 @@ impl Options {
 [[clients]]
 name = "admin"
 key_sha256 = "{}"
-allow = ["list", "search", "get", "create", "update", "delete", "batch_delete", "reveal_key"]
+allow = ["list", "search", "get", "create", "update", "batch_update", "delete", "batch_delete", "reveal_key"]
 allow_unlimited_quota = true
 
 [[clients]]
@@ -186,7 +192,9 @@ user_id = {USER_ID}
 {token_line}auth_scheme = "{scheme}"
 timeout_ms = {upstream_timeout}
 ready_check = {ready_check}
-{ca_line}
+{ca_line}{upstream_extra}
+[limits]
+{limits}
 [rate_limit]
 {rate_limit}
 [audit]
@@ -201,6 +209,8 @@ format = "text"
             audit_key = audit_key.display().to_string(),
             audit_extra = self.audit_extra,
             rate_limit = self.rate_limit,
+            upstream_extra = self.upstream_extra,
+            limits = self.limits,
             max_body = self.max_body_bytes,
             request_timeout = self.request_timeout_ms,
             grace = self.shutdown_grace_ms,
