@@ -49,6 +49,9 @@ pub enum Command {
     },
     /// Run the built-in new-api emulator alone: an in-memory upstream to try the gateway against.
     Emulator(EmulatorArgs),
+    /// Show the whole product in one command: the emulator and the gateway on loopback, a
+    /// walk-through of every kind of request with what the audit trail recorded, then a verify.
+    Demo,
     /// Ask a running gateway's admin listener for /healthz (exit 0 when healthy); for container health checks.
     Health(HealthArgs),
 }
@@ -145,6 +148,7 @@ pub fn run(cli: Cli) -> ExitCode {
             command: AuditCommand::Verify(args),
         } => audit_verify(&args),
         Command::Emulator(args) => emulator(args),
+        Command::Demo => demo(),
         Command::Health(args) => health(args),
     }
 }
@@ -509,6 +513,19 @@ fn emulator(args: EmulatorArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("tokengate: emulator on {}: {error}", args.listen);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn demo() -> ExitCode {
+    let result = runtime()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(crate::demo::run()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tokengate demo: {error}");
             ExitCode::FAILURE
         }
     }

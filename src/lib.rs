@@ -9,7 +9,8 @@
 //! # Layout
 //!
 //! ```text
-//! cli.rs          the command line: serve, check, keys new, health
+//! cli.rs          the command line: serve, check, keys new, audit verify, emulator, demo, health
+//! demo.rs         `tokengate demo`: emulator + gateway on loopback, a printed walk-through
 //! config.rs       the TOML file: serde structs refusing unknown keys, checked at load
 //! gateway.rs      the running state built from a config (secrets and files resolved)
 //! server.rs       listeners, HTTP/1.1 + HTTP/2, graceful drain
@@ -49,6 +50,7 @@ pub mod caller;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod demo;
 pub mod emulator;
 pub mod error;
 pub mod forward;
