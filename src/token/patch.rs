@@ -56,7 +56,7 @@ pub fn merge(
             for fault in &mut faults.0 {
                 if !changed.contains(&fault.field) && !fault.message.is_empty() {
                     fault.message = format!(
-                        "{} (this is the token's stored value: include `{}` in the PATCH to replace it)",
+                        "{} (this is the token's stored value: send `{}` in the same PATCH or batch update to replace it)",
                         fault.message, fault.field
                     );
                 }
