@@ -343,3 +343,57 @@ async fn policy_refuses_a_batch_whose_values_break_it_and_judges_each_token() {
         .count();
     assert_eq!(puts, 1);
 }
+
+#[tokio::test]
+async fn batches_and_patches_of_one_token_take_turns() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let a = upstream.emulator.insert_token(USER_ID, token("a"));
+    let b = upstream.emulator.insert_token(USER_ID, token("b"));
+    let path = format!("/api/token/{a}");
+    let batches = (0..10).map(|i| {
+        batch(
+            &gateway,
+            json!({"ids": [a, b], "update_fields": ["remain_quota"], "remain_quota": 100 + i}),
+        )
+    });
+    let patches = (0..10).map(|i| {
+        let body = format!(r#"{{"name": "n{i}"}}"#);
+        let path = path.clone();
+        let addr = gateway.addr;
+        async move { admin(addr, "PATCH", &path, Some(&body)).await }
+    });
+    let (batches, patches) = futures_util::future::join(
+        futures_util::future::join_all(batches),
+        futures_util::future::join_all(patches),
+    )
+    .await;
+    for reply in batches.iter().chain(&patches) {
+        assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    }
+    // Every full PUT of token `a` was made from what the one before it wrote: consecutive PUTs
+    // differ in one field at most, so no read-merge-write lost another's change.
+    let puts: Vec<Value> = upstream
+        .emulator
+        .seen()
+        .iter()
+        .filter(|s| s.method == "PUT")
+        .map(|s| serde_json::from_slice::<Value>(&s.body).unwrap())
+        .filter(|body| body["id"] == a)
+        .collect();
+    assert_eq!(puts.len(), 20);
+    for pair in puts.windows(2) {
+        let changed = pair[1]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| pair[0][k.as_str()] != **v)
+            .count();
+        assert!(changed <= 1, "{} then {}", pair[0], pair[1]);
+    }
+    let last = puts.last().unwrap();
+    let stored = get(&gateway, a).await;
+    assert_eq!(
+        (&stored["name"], &stored["remain_quota"]),
+        (&last["name"], &last["remain_quota"])
+    );
+}
