@@ -17,6 +17,7 @@ use crate::policy::Policy;
 use crate::ratelimit::CallerLimits;
 use crate::route::{Operation, OperationSet};
 use crate::secret::strip_bearer;
+use crate::tls::PeerIdentity;
 use crate::upstream::Credential;
 
 /// The prefix of every key `tokengate keys new` makes, so a leaked key is recognisable (and
@@ -73,10 +74,14 @@ impl Caller {
 /// How callers are recognised.
 #[derive(Debug)]
 pub enum Authenticator {
-    /// Hold mode: configured clients, by key digest; all share the gateway's credential.
+    /// Hold mode: configured clients, by key digest or client certificate; all share the
+    /// gateway's credential.
     Keys {
-        /// Clients by the SHA-256 of their key.
-        clients: HashMap<[u8; 32], Caller>,
+        /// Clients with a key, by its SHA-256, with the certificate subject they must also
+        /// present when they have one.
+        clients: HashMap<[u8; 32], (Caller, Option<String>)>,
+        /// Clients identified by their certificate alone (`cert_subject` without a key).
+        by_cert: Vec<(String, Caller)>,
     },
     /// Pass-through mode: the caller's token is the credential.
     Passthrough {
@@ -94,41 +99,53 @@ impl Authenticator {
         rates: &RateLimitConfig,
         credential: Arc<Credential>,
     ) -> Authenticator {
-        let clients = clients
-            .iter()
-            .filter_map(|client| {
-                let mut digest = [0u8; 32];
-                hex::decode_to_slice(&client.key_sha256, &mut digest).ok()?;
-                let caller = Caller {
-                    name: client.name.as_str().into(),
-                    allow: client.allow.iter().copied().collect(),
-                    credential: credential.clone(),
-                    limits: Some(Arc::new(CallerLimits::for_client(client, rates))),
-                    policy: Some(Arc::new(Policy::of(client))),
-                };
-                Some((digest, caller))
-            })
-            .collect();
-        Authenticator::Keys { clients }
+        let mut by_key = HashMap::new();
+        let mut by_cert = Vec::new();
+        for client in clients {
+            let caller = Caller {
+                name: client.name.as_str().into(),
+                allow: client.allow.iter().copied().collect(),
+                credential: credential.clone(),
+                limits: Some(Arc::new(CallerLimits::for_client(client, rates))),
+                policy: Some(Arc::new(Policy::of(client))),
+            };
+            let mut digest = [0u8; 32];
+            match (&client.key_sha256, &client.cert_subject) {
+                (Some(hex), subject) if hex::decode_to_slice(hex, &mut digest).is_ok() => {
+                    by_key.insert(digest, (caller, subject.clone()));
+                }
+                (None, Some(subject)) => by_cert.push((subject.clone(), caller)),
+                // Refused at load.
+                _ => {}
+            }
+        }
+        Authenticator::Keys {
+            clients: by_key,
+            by_cert,
+        }
     }
 
     /// How many rate-limit buckets the callers hold (two per configured client).
     pub fn buckets(&self) -> usize {
         match self {
-            Authenticator::Keys { clients } => 2 * clients.len(),
+            Authenticator::Keys { clients, by_cert } => 2 * (clients.len() + by_cert.len()),
             Authenticator::Passthrough { .. } => 0,
         }
     }
 
-    /// Identifies the caller from its `Authorization` value (and, in pass-through mode, its
-    /// `New-Api-User`).
+    /// Identifies the caller from its `Authorization` value and its verified client certificate
+    /// (and, in pass-through mode, its `New-Api-User`).
     pub fn authenticate(
         &self,
         authorization: Option<&HeaderValue>,
         new_api_user: Option<&HeaderValue>,
+        peer: Option<&PeerIdentity>,
     ) -> Result<Caller, GatewayError> {
         let Some(value) = authorization else {
-            return Err(GatewayError::MissingKey);
+            return match self {
+                Authenticator::Keys { clients, by_cert } => by_certificate(clients, by_cert, peer),
+                Authenticator::Passthrough { .. } => Err(GatewayError::MissingKey),
+            };
         };
         let text = std::str::from_utf8(value.as_bytes()).map_err(|_| {
             GatewayError::BadRequest("the Authorization header is not valid UTF-8".into())
@@ -139,13 +156,18 @@ impl Authenticator {
         }
         let sha = digest(&SHA256, key.as_bytes());
         match self {
-            Authenticator::Keys { clients } => {
+            Authenticator::Keys { clients, .. } => {
                 let mut digest = [0u8; 32];
                 digest.copy_from_slice(sha.as_ref());
-                clients
-                    .get(&digest)
-                    .cloned()
-                    .ok_or(GatewayError::UnknownKey)
+                let (caller, subject) = clients.get(&digest).ok_or(GatewayError::UnknownKey)?;
+                match subject {
+                    Some(subject) if !peer.is_some_and(|p| p.matches(subject)) => {
+                        Err(GatewayError::CertificateRequired {
+                            client: caller.name.to_string(),
+                        })
+                    }
+                    _ => Ok(caller.clone()),
+                }
             }
             Authenticator::Passthrough {
                 scheme,
@@ -166,6 +188,29 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// A caller without a key: the client its certificate names, if one is identified by the
+/// certificate alone.
+fn by_certificate(
+    clients: &HashMap<[u8; 32], (Caller, Option<String>)>,
+    by_cert: &[(String, Caller)],
+    peer: Option<&PeerIdentity>,
+) -> Result<Caller, GatewayError> {
+    let Some(peer) = peer else {
+        return Err(GatewayError::MissingKey);
+    };
+    if let Some((_, caller)) = by_cert.iter().find(|(subject, _)| peer.matches(subject)) {
+        return Ok(caller.clone());
+    }
+    // A certificate of a client that must also send its key.
+    if clients
+        .values()
+        .any(|(_, subject)| subject.as_deref().is_some_and(|s| peer.matches(s)))
+    {
+        return Err(GatewayError::MissingKey);
+    }
+    Err(GatewayError::UnknownCertificate)
 }
 
 #[cfg(test)]
@@ -194,7 +239,7 @@ mod tests {
         let table = Authenticator::keys(
             &[ClientConfig {
                 name: "team-a".into(),
-                key_sha256: key_digest_hex(key),
+                key_sha256: Some(key_digest_hex(key)),
                 allow: vec![Operation::List],
                 ..ClientConfig::default()
             }],
@@ -209,24 +254,31 @@ mod tests {
             "Bearer\ttg_secret",
         ] {
             let caller = table
-                .authenticate(Some(&HeaderValue::from_static(spelling)), None)
+                .authenticate(Some(&HeaderValue::from_static(spelling)), None, None)
                 .unwrap();
             assert_eq!(&*caller.name, "team-a", "{spelling}");
             assert!(caller.may(Operation::List) && !caller.may(Operation::Create));
         }
-        let unknown = table.authenticate(Some(&HeaderValue::from_static("Bearer tg_other")), None);
+        let unknown = table.authenticate(
+            Some(&HeaderValue::from_static("Bearer tg_other")),
+            None,
+            None,
+        );
         assert_eq!(unknown.unwrap_err().code(), "unauthenticated");
         assert!(matches!(
-            table.authenticate(None, None),
+            table.authenticate(None, None, None),
             Err(GatewayError::MissingKey)
         ));
         assert!(matches!(
-            table.authenticate(Some(&HeaderValue::from_static("Bearer ")), None),
+            table.authenticate(Some(&HeaderValue::from_static("Bearer ")), None, None),
             Err(GatewayError::MissingKey)
         ));
         let latin1 = HeaderValue::from_bytes(b"Bearer \xe9t\xe9").unwrap();
         assert_eq!(
-            table.authenticate(Some(&latin1), None).unwrap_err().code(),
+            table
+                .authenticate(Some(&latin1), None, None)
+                .unwrap_err()
+                .code(),
             "bad_request"
         );
     }
@@ -238,7 +290,7 @@ mod tests {
             default_user: HeaderValue::from(1),
         };
         let caller = auth
-            .authenticate(Some(&HeaderValue::from_static("Bearer abc")), None)
+            .authenticate(Some(&HeaderValue::from_static("Bearer abc")), None, None)
             .unwrap();
         assert_eq!(&*caller.name, "token:ba7816bf8f01");
         assert!(Operation::ALL.iter().all(|op| caller.may(*op)));

@@ -281,6 +281,23 @@ fn check(path: &Path) -> ExitCode {
         gateway.upstream.url(),
         upstream.timeout_ms,
     );
+    if let Some(tls) = &config.server.tls {
+        let clients = match (&tls.client_ca_file, tls.client_auth) {
+            (None, _) => "no client certificates".to_string(),
+            (Some(ca), auth) => format!(
+                "client certificates from {} {}",
+                ca.display(),
+                match auth {
+                    crate::config::ClientAuth::Required => "required",
+                    crate::config::ClientAuth::Optional => "optional",
+                }
+            ),
+        };
+        println!(
+            "  tls            {} (TLS 1.2/1.3, h2 and http/1.1), {clients}",
+            tls.cert_file.display()
+        );
+    }
     let audit = &config.audit;
     let key_source = match (&audit.hmac_key_file, &audit.hmac_key_env) {
         (Some(file), _) => format!("file {}", file.display()),
@@ -337,7 +354,16 @@ fn check(path: &Path) -> ExitCode {
             println!("  clients        {}", config.clients.len());
             for client in &config.clients {
                 let allow: Vec<&str> = client.allow.iter().map(|op| op.as_str()).collect();
-                println!("    {:<20} allow: {}", client.name, allow.join(", "));
+                let identified = match (&client.key_sha256, &client.cert_subject) {
+                    (Some(_), Some(subject)) => format!("key and certificate `{subject}`"),
+                    (None, Some(subject)) => format!("certificate `{subject}`"),
+                    _ => "key".to_string(),
+                };
+                println!(
+                    "    {:<20} by {identified}; allow: {}",
+                    client.name,
+                    allow.join(", ")
+                );
                 let rules = client_rules(client);
                 if !rules.is_empty() {
                     println!("    {:<20} {}", "", rules.join(", "));

@@ -54,6 +54,34 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Proxies whose `X-Forwarded-For` is honoured (CIDRs or single addresses).
     pub trusted_proxies: Vec<Cidr>,
+    /// `[server.tls]`: TLS on the caller-facing listener (plain HTTP when absent).
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]` (SPEC §8).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file of the certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM file of the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM file of the CA that signs callers' certificates: turns on mutual TLS.
+    pub client_ca_file: Option<PathBuf>,
+    /// Whether a caller must present a certificate from that CA.
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+}
+
+/// `server.tls.client_auth`
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// A caller without a certificate from the CA is refused at the handshake.
+    #[default]
+    Required,
+    /// A certificate is checked when presented; callers without one may use a key.
+    Optional,
 }
 
 impl Default for ServerConfig {
@@ -65,6 +93,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 15_000,
             shutdown_grace_ms: 10_000,
             trusted_proxies: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -282,7 +311,10 @@ pub struct ClientConfig {
     /// The caller's name, as it appears in logs, metrics and the audit trail.
     pub name: String,
     /// Lowercase hex SHA-256 of the caller's gateway key (`tokengate keys new` makes both).
-    pub key_sha256: String,
+    pub key_sha256: Option<String>,
+    /// The Common Name or a DNS subject-alternative name of the caller's client certificate
+    /// (mutual TLS). With `key_sha256` too, the caller must present both.
+    pub cert_subject: Option<String>,
     /// The operations the caller may use.
     pub allow: Vec<Operation>,
     /// The highest `remain_quota` a token it writes may have.
@@ -513,21 +545,64 @@ impl Config {
                     format!("`{}` is used by another client", client.name),
                 );
             }
-            let digest = &client.key_sha256;
-            if digest.len() != 64
-                || !digest
-                    .bytes()
-                    .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-            {
-                fault(
+            let mutual_tls = self
+                .server
+                .tls
+                .as_ref()
+                .is_some_and(|t| t.client_ca_file.is_some());
+            match (&client.key_sha256, &client.cert_subject) {
+                (None, None) => fault(
                     format!("clients[{i}].key_sha256"),
-                    "must be 64 lowercase hex digits (the SHA-256 of the key; `tokengate keys new` prints it)".into(),
-                );
-            } else if self.clients[..i].iter().any(|c| c.key_sha256 == *digest) {
-                fault(
-                    format!("clients[{i}].key_sha256"),
-                    "the same key digest is given to another client".into(),
-                );
+                    "is required (or cert_subject, with mutual TLS): the SHA-256 of the client's key, which `tokengate keys new` prints".into(),
+                ),
+                (Some(digest), _)
+                    if digest.len() != 64
+                        || !digest
+                            .bytes()
+                            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) =>
+                {
+                    fault(
+                        format!("clients[{i}].key_sha256"),
+                        "must be 64 lowercase hex digits (the SHA-256 of the key; `tokengate keys new` prints it)".into(),
+                    )
+                }
+                (Some(digest), _)
+                    if self.clients[..i]
+                        .iter()
+                        .any(|c| c.key_sha256.as_ref() == Some(digest)) =>
+                {
+                    fault(
+                        format!("clients[{i}].key_sha256"),
+                        "the same key digest is given to another client".into(),
+                    )
+                }
+                _ => {}
+            }
+            if let Some(subject) = &client.cert_subject {
+                if !mutual_tls {
+                    fault(
+                        format!("clients[{i}].cert_subject"),
+                        "needs mutual TLS: set server.tls.client_ca_file".into(),
+                    );
+                } else if subject.is_empty() || subject.len() > 253 {
+                    fault(
+                        format!("clients[{i}].cert_subject"),
+                        "must be 1 to 253 characters (a certificate's Common Name or DNS name)"
+                            .into(),
+                    );
+                } else if client.key_sha256.is_none()
+                    && self.clients[..i].iter().any(|c| {
+                        c.key_sha256.is_none()
+                            && c.cert_subject
+                                .as_ref()
+                                .is_some_and(|s| s.eq_ignore_ascii_case(subject))
+                    })
+                {
+                    fault(
+                        format!("clients[{i}].cert_subject"),
+                        "the same certificate subject identifies another client".into(),
+                    );
+                }
             }
             self.check_policy(i, client, &mut fault);
         }

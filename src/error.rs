@@ -35,6 +35,15 @@ pub enum GatewayError {
     /// A key that no configured client has.
     #[error("the gateway key is not known to this gateway")]
     UnknownKey,
+    /// A key whose client must also present its client certificate (SPEC §8).
+    #[error("client `{client}` must also present its client certificate (mutual TLS)")]
+    CertificateRequired {
+        /// The client the key belongs to.
+        client: String,
+    },
+    /// No key, and a client certificate that identifies no client.
+    #[error("the client certificate identifies no client of this gateway, and no gateway key was sent: send it as `Authorization: Bearer <key>`")]
+    UnknownCertificate,
     /// The operation is not in the caller's `allow` list.
     #[error("client `{client}` may not use operation `{op}` (not in its `allow` list)")]
     OperationNotAllowed {
@@ -114,7 +123,10 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::BadRequest(_) => "bad_request",
-            GatewayError::MissingKey | GatewayError::UnknownKey => "unauthenticated",
+            GatewayError::MissingKey
+            | GatewayError::UnknownKey
+            | GatewayError::CertificateRequired { .. }
+            | GatewayError::UnknownCertificate => "unauthenticated",
             GatewayError::OperationNotAllowed { .. } | GatewayError::Forbidden(_) => "forbidden",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::TokenNotFound(_) => "not_found",
@@ -138,7 +150,10 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            GatewayError::MissingKey | GatewayError::UnknownKey => StatusCode::UNAUTHORIZED,
+            GatewayError::MissingKey
+            | GatewayError::UnknownKey
+            | GatewayError::CertificateRequired { .. }
+            | GatewayError::UnknownCertificate => StatusCode::UNAUTHORIZED,
             GatewayError::OperationNotAllowed { .. } | GatewayError::Forbidden(_) => {
                 StatusCode::FORBIDDEN
             }

@@ -29,6 +29,8 @@ pub struct Gateway {
     pub max_body_bytes: usize,
     /// What body validation depends on (`[limits]`, `upstream.extra_fields`).
     pub limits: Arc<Limits>,
+    /// `[server.tls]`: the caller-facing listener's TLS configuration, if it speaks TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
     /// `limits.batch_concurrency`: tokens of a fan-out batch update written at once.
     pub batch_concurrency: usize,
     /// `server.request_timeout_ms`.
@@ -84,6 +86,14 @@ impl Gateway {
             })
         })
         .ok();
+        let tls = match config.server.tls.as_ref().map(crate::tls::server_config) {
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(error)) => {
+                errors.push(error);
+                None
+            }
+            None => None,
+        };
         let (Some(upstream), Some(audit_key), true) = (upstream, audit_key, errors.is_empty())
         else {
             return Err(ConfigErrors(errors));
@@ -112,6 +122,7 @@ impl Gateway {
                 batch_update: config.upstream.batch_update,
             }),
             batch_concurrency: config.limits.batch_concurrency,
+            tls,
             request_timeout: Duration::from_millis(config.server.request_timeout_ms),
             ready_check: config.upstream.ready_check,
             held_credential,

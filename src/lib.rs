@@ -14,6 +14,7 @@
 //! config.rs       the TOML file: serde structs refusing unknown keys, checked at load
 //! gateway.rs      the running state built from a config (secrets and files resolved)
 //! server.rs       listeners, HTTP/1.1 + HTTP/2, graceful drain
+//! tls.rs          SPEC §8: the inbound rustls config, the names of a client certificate
 //! stack.rs        the request stack, top to bottom, in one function
 //! admin.rs        /healthz, /readyz, /metrics
 //! route.rs        SPEC §2: (method, path, query) → Endpoint, canonical upstream path
@@ -67,6 +68,7 @@ pub mod secret;
 pub mod server;
 pub mod stack;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 

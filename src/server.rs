@@ -1,8 +1,10 @@
 //! Accepting connections and draining them: the caller-facing and admin listeners, HTTP/1.1 and
-//! HTTP/2 on each, a short header-read timeout against slow-header attacks, and a graceful stop.
+//! HTTP/2 on each (over TLS on the caller side when `server.tls` is set), a short header-read
+//! timeout against slow-header attacks (the TLS handshake shares it), and a graceful stop.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -10,14 +12,18 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
 use crate::context::PeerAddr;
 use crate::error::Body;
 use crate::gateway::Gateway;
+use crate::tls::PeerIdentity;
 use crate::{admin, stack};
 
 /// How long a caller may take to send its request headers (never more than the whole request's
@@ -45,6 +51,7 @@ pub async fn run(
     let api = tokio::spawn(serve(
         api,
         stack::build(&gateway, trail.clone()),
+        gateway.tls.clone(),
         stopped.clone(),
         grace,
         header_timeout,
@@ -52,6 +59,7 @@ pub async fn run(
     let admin = tokio::spawn(serve(
         admin,
         admin::service(gateway.clone()),
+        None,
         stopped,
         grace,
         header_timeout,
@@ -70,10 +78,12 @@ pub async fn run(
     tracing::info!("stopped");
 }
 
-/// Accepts connections on `listener` and serves `service` on each until `stop` turns true.
+/// Accepts connections on `listener` (TLS first, with `tls`) and serves `service` on each until
+/// `stop` turns true.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     header_timeout: Duration,
@@ -100,12 +110,10 @@ pub async fn serve<S>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let service = service.clone().map_request(move |mut request: Request<Incoming>| {
-                        request.extensions_mut().insert(PeerAddr(peer));
-                        request
-                    });
+                    let service = service.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
+                    let tls = tls.clone();
                     let mut stop = stop.clone();
                     tokio::spawn(async move {
                         // Until the first byte, hyper has no timer running (it is still choosing
@@ -119,12 +127,29 @@ pub async fn serve<S>(
                             }
                             _ = stop.changed() => return,
                         }
-                        let connection = builder
-                            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                            .into_owned();
-                        if let Err(error) = watcher.watch(connection).await {
-                            tracing::debug!(%peer, %error, "connection ended with an error");
-                        }
+                        let Some(tls) = tls else {
+                            return drive(&builder, watcher, stream, service, peer, None).await;
+                        };
+                        let handshake = TlsAcceptor::from(tls).accept(stream);
+                        let stream = tokio::select! {
+                            done = tokio::time::timeout(header_timeout, handshake) => match done {
+                                Ok(Ok(stream)) => stream,
+                                Ok(Err(error)) => {
+                                    // An untrusted client certificate ends here, before any request.
+                                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                                    return;
+                                }
+                                Err(_) => return,
+                            },
+                            _ = stop.changed() => return,
+                        };
+                        let identity = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .map(|leaf| Arc::new(PeerIdentity::of(leaf)));
+                        drive(&builder, watcher, stream, service, peer, identity).await;
                     });
                 }
                 Err(error) => {
@@ -143,5 +168,38 @@ pub async fn serve<S>(
         .is_err()
     {
         tracing::warn!("shutdown grace period ran out; remaining connections closed");
+    }
+}
+
+/// Serves one connection until it ends, each request carrying the peer's address and, over
+/// mutual TLS, the names of its verified certificate.
+async fn drive<S, I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: I,
+    service: S,
+    peer: std::net::SocketAddr,
+    identity: Option<Arc<PeerIdentity>>,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service.map_request(move |mut request: Request<Incoming>| {
+        let extensions = request.extensions_mut();
+        extensions.insert(PeerAddr(peer));
+        if let Some(identity) = &identity {
+            extensions.insert(identity.clone());
+        }
+        request
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .into_owned();
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }

@@ -1,4 +1,5 @@
-//! Identifies the caller from its `Authorization` header (SPEC §3) and attaches a
+//! Identifies the caller from its `Authorization` header (SPEC §3) and, with mutual TLS, its
+//! verified client certificate (SPEC §8), and attaches a
 //! [`Caller`](crate::caller::Caller), or refuses with 401.
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use super::check::Check;
 use crate::caller::Authenticator;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
+use crate::tls::PeerIdentity;
 use crate::upstream::NEW_API_USER;
 
 /// Inserts the [`Caller`](crate::caller::Caller) extension.
@@ -33,9 +35,12 @@ impl<B> Check<B> for Authenticate {
                 "send one Authorization header, not several".into(),
             ));
         }
-        let caller = self
-            .authenticator
-            .authenticate(headers.get(AUTHORIZATION), headers.get(NEW_API_USER))?;
+        let peer = request.extensions().get::<Arc<PeerIdentity>>();
+        let caller = self.authenticator.authenticate(
+            headers.get(AUTHORIZATION),
+            headers.get(NEW_API_USER),
+            peer.map(|p| &**p),
+        )?;
         RequestContext::of(request)?.set_client(caller.name.clone());
         request.extensions_mut().insert(caller);
         Ok(())

@@ -92,6 +92,8 @@ pub struct Options {
     pub upstream_extra: String,
     /// The `[limits]` lines.
     pub limits: String,
+    /// The `[server.tls]` lines (plain HTTP when empty).
+    pub server_tls: String,
 }
 
 /// `[rate_limit]` lines no test meets unless it means to.
@@ -125,6 +127,7 @@ impl Options {
             clients: None,
             upstream_extra: String::new(),
             limits: String::new(),
+            server_tls: String::new(),
         }
     }
 
@@ -184,6 +187,7 @@ max_body_bytes = {max_body}
 request_timeout_ms = {request_timeout}
 shutdown_grace_ms = {grace}
 trusted_proxies = [{proxies}]
+{server_tls}
 
 [upstream]
 url = "{upstream}"
@@ -211,6 +215,11 @@ format = "text"
             rate_limit = self.rate_limit,
             upstream_extra = self.upstream_extra,
             limits = self.limits,
+            server_tls = if self.server_tls.is_empty() {
+                String::new()
+            } else {
+                format!("[server.tls]\n{}", self.server_tls)
+            },
             max_body = self.max_body_bytes,
             request_timeout = self.request_timeout_ms,
             grace = self.shutdown_grace_ms,

@@ -50,6 +50,22 @@ impl TestCa {
     }
 }
 
+impl TestCa {
+    /// A certificate for `names` (subject-alternative names) and, when given, Common Name `cn`,
+    /// signed by this CA: (certificate PEM, private key PEM).
+    pub fn pem_pair(&self, cn: Option<&str>, names: &[&str]) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        if let Some(cn) = cn {
+            params.distinguished_name.push(DnType::CommonName, cn);
+        }
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
 /// Listens on 127.0.0.1:0 for TLS with `cert`, and relays each connection to `target` in clear.
 pub async fn tls_front(
     target: SocketAddr,
