@@ -125,6 +125,40 @@ impl Authenticator {
         }
     }
 
+    /// Keeps the rate-limit state of `previous` (the configuration before a reload) for every
+    /// client whose name and rates did not change.
+    pub fn keep_limits_from(&mut self, previous: &Authenticator) {
+        let (
+            Authenticator::Keys { clients, by_cert },
+            Authenticator::Keys {
+                clients: old_clients,
+                by_cert: old_by_cert,
+            },
+        ) = (self, previous)
+        else {
+            return;
+        };
+        let old: HashMap<&str, &Arc<CallerLimits>> = old_clients
+            .values()
+            .map(|(caller, _)| caller)
+            .chain(old_by_cert.iter().map(|(_, caller)| caller))
+            .filter_map(|caller| Some((&*caller.name, caller.limits.as_ref()?)))
+            .collect();
+        let callers = clients
+            .values_mut()
+            .map(|(caller, _)| caller)
+            .chain(by_cert.iter_mut().map(|(_, caller)| caller));
+        for caller in callers {
+            let kept = match (old.get(&*caller.name), &caller.limits) {
+                (Some(old), Some(new)) if old.same_rates(new) => Some((*old).clone()),
+                _ => None,
+            };
+            if kept.is_some() {
+                caller.limits = kept;
+            }
+        }
+    }
+
     /// How many rate-limit buckets the callers hold (two per configured client).
     pub fn buckets(&self) -> usize {
         match self {

@@ -223,7 +223,8 @@ fn serve(path: &Path) -> ExitCode {
             "tokengate listening"
         );
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
-        server::run(gateway, api, admin, shutdown_signal(), grace).await;
+        let reload_from = Some(path.to_path_buf());
+        server::run_reloading(gateway, api, admin, shutdown_signal(), grace, reload_from).await;
         ExitCode::SUCCESS
     })
 }

@@ -11,6 +11,7 @@ use crate::audit::chain::AuditKey;
 use crate::audit::writer::Trail;
 use crate::caller::Authenticator;
 use crate::config::{AuditConfig, Config, ConfigError, ConfigErrors, Mode, DEFAULT_TOKEN_ENV};
+use crate::locks::TokenLocks;
 use crate::metrics::Metrics;
 use crate::secret::{self, Secret};
 use crate::token::edit::Limits;
@@ -47,6 +48,11 @@ pub struct Gateway {
     pub audit_reads: bool,
     /// `rate_limit.dry_run`.
     pub rate_limit_dry_run: bool,
+    /// Per-token serialisation of changes, shared across reloads so in-flight and new requests
+    /// for one token still take turns.
+    pub locks: Arc<TokenLocks>,
+    /// What only a restart changes (SPEC §7), to report a reload that asks for more.
+    pub restart_only: RestartOnly,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
 }
@@ -54,7 +60,11 @@ pub struct Gateway {
 impl Gateway {
     /// Resolves secrets and files and builds the state; every fault names its key.
     pub fn build(config: &Config) -> Result<Gateway, ConfigErrors> {
-        let metrics = Arc::new(Metrics::new());
+        Gateway::build_with(config, Arc::new(Metrics::new()))
+    }
+
+    /// [`Gateway::build`] into an existing metrics registry.
+    fn build_with(config: &Config, metrics: Arc<Metrics>) -> Result<Gateway, ConfigErrors> {
         let mut errors = Vec::new();
         let upstream = Upstream::new(&config.upstream, &config.rate_limit, metrics.clone())
             .map_err(|(key, message)| errors.push(ConfigError { key, message }))
@@ -130,8 +140,41 @@ impl Gateway {
             trail: None,
             audit_reads: audit.reads,
             rate_limit_dry_run: config.rate_limit.dry_run,
+            locks: Arc::new(TokenLocks::default()),
+            restart_only: RestartOnly::of(config),
             metrics,
         })
+    }
+
+    /// The gateway `config` describes, for a `SIGHUP` reload (SPEC §7): clients, policies,
+    /// limits, TLS certificates and the upstream token are new; the trail, the metrics, the
+    /// per-token locks and the rate-limit state of clients whose rates did not change are kept.
+    /// What needs a restart (listen addresses, the upstream URL, the audit path, turning TLS on
+    /// or off) keeps its running value, and each change to it is logged as ignored.
+    pub fn reload(&self, config: &Config) -> Result<Gateway, ConfigErrors> {
+        let mut next = Gateway::build_with(config, self.metrics.clone())?;
+        for ignored in self.restart_only.changes(&next.restart_only) {
+            tracing::warn!(
+                key = ignored,
+                "reload: a change to {ignored} needs a restart; the running value stays"
+            );
+        }
+        if next.restart_only.upstream_url != self.restart_only.upstream_url {
+            next.upstream = self.upstream.clone();
+        }
+        if next.tls.is_some() != self.tls.is_some() {
+            next.tls = self.tls.clone();
+        }
+        if let Some(authenticator) = Arc::get_mut(&mut next.authenticator) {
+            authenticator.keep_limits_from(&self.authenticator);
+        }
+        next.metrics
+            .set_rate_limit_buckets(next.authenticator.buckets() + 1);
+        next.trail = self.trail.clone();
+        next.audit_key = self.audit_key.clone();
+        next.locks = self.locks.clone();
+        next.restart_only = self.restart_only.clone();
+        Ok(next)
     }
 
     /// Opens the audit trail for writing (resuming its chain) and starts its writer; `serve`
@@ -162,4 +205,45 @@ fn held_credential(config: &Config) -> Result<Credential, ConfigError> {
     };
     let token = token.map_err(error)?;
     Credential::held(&token, upstream.auth_scheme, upstream.user_id).map_err(error)
+}
+
+/// The settings a reload cannot change (SPEC §7).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestartOnly {
+    listen: std::net::SocketAddr,
+    admin_listen: std::net::SocketAddr,
+    upstream_url: String,
+    audit_path: std::path::PathBuf,
+    tls: bool,
+}
+
+impl RestartOnly {
+    fn of(config: &Config) -> RestartOnly {
+        RestartOnly {
+            listen: config.server.listen,
+            admin_listen: config.server.admin_listen,
+            upstream_url: config.upstream.url.clone(),
+            audit_path: config.audit.path.clone(),
+            tls: config.server.tls.is_some(),
+        }
+    }
+
+    /// The keys whose value differs in `next`.
+    fn changes(&self, next: &RestartOnly) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut differs = |key, yes: bool| {
+            if yes {
+                changed.push(key);
+            }
+        };
+        differs("server.listen", self.listen != next.listen);
+        differs(
+            "server.admin_listen",
+            self.admin_listen != next.admin_listen,
+        );
+        differs("upstream.url", self.upstream_url != next.upstream_url);
+        differs("audit.path", self.audit_path != next.audit_path);
+        differs("server.tls (on or off)", self.tls != next.tls);
+        changed
+    }
 }

@@ -14,6 +14,7 @@
 //! config.rs       the TOML file: serde structs refusing unknown keys, checked at load
 //! gateway.rs      the running state built from a config (secrets and files resolved)
 //! server.rs       listeners, HTTP/1.1 + HTTP/2, graceful drain
+//! reload.rs       SPEC §7 SIGHUP: the running stack and TLS config, swapped whole
 //! tls.rs          SPEC §8: the inbound rustls config, the names of a client certificate
 //! stack.rs        the request stack, top to bottom, in one function
 //! admin.rs        /healthz, /readyz, /metrics
@@ -63,6 +64,7 @@ pub mod metrics;
 pub mod policy;
 pub mod ratelimit;
 pub mod read_token;
+pub mod reload;
 pub mod route;
 pub mod secret;
 pub mod server;

@@ -241,6 +241,13 @@ impl<C: Clock + Clone> CallerLimits<C> {
         }
     }
 
+    /// Whether `other` has the same rates and bursts (then a reload keeps this one, and the
+    /// state in it).
+    pub fn same_rates(&self, other: &CallerLimits<C>) -> bool {
+        let rates = |b: &Bucket<C>| (b.quota, b.window, b.burst);
+        rates(&self.reads) == rates(&other.reads) && rates(&self.writes) == rates(&other.writes)
+    }
+
     /// The bucket of `class`.
     pub fn bucket(&self, class: Class) -> &Bucket<C> {
         match class {

@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,11 +21,12 @@ use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
+use crate::admin;
 use crate::context::PeerAddr;
 use crate::error::Body;
 use crate::gateway::Gateway;
+use crate::reload::Live;
 use crate::tls::PeerIdentity;
-use crate::{admin, stack};
 
 /// How long a caller may take to send its request headers (never more than the whole request's
 /// budget): a connection that sends nothing is closed after this long too.
@@ -41,17 +43,33 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) {
+    run_reloading(gateway, api, admin, shutdown, grace, None).await
+}
+
+/// [`run`], reloading the configuration at `reload_from` on each `SIGHUP` (SPEC §7).
+pub async fn run_reloading(
+    gateway: Gateway,
+    api: TcpListener,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    reload_from: Option<PathBuf>,
+) {
     let Some(trail) = gateway.trail.clone() else {
         tracing::error!("the audit trail is not open; nothing is served");
+        return;
+    };
+    let Some(live) = Live::new(gateway.clone()) else {
         return;
     };
     let (stop, stopped) = watch::channel(false);
     gateway.metrics.set_ready(true);
     let header_timeout = HEADER_READ_TIMEOUT.min(gateway.request_timeout);
+    let reloads = reload_from.map(|path| tokio::spawn(reload_on_hangup(live.clone(), path)));
     let api = tokio::spawn(serve(
         api,
-        stack::build(&gateway, trail.clone()),
-        gateway.tls.clone(),
+        live.service(),
+        Some(live.clone()),
         stopped.clone(),
         grace,
         header_timeout,
@@ -65,6 +83,9 @@ pub async fn run(
         header_timeout,
     ));
     shutdown.await;
+    if let Some(reloads) = reloads {
+        reloads.abort();
+    }
     tracing::info!(
         grace_ms = grace.as_millis() as u64,
         "shutting down: no new connections, draining in-flight requests"
@@ -78,12 +99,12 @@ pub async fn run(
     tracing::info!("stopped");
 }
 
-/// Accepts connections on `listener` (TLS first, with `tls`) and serves `service` on each until
-/// `stop` turns true.
+/// Accepts connections on `listener` (TLS first, when `live` has a TLS configuration) and
+/// serves `service` on each until `stop` turns true.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    live: Option<Arc<Live>>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     header_timeout: Duration,
@@ -113,7 +134,7 @@ pub async fn serve<S>(
                     let service = service.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
-                    let tls = tls.clone();
+                    let tls = live.as_ref().and_then(|live| live.tls());
                     let mut stop = stop.clone();
                     tokio::spawn(async move {
                         // Until the first byte, hyper has no timer running (it is still choosing
@@ -202,4 +223,33 @@ async fn drive<S, I>(
     if let Err(error) = watcher.watch(connection).await {
         tracing::debug!(%peer, %error, "connection ended with an error");
     }
+}
+
+/// Reloads the configuration at `path` on each `SIGHUP`; a configuration that does not load is
+/// refused whole, with the reason logged, and the running one stays.
+async fn reload_on_hangup(live: Arc<Live>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => hangups,
+            Err(error) => {
+                tracing::warn!(%error, "cannot watch for SIGHUP: reload needs a restart");
+                return;
+            }
+        };
+        while hangups.recv().await.is_some() {
+            let (live, path) = (live.clone(), path.clone());
+            let result = tokio::task::spawn_blocking(move || live.reload(&path)).await;
+            match result {
+                Ok(Ok(())) => tracing::info!("SIGHUP: configuration reloaded"),
+                Ok(Err(error)) => tracing::error!(
+                    "SIGHUP: the configuration was refused, the running one stays: {error}"
+                ),
+                Err(error) => tracing::error!(%error, "SIGHUP: the reload failed"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (live, path);
 }

@@ -30,7 +30,6 @@ use crate::layers::rescue::RescueLayer;
 use crate::layers::route::Route;
 use crate::layers::source_ip::SourceIp;
 use crate::layers::validate::Validate;
-use crate::locks::TokenLocks;
 
 /// The caller-facing service.
 pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
@@ -64,7 +63,7 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         .layer(PatchLayer::new(
             gateway.upstream.clone(),
             gateway.limits.clone(),
-            Arc::new(TokenLocks::default()),
+            gateway.locks.clone(),
         ))
         // The caller's policy on the token as it would be stored (current names read upstream).
         .layer(PolicyLayer::new(

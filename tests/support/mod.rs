@@ -573,6 +573,24 @@ impl Process {
         self.output.lock().unwrap().clone()
     }
 
+    /// The configuration file it was started with (rewrite it, then send `HUP`).
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.as_ref().unwrap().path().join("tokengate.toml")
+    }
+
+    /// Waits until its output has `needle` `count` times (a log line), for at most 10 s.
+    pub fn wait_for(&self, needle: &str, count: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while self.output().matches(needle).count() < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {needle:?} in:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The directory holding the configuration, secrets and trail (to start the gateway again).
     pub fn take_dir(&mut self) -> tempfile::TempDir {
         self.dir.take().unwrap()

@@ -4,12 +4,18 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http::{Request, Version};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::ServerName;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::{TlsAcceptor, TlsConnector};
 
 /// A certificate authority of the test's own.
 pub struct TestCa {
@@ -99,4 +105,92 @@ pub async fn tls_front(
         }
     });
     addr
+}
+
+/// A client identity: certificate and key PEM.
+pub type Identity = (String, String);
+
+/// What a TLS caller saw: the HTTP status and version, or why the connection failed.
+pub struct Seen {
+    pub status: u16,
+    pub version: Version,
+    pub body: String,
+}
+
+/// One `GET /api/token/` over TLS, trusting `ca`, offering `alpn`, with an optional client
+/// certificate and key.
+pub async fn call(
+    addr: std::net::SocketAddr,
+    ca: &TestCa,
+    alpn: &[&[u8]],
+    identity: Option<&Identity>,
+    key: Option<&str>,
+) -> Result<Seen, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mut request = Request::get(format!("https://127.0.0.1:{}/api/token/", addr.port()));
+    if let Some(key) = key {
+        request = request.header("authorization", format!("Bearer {key}"));
+    }
+    let request = request.body(Full::new(Bytes::new())).unwrap();
+    let io = TokioIo::new(tls);
+    let response = if h2 {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    } else {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        sender.send_request(request).await
+    }
+    .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let version = response.version();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Ok(Seen {
+        status,
+        version,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// The server CA, its certificate for 127.0.0.1 in `dir`, and the `[server.tls]` lines.
+pub fn server_tls(dir: &std::path::Path, ca: &TestCa, extra: &str) -> String {
+    let (cert, key) = ca.pem_pair(None, &["127.0.0.1"]);
+    std::fs::write(dir.join("server.pem"), cert).unwrap();
+    std::fs::write(dir.join("server-key.pem"), key).unwrap();
+    format!(
+        "cert_file = {:?}\nkey_file = {:?}\n{extra}",
+        dir.join("server.pem").display().to_string(),
+        dir.join("server-key.pem").display().to_string()
+    )
 }

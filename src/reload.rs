@@ -1,0 +1,94 @@
+//! `SIGHUP` reload (SPEC §7): the configuration is read again and, if it loads whole, a new
+//! request stack and TLS configuration replace the running ones; if not, the error is logged and
+//! the running configuration stays.
+//!
+//! Connections are never touched: each request takes the stack that is current when it arrives
+//! and keeps it to its end, so in-flight requests finish as they began, and the next request on a
+//! kept-alive connection already meets the new clients and policies. What is kept across a
+//! reload (the trail, per-token locks, unchanged clients' rate-limit state) is decided by
+//! [`Gateway::reload`].
+
+use std::convert::Infallible;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tower::util::Oneshot;
+use tower::{Service, ServiceExt};
+
+use crate::config::Config;
+use crate::error::Body;
+use crate::gateway::Gateway;
+use crate::stack::{self, GatewayService};
+
+/// The running configuration: the gateway it was built from, its request stack and its TLS
+/// configuration.
+pub struct Live {
+    gateway: Mutex<Gateway>,
+    stack: RwLock<GatewayService>,
+    tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
+}
+
+impl Live {
+    /// The stack and TLS configuration of `gateway`, whose trail is open.
+    pub fn new(gateway: Gateway) -> Option<Arc<Live>> {
+        let trail = gateway.trail.clone()?;
+        Some(Arc::new(Live {
+            stack: RwLock::new(stack::build(&gateway, trail)),
+            tls: RwLock::new(gateway.tls.clone()),
+            gateway: Mutex::new(gateway),
+        }))
+    }
+
+    /// The TLS configuration new connections use.
+    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The service that hands each request to the stack current when it arrives.
+    pub fn service(self: &Arc<Live>) -> LiveService {
+        LiveService(self.clone())
+    }
+
+    /// Reads the configuration at `path` and, if it loads whole, puts it in force.
+    pub fn reload(&self, path: &Path) -> Result<(), String> {
+        let config = Config::load(path).map_err(|e| e.to_string())?;
+        let mut current = self.gateway.lock().unwrap_or_else(|p| p.into_inner());
+        let next = current.reload(&config).map_err(|e| e.to_string())?;
+        let Some(trail) = next.trail.clone() else {
+            return Err("the audit trail is not open".into());
+        };
+        let stack = stack::build(&next, trail);
+        *self.stack.write().unwrap_or_else(|p| p.into_inner()) = stack;
+        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = next.tls.clone();
+        *current = next;
+        Ok(())
+    }
+}
+
+/// Serves each request on the stack current when it arrives.
+#[derive(Clone)]
+pub struct LiveService(Arc<Live>);
+
+impl Service<Request<Incoming>> for LiveService {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Oneshot<GatewayService, Request<Incoming>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Incoming>) -> Self::Future {
+        let stack = self
+            .0
+            .stack
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        stack.oneshot(request)
+    }
+}
