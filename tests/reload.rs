@@ -1,5 +1,5 @@
-//! `SIGHUP` reload (SPEC §7) of the real binary: a request in flight when the signal lands
-//! completes, a kept-alive connection carries on under the new configuration, a new client works
+//! `SIGHUP` reload (SPEC §7) of the real binary: a request in flight when the signal lands (one
+//! waiting on the upstream, one still sending its body) completes, a kept-alive connection carries on under the new configuration, a new client works
 //! and a removed one is refused, unchanged clients keep their rate-limit state, and a broken
 //! configuration is refused whole while the old one keeps serving; new TLS connections get a
 //! rotated certificate.
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioIo;
 use support::tls::{call, server_tls, TestCa};
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMITED_KEY: &str = "tg_limited_key_888888888888888888888888888888888888888888888888888";
 const NEW_KEY: &str = "tg_new_client_key_99999999999999999999999999999999999999999999999999";
@@ -100,6 +101,16 @@ async fn sighup_reloads_clients_without_dropping_requests_or_connections() {
     assert_eq!(upstream.emulator.seen().len(), 1);
     upstream.emulator.set_delay(Duration::ZERO);
 
+    // A request whose body is still streaming in when the signal lands.
+    let body = br#"{"name": "streamed-across-a-reload", "expired_time": -1}"#;
+    let mut streaming = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /api/token/ HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    streaming.write_all(head.as_bytes()).await.unwrap();
+    streaming.write_all(&body[..10]).await.unwrap();
+
     // The new configuration drops `reader` and adds `newbie`.
     options.clients = Some(clients(false, true));
     rewrite(&gateway, &options);
@@ -116,6 +127,11 @@ async fn sighup_reloads_clients_without_dropping_requests_or_connections() {
         200,
         "the in-flight request completes"
     );
+    streaming.write_all(&body[10..]).await.unwrap();
+    let mut answer = String::new();
+    streaming.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""success":true"#), "{answer}");
     assert_eq!(list(addr, NEW_KEY).await, 200, "a new client works");
     assert_eq!(
         list(addr, READER_KEY).await,
