@@ -2,6 +2,7 @@
 //! (it can do its job) and `/metrics` (Prometheus text). Never exposed to callers.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::CONTENT_TYPE;
@@ -15,15 +16,17 @@ use crate::context::RequestId;
 use crate::error::{Body, GatewayError, JSON_UTF8};
 use crate::gateway::Gateway;
 use crate::headers::X_REQUEST_ID;
+use crate::reload::Live;
 use crate::route::Operation;
 use crate::upstream::{Envelope, UpstreamRequest};
 
-/// The admin service.
+/// The admin service, on the configuration in force (a reload changes the credential the
+/// readiness probe uses).
 pub fn service(
-    gateway: Gateway,
+    live: Arc<Live>,
 ) -> BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible> {
     BoxCloneSyncService::new(tower::service_fn(move |request: Request<Incoming>| {
-        let gateway = gateway.clone();
+        let gateway = live.gateway();
         async move {
             Ok::<_, Infallible>(handle(&gateway, request.method(), request.uri().path()).await)
         }

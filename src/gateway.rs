@@ -168,8 +168,6 @@ impl Gateway {
         if let Some(authenticator) = Arc::get_mut(&mut next.authenticator) {
             authenticator.keep_limits_from(&self.authenticator);
         }
-        next.metrics
-            .set_rate_limit_buckets(next.authenticator.buckets() + 1);
         next.trail = self.trail.clone();
         next.audit_key = self.audit_key.clone();
         next.locks = self.locks.clone();

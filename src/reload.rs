@@ -10,7 +10,7 @@
 
 use std::convert::Infallible;
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -26,7 +26,7 @@ use crate::stack::{self, GatewayService};
 /// The running configuration: the gateway it was built from, its request stack and its TLS
 /// configuration.
 pub struct Live {
-    gateway: Mutex<Gateway>,
+    gateway: RwLock<Gateway>,
     stack: RwLock<GatewayService>,
     tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
 }
@@ -38,8 +38,16 @@ impl Live {
         Some(Arc::new(Live {
             stack: RwLock::new(stack::build(&gateway, trail)),
             tls: RwLock::new(gateway.tls.clone()),
-            gateway: Mutex::new(gateway),
+            gateway: RwLock::new(gateway),
         }))
+    }
+
+    /// The gateway in force (the admin listener's readiness probe uses its credential).
+    pub fn gateway(&self) -> Gateway {
+        self.gateway
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// The TLS configuration new connections use.
@@ -52,18 +60,18 @@ impl Live {
         LiveService(self.clone())
     }
 
-    /// Reads the configuration at `path` and, if it loads whole, puts it in force.
+    /// Reads the configuration at `path` and, if it loads whole, puts it in force. Reloads come
+    /// one at a time (from one `SIGHUP` task).
     pub fn reload(&self, path: &Path) -> Result<(), String> {
         let config = Config::load(path).map_err(|e| e.to_string())?;
-        let mut current = self.gateway.lock().unwrap_or_else(|p| p.into_inner());
-        let next = current.reload(&config).map_err(|e| e.to_string())?;
+        let next = self.gateway().reload(&config).map_err(|e| e.to_string())?;
         let Some(trail) = next.trail.clone() else {
             return Err("the audit trail is not open".into());
         };
         let stack = stack::build(&next, trail);
         *self.stack.write().unwrap_or_else(|p| p.into_inner()) = stack;
         *self.tls.write().unwrap_or_else(|p| p.into_inner()) = next.tls.clone();
-        *current = next;
+        *self.gateway.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
 }

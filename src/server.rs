@@ -76,7 +76,7 @@ pub async fn run_reloading(
     ));
     let admin = tokio::spawn(serve(
         admin,
-        admin::service(gateway.clone()),
+        admin::service(live.clone()),
         None,
         stopped,
         grace,

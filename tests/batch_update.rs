@@ -23,13 +23,6 @@ fn token(name: &str) -> NewToken {
     }
 }
 
-async fn get(gateway: &TestGateway, id: i64) -> Value {
-    let reply = admin(gateway.addr, "GET", &format!("/api/token/{id}"), None).await;
-    let mut token = reply.json()["data"].clone();
-    token.as_object_mut().unwrap().remove("accessed_time");
-    token
-}
-
 async fn batch(gateway: &TestGateway, body: Value) -> Reply {
     admin(
         gateway.addr,
@@ -54,7 +47,7 @@ async fn a_batch_with_a_missing_id_reports_it_and_updates_the_others() {
     let a = upstream.emulator.insert_token(USER_ID, token("a"));
     let b = upstream.emulator.insert_token(USER_ID, token("b"));
     let missing = 9_999;
-    let before_a = get(&gateway, a).await;
+    let before_a = get_token(&gateway, a).await;
 
     upstream.emulator.clear_seen();
     let reply = batch(
@@ -87,8 +80,8 @@ async fn a_batch_with_a_missing_id_reports_it_and_updates_the_others() {
     let mut expected = before_a;
     expected["group"] = json!("vip");
     expected["remain_quota"] = json!(7);
-    assert_eq!(get(&gateway, a).await, expected);
-    assert_eq!(get(&gateway, b).await["group"], "vip");
+    assert_eq!(get_token(&gateway, a).await, expected);
+    assert_eq!(get_token(&gateway, b).await["group"], "vip");
     // One read and one full PUT per existing id, a read alone for the missing one: no batch
     // route was ever asked of the upstream.
     let seen = upstream.emulator.seen();
@@ -159,7 +152,7 @@ async fn ids_as_a_comma_string_or_an_array_give_the_same_result() {
         assert_eq!(answer["data"]["failed"], json!([]));
     }
     for id in &ids {
-        assert_eq!(get(&gateway, *id).await["remain_quota"], 42);
+        assert_eq!(get_token(&gateway, *id).await["remain_quota"], 42);
     }
     // Neither form of a bad list reaches the upstream.
     upstream.emulator.clear_seen();
@@ -191,7 +184,7 @@ async fn a_field_present_but_not_named_is_reported_and_left_as_it_was() {
         answer["message"].as_str().unwrap().contains("group, name"),
         "{answer}"
     );
-    let stored = get(&gateway, id).await;
+    let stored = get_token(&gateway, id).await;
     assert_eq!(
         (&stored["remain_quota"], &stored["group"], &stored["name"]),
         (&json!(9), &json!("team"), &json!("keep"))
@@ -274,7 +267,7 @@ async fn a_patch_writes_records_for_each_put() {
     }
     assert_eq!(records[1]["upstream_success"], true);
     assert_eq!(records[3]["upstream_success"], true);
-    let stored = get(&gateway, id).await;
+    let stored = get_token(&gateway, id).await;
     assert_eq!(
         (&stored["status"], &stored["remain_quota"]),
         (&json!(2), &json!(3))
@@ -391,7 +384,7 @@ async fn batches_and_patches_of_one_token_take_turns() {
         assert!(changed <= 1, "{} then {}", pair[0], pair[1]);
     }
     let last = puts.last().unwrap();
-    let stored = get(&gateway, a).await;
+    let stored = get_token(&gateway, a).await;
     assert_eq!(
         (&stored["name"], &stored["remain_quota"]),
         (&last["name"], &last["remain_quota"])

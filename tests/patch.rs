@@ -21,19 +21,11 @@ fn full_token() -> NewToken {
     }
 }
 
-async fn get(gateway: &TestGateway, id: i64) -> Value {
-    let reply = admin(gateway.addr, "GET", &format!("/api/token/{id}"), None).await;
-    let mut token = reply.json()["data"].clone();
-    // What time itself changes is not the PATCH's doing.
-    token.as_object_mut().unwrap().remove("accessed_time");
-    token
-}
-
 #[tokio::test]
 async fn a_patch_of_one_field_leaves_every_other_field_as_it_was() {
     let (upstream, gateway) = emulator_and_gateway().await;
     let id = upstream.emulator.insert_token(USER_ID, full_token());
-    let before = get(&gateway, id).await;
+    let before = get_token(&gateway, id).await;
 
     upstream.emulator.clear_seen();
     let reply = admin(
@@ -64,7 +56,7 @@ async fn a_patch_of_one_field_leaves_every_other_field_as_it_was() {
 
     let mut expected = before.clone();
     expected["remain_quota"] = json!(999);
-    assert_eq!(get(&gateway, id).await, expected);
+    assert_eq!(get_token(&gateway, id).await, expected);
 
     // The audit trail records the full update that was sent, under one request id.
     let records = audit_records(&gateway.audit_path);
@@ -149,7 +141,7 @@ async fn twenty_concurrent_patches_of_different_fields_all_land() {
         );
     }
     let last = puts.last().unwrap();
-    let stored = get(&gateway, id).await;
+    let stored = get_token(&gateway, id).await;
     for field in ["name", "remain_quota", "allow_ips", "model_limits"] {
         assert_eq!(stored[field], last[field], "{field}");
     }
@@ -171,7 +163,7 @@ async fn status_goes_in_its_own_status_only_put() {
         serde_json::from_slice::<Value>(&seen[1].body).unwrap(),
         json!({"id": id, "status": 2})
     );
-    assert_eq!(get(&gateway, id).await["status"], 2);
+    assert_eq!(get_token(&gateway, id).await["status"], 2);
 
     upstream.emulator.clear_seen();
     let reply = admin(
@@ -196,7 +188,7 @@ async fn status_goes_in_its_own_status_only_put() {
             "PUT /api/token/?status_only=true".into()
         ]
     );
-    let stored = get(&gateway, id).await;
+    let stored = get_token(&gateway, id).await;
     assert_eq!(
         (stored["status"].as_i64(), stored["name"].as_str()),
         (Some(1), Some("back"))

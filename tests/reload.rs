@@ -43,6 +43,16 @@ fn rewrite(gateway: &Process, options: &Options) {
     std::fs::write(gateway.config_path(), text).unwrap();
 }
 
+/// Waits, off the runtime, until the gateway has logged `needle`.
+async fn logged(gateway: Process, needle: &'static str) -> Process {
+    tokio::task::spawn_blocking(move || {
+        gateway.wait_for(needle, 1);
+        gateway
+    })
+    .await
+    .unwrap()
+}
+
 async fn list(addr: std::net::SocketAddr, key: &str) -> u16 {
     let auth = format!("Bearer {key}");
     send(
@@ -115,12 +125,7 @@ async fn sighup_reloads_clients_without_dropping_requests_or_connections() {
     options.clients = Some(clients(false, true));
     rewrite(&gateway, &options);
     gateway.signal("HUP");
-    let gateway = tokio::task::spawn_blocking(move || {
-        gateway.wait_for("configuration reloaded", 1);
-        gateway
-    })
-    .await
-    .unwrap();
+    let gateway = logged(gateway, "configuration reloaded").await;
 
     assert_eq!(
         in_flight.await.unwrap(),
@@ -156,12 +161,7 @@ async fn sighup_reloads_clients_without_dropping_requests_or_connections() {
     )
     .unwrap();
     gateway.signal("HUP");
-    let gateway = tokio::task::spawn_blocking(move || {
-        gateway.wait_for("the configuration was refused", 1);
-        gateway
-    })
-    .await
-    .unwrap();
+    let gateway = logged(gateway, "the configuration was refused").await;
     assert!(
         gateway.output().contains("rate_limit.bogus_key"),
         "{}",
@@ -192,12 +192,7 @@ async fn sighup_reloads_the_tls_certificate() {
     let new_ca = TestCa::new("new CA");
     server_tls(certs.path(), &new_ca, "");
     gateway.signal("HUP");
-    let gateway = tokio::task::spawn_blocking(move || {
-        gateway.wait_for("configuration reloaded", 1);
-        gateway
-    })
-    .await
-    .unwrap();
+    let gateway = logged(gateway, "configuration reloaded").await;
     let seen = call(addr, &new_ca, &[b"h2"], None, Some(ADMIN_KEY))
         .await
         .unwrap();
@@ -225,12 +220,7 @@ async fn sighup_rereads_the_upstream_token_file() {
     let token_file = gateway.config_path().with_file_name("upstream-token");
     std::fs::write(&token_file, "RotatedTokenNotKnownUpstream0123\n").unwrap();
     gateway.signal("HUP");
-    let gateway = tokio::task::spawn_blocking(move || {
-        gateway.wait_for("configuration reloaded", 1);
-        gateway
-    })
-    .await
-    .unwrap();
+    let gateway = logged(gateway, "configuration reloaded").await;
     assert_eq!(list(addr, ADMIN_KEY).await, 502);
     let last = upstream.emulator.seen().pop().unwrap();
     assert_eq!(

@@ -387,6 +387,15 @@ pub async fn send(
     }
 }
 
+/// Token `id` as `GET` returns it through `gateway`, without `accessed_time` (which reading
+/// itself changes).
+pub async fn get_token(gateway: &TestGateway, id: i64) -> serde_json::Value {
+    let reply = admin(gateway.addr, "GET", &format!("/api/token/{id}"), None).await;
+    let mut token = reply.json()["data"].clone();
+    token.as_object_mut().unwrap().remove("accessed_time");
+    token
+}
+
 /// `send` with the admin key as `Bearer`.
 pub async fn admin(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Reply {
     let auth = format!("Bearer {ADMIN_KEY}");
