@@ -73,7 +73,7 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<rustls::ServerConfig>, Confi
 }
 
 /// Every certificate in a PEM file (at least one).
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub(crate) fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?
         .collect::<Result<Vec<_>, _>>()

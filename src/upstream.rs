@@ -20,8 +20,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 
 use crate::config::{AuthScheme, Mode, RateLimitConfig, UpstreamConfig};
@@ -462,14 +460,7 @@ fn tls_config(config: &UpstreamConfig) -> Result<rustls::ClientConfig, String> {
     match &config.ca_file {
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("{} is not a PEM certificate file: {e}", path.display()))?;
-            if certs.is_empty() {
-                return Err(format!("{} holds no certificate", path.display()));
-            }
-            for cert in certs {
+            for cert in crate::tls::certificates(path)? {
                 roots.add(cert).map_err(|e| {
                     format!("{} holds a certificate rustls refuses: {e}", path.display())
                 })?;
