@@ -93,6 +93,14 @@ impl fmt::Debug for UpstreamFacts {
     }
 }
 
+impl UpstreamFacts {
+    /// Whether new-api reports success: HTTP 200 and `"success": true`.
+    pub fn succeeded(&self) -> bool {
+        self.status == 200
+            && crate::upstream::Envelope::parse(&self.body).is_some_and(|e| e.success == Some(true))
+    }
+}
+
 /// What one request has learnt so far, shared by every layer through the request extensions.
 #[derive(Debug)]
 pub struct RequestContext {
@@ -208,6 +216,15 @@ impl RequestContext {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Starts the next change, whose checked body is `body`, of a request that sends two (a
+    /// PATCH's status-only `PUT` after its full one): the upstream answer and the forwarded mark
+    /// belong to the first change's records, not to the next one's.
+    pub fn next_change(&self, body: serde_json::Value) {
+        self.set_request(body);
+        *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.forwarded.store(false, Ordering::Relaxed);
     }
 
     /// Marks the request as sent upstream (after its intent record is durable).

@@ -13,8 +13,6 @@ use crate::caller::Caller;
 use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::headers;
-use crate::layers::audit::AuditPolicy;
-use crate::layers::patch::StatusAfter;
 use crate::layers::BoxFuture;
 use crate::route::Route;
 use crate::upstream::{Served, Upstream, UpstreamRequest};
@@ -23,13 +21,12 @@ use crate::upstream::{Served, Upstream, UpstreamRequest};
 #[derive(Clone)]
 pub struct Forward {
     upstream: Arc<Upstream>,
-    audit: AuditPolicy,
 }
 
 impl Forward {
-    /// Forwards to `upstream`; `audit` records between the two `PUT`s of a PATCH.
-    pub fn new(upstream: Arc<Upstream>, audit: AuditPolicy) -> Self {
-        Forward { upstream, audit }
+    /// Forwards to `upstream`.
+    pub fn new(upstream: Arc<Upstream>) -> Self {
+        Forward { upstream }
     }
 }
 
@@ -45,7 +42,6 @@ impl Service<Request<Bytes>> for Forward {
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
         let upstream = self.upstream.clone();
-        let audit = self.audit.clone();
         Box::pin(async move {
             let context = RequestContext::of(&request)?.clone();
             let (parts, body) = request.into_parts();
@@ -57,50 +53,22 @@ impl Service<Request<Bytes>> for Forward {
                     "forward runs after route and authenticate".into(),
                 ));
             };
-            let send = |path_and_query: String, body: Bytes| {
-                let upstream = &upstream;
-                let context = &context;
-                let headers =
-                    headers::to_upstream(&parts.headers, context.source_ip(), &context.id);
-                async move {
-                    upstream
-                        .send(UpstreamRequest {
-                            op: route.operation(),
-                            method: route.endpoint.method(),
-                            path_and_query: &path_and_query,
-                            headers,
-                            body,
-                            credential: &caller.credential,
-                            deadline: context.deadline,
-                            served: Some(Served {
-                                context,
-                                caller_label: caller.metric_label(),
-                                records_answer: true,
-                            }),
-                        })
-                        .await
-                }
-            };
-            let mut answer = send(route.upstream_path_and_query(), body).await?;
-            // A PATCH that also changes `status`: new-api's full PUT never does, so a status-only
-            // PUT follows once the full one succeeded, and its answer is the caller's. Each PUT has
-            // its own intent and outcome records (SPEC §6).
-            if let (Some(StatusAfter(status)), Some(id)) = (
-                parts.extensions.get::<StatusAfter>(),
-                context.token_ids().first(),
-            ) {
-                if answer.succeeded() {
-                    let body = serde_json::json!({ "id": id, "status": status.get() });
-                    audit
-                        .next_put(&context, answer.status.as_u16(), body.clone())
-                        .await?;
-                    answer = send(
-                        "/api/token/?status_only=true".into(),
-                        Bytes::from(body.to_string()),
-                    )
-                    .await?;
-                }
-            }
+            let answer = upstream
+                .send(UpstreamRequest {
+                    op: route.operation(),
+                    method: route.endpoint.method(),
+                    path_and_query: &route.upstream_path_and_query(),
+                    headers: headers::to_upstream(&parts.headers, context.source_ip(), &context.id),
+                    body,
+                    credential: &caller.credential,
+                    deadline: context.deadline,
+                    served: Some(Served {
+                        context: &context,
+                        caller_label: caller.metric_label(),
+                        records_answer: true,
+                    }),
+                })
+                .await?;
             let mut response = Response::new(Full::new(answer.body));
             *response.status_mut() = answer.status;
             *response.headers_mut() = headers::to_caller(answer.headers, &context.id);

@@ -93,6 +93,14 @@ fn token_of(
     ))
 }
 
+/// The stored token's `name` (empty when it has none).
+pub fn current_name(token: &Map<String, Value>) -> String {
+    match token.get("name") {
+        Some(Value::String(name)) => name.clone(),
+        _ => String::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

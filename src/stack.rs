@@ -64,6 +64,7 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
             gateway.upstream.clone(),
             gateway.limits.clone(),
             gateway.locks.clone(),
+            audit.clone(),
         ))
         // The caller's policy on the token as it would be stored (current names read upstream).
         .layer(PolicyLayer::new(
@@ -73,7 +74,7 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         // The intent record, durable before anything is sent; 503 when the trail cannot be written.
         .layer(AuditIntentLayer::new(audit.clone()))
         // Send it upstream in canonical form with the credential injected.
-        .service(Forward::new(gateway.upstream.clone(), audit.clone()));
+        .service(Forward::new(gateway.upstream.clone()));
     let with_body: BoxCloneSyncService<Request<Bytes>, Response<Body>, GatewayError> =
         BoxCloneSyncService::new(with_body);
 

@@ -248,6 +248,15 @@ impl Upstream {
             .url
             .uri(request.path_and_query)
             .map_err(|e| GatewayError::Internal(e.into()))?;
+        if let Some(Served {
+            context,
+            records_answer: true,
+            ..
+        }) = request.served
+        {
+            // From here the change may reach the upstream: its outcome is no longer `rejected`.
+            context.set_forwarded();
+        }
         let mut outbound = http::Request::new(Full::new(request.body));
         *outbound.method_mut() = request.method;
         *outbound.uri_mut() = uri;
@@ -379,14 +388,6 @@ impl Envelope<'_> {
     /// The envelope of a body, if it is a JSON object.
     pub fn parse(body: &[u8]) -> Option<Envelope<'_>> {
         serde_json::from_slice(body).ok()
-    }
-}
-
-impl UpstreamResponse {
-    /// Whether new-api reports success: HTTP 200 and `"success": true`.
-    pub fn succeeded(&self) -> bool {
-        self.status == StatusCode::OK
-            && Envelope::parse(&self.body).is_some_and(|e| e.success == Some(true))
     }
 }
 

@@ -121,6 +121,8 @@ async fn a_batch_with_a_missing_id_reports_it_and_updates_the_others() {
         (&lost["outcome"], &lost["reason"]),
         (&json!("rejected"), &json!("not_found"))
     );
+    // It still shows what was asked of it.
+    assert_eq!(lost["request"], json!({"group": "vip", "remain_quota": 7}));
     let (code, _, _) = audit_verify_trail(&gateway.audit_path);
     assert_eq!(code, 0);
 }

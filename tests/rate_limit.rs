@@ -5,7 +5,7 @@
 
 mod support;
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig, NewToken, RunningEmulator};
 
@@ -275,6 +275,41 @@ async fn the_global_upstream_cap_waits_up_to_a_second_then_refuses() {
     assert!(
         text.contains(r#"tokengate_rate_limited_total{client="team",class="upstream"} 1"#),
         "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_write_refused_by_the_upstream_cap_is_recorded_as_rejected() {
+    let (upstream, gateway) = gateway_with("upstream_requests_per_second = 1\n", "").await;
+    let bodies: Vec<String> = (0..3)
+        .map(|i| format!(r#"{{"name": "capped-{i}"}}"#))
+        .collect();
+    let replies = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| call(&gateway, TEAM_KEY, "POST", "/api/token/", Some(body))),
+    )
+    .await;
+    let refused = replies
+        .iter()
+        .find(|r| r.status == 429)
+        .expect("one is refused");
+    refused.assert_envelope(429, "rate_limited");
+    assert_eq!(upstream.emulator.seen().len(), 2);
+    // Its intent was written before the cap refused it; the outcome says it never left.
+    let rid = refused.headers["x-request-id"].to_str().unwrap();
+    let records: Vec<_> = audit_records(&gateway.audit_path)
+        .into_iter()
+        .filter(|r| r["request_id"] == rid)
+        .collect();
+    let outcome = records.last().unwrap();
+    assert_eq!(
+        (
+            &outcome["outcome"],
+            &outcome["reason"],
+            &outcome["upstream_status"]
+        ),
+        (&json!("rejected"), &json!("rate_limited"), &json!(null))
     );
 }
 

@@ -7,10 +7,10 @@
 //!   once it is durable; if it cannot be written the request is refused with 503
 //!   `audit_unavailable` (fail closed), so nothing changes upstream without a trace.
 //!
-//! A request that sends more than one change writes records per change (SPEC §6): a PATCH that
-//! also sets `status` writes the first `PUT`'s outcome and the second's intent between the two
-//! ([`AuditPolicy::next_put`]), and each token of a fan-out batch writes its own pair (the
-//! request is then *itemized*, and has no outcome record of its own).
+//! A request that sends more than one change writes records per change (SPEC §6): the patch
+//! layer writes the outcome of a PATCH's first `PUT` ([`AuditPolicy::outcome_of`]) before its
+//! status-only `PUT` goes down for an intent of its own, and each token of a fan-out batch writes
+//! its own pair (the request is then *itemized*, and has no outcome record of its own).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -40,7 +40,7 @@ impl AuditPolicy {
     }
 
     /// Modifications and key reveals always; reads when `audit.reads = true`.
-    pub(crate) fn audits(&self, op: Operation) -> bool {
+    fn audits(&self, op: Operation) -> bool {
         match op {
             Operation::List | Operation::Search | Operation::Get => self.reads,
             _ => true,
@@ -48,11 +48,7 @@ impl AuditPolicy {
     }
 
     /// Writes the intent record of `context`; the change must not be sent if this fails.
-    pub(crate) async fn intent(
-        &self,
-        context: &RequestContext,
-        op: Operation,
-    ) -> Result<(), GatewayError> {
+    async fn intent(&self, context: &RequestContext, op: Operation) -> Result<(), GatewayError> {
         self.trail
             .append(record::intent(context, op))
             .await
@@ -63,7 +59,7 @@ impl AuditPolicy {
     /// when the gateway made the answer). A failure is logged and the answer stands (a forwarded
     /// change happened; a refusal stays a refusal); the trail reports not ready until it can be
     /// written again.
-    pub(crate) async fn outcome(
+    async fn outcome(
         &self,
         context: &RequestContext,
         op: Operation,
@@ -76,20 +72,17 @@ impl AuditPolicy {
         }
     }
 
-    /// Between the two `PUT`s of one PATCH: the outcome of the first (answered `status`), then
-    /// the intent of the second, whose body is `next`. The second must not be sent if this fails.
-    pub(crate) async fn next_put(
+    /// The outcome record of one change of an itemized request (a fan-out part, or the first
+    /// `PUT` of a PATCH), if its operation is audited.
+    pub(crate) async fn outcome_of(
         &self,
         context: &RequestContext,
         status: u16,
-        next: serde_json::Value,
-    ) -> Result<(), GatewayError> {
-        let Some(op) = context.op().filter(|op| self.audits(*op)) else {
-            return Ok(());
-        };
-        self.outcome(context, op, status, None).await;
-        context.set_request(next);
-        self.intent(context, op).await
+        code: Option<&str>,
+    ) {
+        if let Some(op) = context.op().filter(|op| self.audits(*op)) {
+            self.outcome(context, op, status, code).await;
+        }
     }
 }
 
@@ -223,7 +216,8 @@ where
             if let Some(op) = context.op().filter(|op| policy.audits(*op)) {
                 policy.intent(&context, op).await?;
             }
-            context.set_forwarded();
+            // The upstream client marks the request forwarded once it is really sent (the global
+            // upstream limit may still refuse it).
             inner.call(request).await
         })
     }

@@ -29,7 +29,7 @@ use crate::context::RequestContext;
 use crate::error::{Body, GatewayError, JSON_UTF8};
 use crate::metrics::Metrics;
 use crate::policy::Omitted;
-use crate::route::{Endpoint, Operation, Route, TokenId};
+use crate::route::{Endpoint, Route, TokenId};
 use crate::token::batch::{BatchMode, BatchUpdate};
 use crate::token::edit::Edit;
 use crate::upstream::Envelope;
@@ -150,11 +150,14 @@ where
             return Err(refusal(&layer.metrics, Some(caller), violations));
         }
     }
-    // From here on every id writes its own records.
+    // From here on every id writes its own records; each records the patch it applies until its
+    // token is read and merged (an id that fails before then still shows what was asked).
     context.set_itemized();
+    let asked = Edit::Patch(batch.fields.clone()).to_value();
     let results: Vec<Part> = futures_util::stream::iter(batch.ids.iter().copied())
         .map(|id| {
             let part = Arc::new(context.part(id.get()));
+            part.set_request(asked.clone());
             let mut sub = Request::new(Bytes::new());
             *sub.method_mut() = parts.method.clone();
             *sub.uri_mut() = parts.uri.clone();
@@ -196,20 +199,22 @@ where
         Ok(response) => {
             let status = response.status();
             let facts = part.upstream();
-            let envelope = facts.as_ref().and_then(|f| Envelope::parse(&f.body));
-            let result = match envelope {
-                Some(Envelope {
-                    success: Some(true),
-                    ..
-                }) => Ok(()),
-                Some(Envelope {
-                    message: Some(message),
-                    ..
-                }) if !message.is_empty() => Err(Failure::Upstream(message.into_owned())),
-                _ => Err(Failure::Upstream(format!(
-                    "the upstream answered HTTP {} without success",
-                    status.as_u16()
-                ))),
+            let result = match &facts {
+                Some(facts) if facts.succeeded() => Ok(()),
+                _ => {
+                    let message = facts
+                        .as_ref()
+                        .and_then(|f| Envelope::parse(&f.body))
+                        .and_then(|e| e.message)
+                        .filter(|m| !m.is_empty())
+                        .map(|m| m.into_owned());
+                    Err(Failure::Upstream(message.unwrap_or_else(|| {
+                        format!(
+                            "the upstream answered HTTP {} without success",
+                            status.as_u16()
+                        )
+                    })))
+                }
             };
             (status, None, result)
         }
@@ -224,12 +229,7 @@ where
             )
         }
     };
-    if layer.audit.audits(Operation::BatchUpdate) {
-        layer
-            .audit
-            .outcome(&part, Operation::BatchUpdate, status.as_u16(), code)
-            .await;
-    }
+    layer.audit.outcome_of(&part, status.as_u16(), code).await;
     (id, result)
 }
 

@@ -2,8 +2,9 @@
 //! (SPEC §4.5): with the token's lock held, the token is read, the PATCH merged into it and the
 //! whole checked; the request then goes on as that full `PUT` (or a status-only `PUT` when
 //! `status` is all it changes), through policy, the intent record and the forward. A PATCH that
-//! changes `status` and other fields sends the status-only `PUT` after the full one (see
-//! [`StatusAfter`]). The lock is held until the answer, so two PATCHes of one token never
+//! changes `status` and other fields then sends the status-only `PUT` down the same layers, after
+//! writing the first `PUT`'s outcome record, so each `PUT` has its own intent and outcome (SPEC
+//! §6). The lock is held until the answer, so two PATCHes of one token never
 //! interleave between read and write. Each id of a fan-out batch update comes through here as a
 //! PATCH of its own, so batches, PATCHes and PUTs of one token take turns.
 
@@ -13,16 +14,16 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::future::Either;
 use http::{Request, Response};
-use serde_json::Value;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
+use super::audit::AuditPolicy;
 use super::validate::unix_now;
 use super::BoxFuture;
 use crate::caller::Caller;
 use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::locks::TokenLocks;
-use crate::read_token::read_token;
+use crate::read_token::{current_name, read_token};
 use crate::route::{Endpoint, Route, TokenId};
 use crate::token::edit::{Edit, Limits, TokenFields};
 use crate::token::fields::Status;
@@ -34,25 +35,29 @@ use crate::upstream::Upstream;
 #[derive(Clone, Debug)]
 pub struct KnownName(pub TokenId, pub String);
 
-/// A `status` to set with a status-only `PUT` once the full `PUT` succeeded.
-#[derive(Clone, Copy, Debug)]
-pub struct StatusAfter(pub Status);
-
 /// Builds [`Patch`].
 #[derive(Clone, Debug)]
 pub struct PatchLayer {
     upstream: Arc<Upstream>,
     limits: Arc<Limits>,
     locks: Arc<TokenLocks>,
+    audit: AuditPolicy,
 }
 
 impl PatchLayer {
-    /// Reads tokens from `upstream`, checks merges with `limits`, serialises with `locks`.
-    pub fn new(upstream: Arc<Upstream>, limits: Arc<Limits>, locks: Arc<TokenLocks>) -> Self {
+    /// Reads tokens from `upstream`, checks merges with `limits`, serialises with `locks`, and
+    /// writes the outcome of a PATCH's first `PUT` with `audit`.
+    pub fn new(
+        upstream: Arc<Upstream>,
+        limits: Arc<Limits>,
+        locks: Arc<TokenLocks>,
+        audit: AuditPolicy,
+    ) -> Self {
         PatchLayer {
             upstream,
             limits,
             locks,
+            audit,
         }
     }
 }
@@ -101,13 +106,30 @@ where
         let layer = self.layer.clone();
         Either::Right(Box::pin(async move {
             let _guard = layer.locks.lock(id).await;
-            if matches!(
+            if !matches!(
                 request.extensions().get::<Route>().map(|r| &r.endpoint),
                 Some(Endpoint::Patch(_))
             ) {
-                to_full_update(&layer, &mut request, id).await?;
+                return inner.call(request).await;
             }
-            inner.call(request).await
+            let Some(status_after) = to_full_update(&layer, &mut request, id).await? else {
+                return inner.call(request).await;
+            };
+            // A full PUT never changes `status` (SPEC §4.5): once it succeeded, a status-only PUT
+            // follows through the same layers (policy, its own intent record, forward), and its
+            // answer is the caller's.
+            let context = RequestContext::of(&request)?.clone();
+            let follow_up = status_only_request(&request, id, status_after);
+            let first = inner.call(request).await?;
+            if !context.upstream().is_some_and(|answer| answer.succeeded()) {
+                return Ok(first);
+            }
+            layer
+                .audit
+                .outcome_of(&context, first.status().as_u16(), None)
+                .await;
+            context.next_change(status_only(id, status_after).to_value());
+            inner.clone().oneshot(follow_up).await
         }))
     }
 }
@@ -127,11 +149,13 @@ fn changed_token(request: &Request<Bytes>) -> Option<TokenId> {
 }
 
 /// Reads token `id`, merges the PATCH into it and rewrites the request as the update to send.
+/// Returns the `status` a status-only PUT must set afterwards, when the PATCH changes it along
+/// with other fields.
 async fn to_full_update(
     layer: &PatchLayer,
     request: &mut Request<Bytes>,
     id: TokenId,
-) -> Result<(), GatewayError> {
+) -> Result<Option<Status>, GatewayError> {
     let context = RequestContext::of(request)?.clone();
     let (Some(caller), Some(Edit::Patch(patch))) = (
         request.extensions().get::<Caller>(),
@@ -143,29 +167,35 @@ async fn to_full_update(
     };
     let patch = patch.clone();
     let stored = read_token(&layer.upstream, caller, &context, id).await?;
-    let name = match stored.get("name") {
-        Some(Value::String(name)) => name.clone(),
-        _ => String::new(),
-    };
-    let status_only = patch.status.is_some() && {
+    request
+        .extensions_mut()
+        .insert(KnownName(id, current_name(&stored)));
+    let status_alone = patch.status.is_some() && {
         let mut rest = patch.clone();
         rest.status = None;
         rest == TokenFields::default()
     };
-    let edit = if status_only {
-        Edit::StatusOnly(TokenFields {
-            id: Some(id),
-            status: patch.status,
-            ..TokenFields::default()
-        })
-    } else {
-        let merged = merge(&stored, id, &patch, &layer.limits, unix_now())?;
-        if let Some(status) = patch.status {
-            request.extensions_mut().insert(StatusAfter(status));
-        }
-        Edit::Update(merged)
-    };
-    // The intent record shows this PUT; a status-only PUT that follows has its own.
+    if let (true, Some(status)) = (status_alone, patch.status) {
+        set_edit(request, &context, status_only(id, status));
+        return Ok(None);
+    }
+    let merged = merge(&stored, id, &patch, &layer.limits, unix_now())?;
+    set_edit(request, &context, Edit::Update(merged));
+    Ok(patch.status)
+}
+
+/// The status-only update of token `id`.
+fn status_only(id: TokenId, status: Status) -> Edit {
+    Edit::StatusOnly(TokenFields {
+        id: Some(id),
+        status: Some(status),
+        ..TokenFields::default()
+    })
+}
+
+/// Makes `edit` the request's body, route and audited `request`.
+fn set_edit(request: &mut Request<Bytes>, context: &RequestContext, edit: Edit) {
+    let status_only = matches!(edit, Edit::StatusOnly(_));
     context.set_request(edit.to_value());
     *request.body_mut() = Bytes::from(edit.to_json());
     let extensions = request.extensions_mut();
@@ -174,6 +204,22 @@ async fn to_full_update(
         query: status_only.then(|| "status_only=true".to_string()),
     });
     extensions.insert(edit);
-    extensions.insert(KnownName(id, name));
-    Ok(())
+}
+
+/// The status-only PUT that follows `full` (same caller, context and headers).
+fn status_only_request(full: &Request<Bytes>, id: TokenId, status: Status) -> Request<Bytes> {
+    let mut follow_up = Request::new(Bytes::new());
+    *follow_up.method_mut() = full.method().clone();
+    *follow_up.uri_mut() = full.uri().clone();
+    *follow_up.headers_mut() = full.headers().clone();
+    *follow_up.extensions_mut() = full.extensions().clone();
+    let edit = status_only(id, status);
+    *follow_up.body_mut() = Bytes::from(edit.to_json());
+    let extensions = follow_up.extensions_mut();
+    extensions.insert(Route {
+        endpoint: Endpoint::Update { status_only: true },
+        query: Some("status_only=true".into()),
+    });
+    extensions.insert(edit);
+    follow_up
 }

@@ -11,7 +11,6 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{Request, Response};
-use serde_json::Value;
 use tower::{Layer, Service};
 
 use super::patch::KnownName;
@@ -22,7 +21,7 @@ use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyRefusal, Violation};
-use crate::read_token::read_token;
+use crate::read_token::{current_name, read_token};
 use crate::route::{Endpoint, Route, TokenId};
 use crate::token::edit::Edit;
 use crate::upstream::Upstream;
@@ -147,11 +146,7 @@ async fn judge(
                 return Ok((*known_id, name.clone()));
             }
             let token = read_token(upstream, caller, context, id).await?;
-            let name = match token.get("name") {
-                Some(Value::String(name)) => name.clone(),
-                _ => String::new(),
-            };
-            Ok::<_, GatewayError>((id, name))
+            Ok::<_, GatewayError>((id, current_name(&token)))
         })
         .buffered(NAME_READS_AT_ONCE)
         .try_collect::<Vec<_>>()
