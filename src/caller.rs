@@ -175,18 +175,18 @@ impl Authenticator {
         new_api_user: Option<&HeaderValue>,
         peer: Option<&PeerIdentity>,
     ) -> Result<Caller, GatewayError> {
-        let Some(value) = authorization else {
+        let key = match authorization {
+            Some(value) => strip_bearer(std::str::from_utf8(value.as_bytes()).map_err(|_| {
+                GatewayError::BadRequest("the Authorization header is not valid UTF-8".into())
+            })?),
+            None => "",
+        };
+        // No key (no header, or an empty `Bearer`): a certificate alone may identify the caller.
+        if key.is_empty() {
             return match self {
                 Authenticator::Keys { clients, by_cert } => by_certificate(clients, by_cert, peer),
                 Authenticator::Passthrough { .. } => Err(GatewayError::MissingKey),
             };
-        };
-        let text = std::str::from_utf8(value.as_bytes()).map_err(|_| {
-            GatewayError::BadRequest("the Authorization header is not valid UTF-8".into())
-        })?;
-        let key = strip_bearer(text);
-        if key.is_empty() {
-            return Err(GatewayError::MissingKey);
         }
         let sha = digest(&SHA256, key.as_bytes());
         match self {

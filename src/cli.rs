@@ -113,7 +113,7 @@ pub struct EmulatorArgs {
     #[arg(long, default_value = "127.0.0.1:3000")]
     listen: SocketAddr,
     /// The system access token the emulated account accepts.
-    #[arg(long, env = "TOKENGATE_EMULATOR_TOKEN")]
+    #[arg(long, env = "TOKENGATE_EMULATOR_TOKEN", hide_env_values = true)]
     access_token: Secret,
     /// The emulated account's user id (compared with New-Api-User).
     #[arg(long, default_value_t = 1)]

@@ -132,8 +132,8 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// One request to the upstream.
-#[derive(Debug)]
+/// One request to the upstream. No `Debug`: its query may hold a searched key fragment, and its
+/// body a token's fields.
 pub struct UpstreamRequest<'a> {
     /// The operation it serves (for metrics).
     pub op: Operation,
@@ -155,7 +155,7 @@ pub struct UpstreamRequest<'a> {
 }
 
 /// The caller's request an upstream request serves.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Served<'a> {
     /// Its context: the upstream's answer is recorded there for the audit trail when
     /// `records_answer`, and a refusal by the global rate limit adds its `RateLimit` fields.
@@ -167,8 +167,7 @@ pub struct Served<'a> {
     pub records_answer: bool,
 }
 
-/// The upstream's answer, read whole.
-#[derive(Debug)]
+/// The upstream's answer, read whole. No `Debug`: a key reveal's body holds token keys in clear.
 pub struct UpstreamResponse {
     /// The status.
     pub status: StatusCode,

@@ -248,3 +248,18 @@ async fn the_emulator_subcommand_serves_new_api() {
     let reply = reply.expect("the emulator listened");
     assert_eq!(reply.json()["success"], true, "{}", reply.text());
 }
+
+#[test]
+fn help_never_prints_a_secret_taken_from_the_environment() {
+    let secret = "EmulatorTokenFromTheEnvironment123";
+    let (code, stdout, stderr) = run_cli(
+        &["emulator", "--help"],
+        &[("TOKENGATE_EMULATOR_TOKEN", secret)],
+    );
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("TOKENGATE_EMULATOR_TOKEN"), "{stdout}");
+    assert!(
+        !stdout.contains(secret) && !stderr.contains(secret),
+        "{stdout}"
+    );
+}

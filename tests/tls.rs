@@ -110,6 +110,11 @@ async fn mutual_tls_identifies_callers_by_certificate() {
             .unwrap();
         assert_eq!(seen.status, 200, "{}", seen.body);
     }
+    // An empty `Bearer` is no key: the certificate still identifies the caller.
+    let seen = call(gateway.addr, &ca, &[], Some(&by_dns), Some(""))
+        .await
+        .unwrap();
+    assert_eq!(seen.status, 200, "{}", seen.body);
     // `both` must present its certificate and its key.
     let team_b = clients_ca.pem_pair(None, &["team-b.internal"]);
     let both = call(gateway.addr, &ca, &[], Some(&team_b), Some(both_key))
@@ -143,8 +148,8 @@ async fn mutual_tls_identifies_callers_by_certificate() {
         let refused = call(gateway.addr, &ca, &[], identity, Some(both_key)).await;
         assert!(refused.is_err(), "answered {:?}", refused.map(|s| s.status));
     }
-    // Only the three identified callers reached the upstream.
-    assert_eq!(upstream.emulator.seen().len(), 3);
+    // Only the four identified requests reached the upstream.
+    assert_eq!(upstream.emulator.seen().len(), 4);
 }
 
 #[tokio::test]

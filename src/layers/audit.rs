@@ -134,10 +134,8 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let context = RequestContext::of(&request).ok().cloned();
-        // Requests refused before routing (a bad key) are classified by their path all the same.
-        let routed = route(request.method(), request.uri())
-            .ok()
-            .map(|r| r.operation());
+        // Kept (reference-counted, not copied) to classify a request refused before routing.
+        let line = (request.method().clone(), request.uri().clone());
         let policy = self.policy.clone();
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -145,7 +143,12 @@ where
             let Some(context) = context.filter(|c| !c.itemized()) else {
                 return Ok(response);
             };
-            let Some(op) = context.op().or(routed).filter(|op| policy.audits(*op)) else {
+            // Requests refused before routing (a bad key) are classified by their path all the
+            // same; routed ones already know their operation.
+            let op = context
+                .op()
+                .or_else(|| route(&line.0, &line.1).ok().map(|r| r.operation()));
+            let Some(op) = op.filter(|op| policy.audits(*op)) else {
                 return Ok(response);
             };
             let code = response.extensions().get::<ErrorCode>().map(|c| c.0);

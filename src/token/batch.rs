@@ -26,16 +26,6 @@ pub enum BatchMode {
     Native,
 }
 
-impl BatchMode {
-    /// The config value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BatchMode::Fanout => "fanout",
-            BatchMode::Native => "native",
-        }
-    }
-}
-
 /// Fork fields that new-api does not store: a fan-out's read-merge-write cannot apply them.
 const UNSTORED_FIELDS: [&str; 2] = ["mj_image_mode", "mj_custom_proxy"];
 

@@ -330,6 +330,25 @@ impl IdsBody {
     }
 }
 
+/// Checks `map` as the body of a full update (a PATCH merged into the stored token).
+pub(super) fn full_update(
+    map: Map<String, Value>,
+    limits: &Limits,
+    now: i64,
+) -> Result<TokenFields, BodyError> {
+    let rules = Rules {
+        name_max_bytes: limits.name_max_bytes,
+        now,
+    };
+    let mut faults = Vec::new();
+    let fields = token_fields(EditKind::Update, map, limits, &rules, &mut faults);
+    if faults.is_empty() {
+        Ok(fields)
+    } else {
+        Err(BodyError::Fields(Faults(faults)))
+    }
+}
+
 /// Reads the token fields of a create, update or status-only body.
 fn token_fields(
     kind: EditKind,

@@ -7,7 +7,9 @@
 
 use serde_json::{Map, Value};
 
-use super::edit::{BodyError, Edit, EditKind, Limits, TokenFields, COMPLETE_UPDATE_FIELDS};
+use super::edit::{
+    full_update, BodyError, Fault, Faults, Limits, TokenFields, COMPLETE_UPDATE_FIELDS,
+};
 use crate::route::TokenId;
 
 /// Stored fields a full `PUT` carries besides [`COMPLETE_UPDATE_FIELDS`], kept when present.
@@ -38,8 +40,12 @@ pub fn merge(
             merged.insert(field.to_owned(), value.clone());
         }
     }
+    // Never send the patch alone as a full update (new-api would zero every other field).
     let Ok(Value::Object(changes)) = serde_json::to_value(patch) else {
-        return Ok(patch.clone());
+        return Err(BodyError::Fields(Faults(vec![Fault::invalid(
+            "",
+            "the PATCH could not be merged into the stored token; nothing was sent".into(),
+        )])));
     };
     let changed: Vec<String> = changes.keys().cloned().collect();
     for (field, value) in changes {
@@ -48,10 +54,8 @@ pub fn merge(
         }
     }
     merged.insert("id".into(), Value::from(id.get()));
-    let body = serde_json::to_vec(&merged).unwrap_or_default();
-    match Edit::parse(EditKind::Update, &body, limits, now) {
-        Ok(Edit::Update(fields)) => Ok(fields),
-        Ok(_) => Ok(patch.clone()),
+    match full_update(merged, limits, now) {
+        Ok(fields) => Ok(fields),
         Err(BodyError::Fields(mut faults)) => {
             for fault in &mut faults.0 {
                 if !changed.contains(&fault.field) && !fault.message.is_empty() {
@@ -70,6 +74,7 @@ pub fn merge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::token::edit::{Edit, EditKind};
     use serde_json::json;
 
     const NOW: i64 = 1_800_000_000;
