@@ -26,9 +26,11 @@ pub fn service(
     live: Arc<Live>,
 ) -> BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible> {
     BoxCloneSyncService::new(tower::service_fn(move |request: Request<Incoming>| {
-        let gateway = live.gateway();
+        let current = live.current();
         async move {
-            Ok::<_, Infallible>(handle(&gateway, request.method(), request.uri().path()).await)
+            Ok::<_, Infallible>(
+                handle(&current.gateway, request.method(), request.uri().path()).await,
+            )
         }
     }))
 }

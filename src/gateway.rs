@@ -53,6 +53,8 @@ pub struct Gateway {
     pub locks: Arc<TokenLocks>,
     /// What only a restart changes (SPEC §7), to report a reload that asks for more.
     pub restart_only: RestartOnly,
+    /// What the upstream client was built from: a reload keeps the client when they are equal.
+    upstream_settings: String,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
 }
@@ -142,6 +144,7 @@ impl Gateway {
             rate_limit_dry_run: config.rate_limit.dry_run,
             locks: Arc::new(TokenLocks::default()),
             restart_only: RestartOnly::of(config),
+            upstream_settings: upstream_settings(config),
             metrics,
         })
     }
@@ -149,8 +152,11 @@ impl Gateway {
     /// The gateway `config` describes, for a `SIGHUP` reload (SPEC §7): clients, policies,
     /// limits, TLS certificates and the upstream token are new; the trail, the metrics, the
     /// per-token locks and the rate-limit state of clients whose rates did not change are kept.
-    /// What needs a restart (listen addresses, the upstream URL, the audit path, turning TLS on
-    /// or off) keeps its running value, and each change to it is logged as ignored.
+    /// The upstream client (its connection pool and the global `upstream_requests_per_second`
+    /// bucket) is kept unless its own settings changed. What needs a restart (listen addresses,
+    /// the upstream URL, the `[audit]` trail settings, the log format, the shutdown grace,
+    /// turning TLS on or off) keeps its running value, and each change to it is logged as
+    /// ignored.
     pub fn reload(&self, config: &Config) -> Result<Gateway, ConfigErrors> {
         let mut next = Gateway::build_with(config, self.metrics.clone())?;
         for ignored in self.restart_only.changes(&next.restart_only) {
@@ -159,8 +165,11 @@ impl Gateway {
                 "reload: a change to {ignored} needs a restart; the running value stays"
             );
         }
-        if next.restart_only.upstream_url != self.restart_only.upstream_url {
+        if next.restart_only.upstream_url != self.restart_only.upstream_url
+            || next.upstream_settings == self.upstream_settings
+        {
             next.upstream = self.upstream.clone();
+            next.upstream_settings = self.upstream_settings.clone();
         }
         if next.tls.is_some() != self.tls.is_some() {
             next.tls = self.tls.clone();
@@ -205,13 +214,29 @@ fn held_credential(config: &Config) -> Result<Credential, ConfigError> {
     Credential::held(&token, upstream.auth_scheme, upstream.user_id).map_err(error)
 }
 
+/// What [`Upstream::new`] reads, as comparable text (no secret: the token is not among it).
+fn upstream_settings(config: &Config) -> String {
+    let (upstream, rates) = (&config.upstream, &config.rate_limit);
+    format!(
+        "{} {:?} {} {:?} {} {}",
+        upstream.url,
+        upstream.mode,
+        upstream.timeout_ms,
+        upstream.ca_file,
+        rates.upstream_requests_per_second,
+        rates.dry_run
+    )
+}
+
 /// The settings a reload cannot change (SPEC §7).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RestartOnly {
     listen: std::net::SocketAddr,
     admin_listen: std::net::SocketAddr,
     upstream_url: String,
-    audit_path: std::path::PathBuf,
+    audit: String,
+    log_format: crate::config::LogFormat,
+    shutdown_grace_ms: u64,
     tls: bool,
 }
 
@@ -221,7 +246,17 @@ impl RestartOnly {
             listen: config.server.listen,
             admin_listen: config.server.admin_listen,
             upstream_url: config.upstream.url.clone(),
-            audit_path: config.audit.path.clone(),
+            // The trail writer is opened once: every `[audit]` key but `reads` is read at start.
+            audit: format!(
+                "{:?} {:?} {} {:?} {:?}",
+                config.audit.path,
+                config.audit.fsync,
+                config.audit.rotate_bytes,
+                config.audit.hmac_key_env,
+                config.audit.hmac_key_file
+            ),
+            log_format: config.log.format,
+            shutdown_grace_ms: config.server.shutdown_grace_ms,
             tls: config.server.tls.is_some(),
         }
     }
@@ -240,7 +275,15 @@ impl RestartOnly {
             self.admin_listen != next.admin_listen,
         );
         differs("upstream.url", self.upstream_url != next.upstream_url);
-        differs("audit.path", self.audit_path != next.audit_path);
+        differs(
+            "[audit] (path, fsync, rotate_bytes, key)",
+            self.audit != next.audit,
+        );
+        differs("log.format", self.log_format != next.log_format);
+        differs(
+            "server.shutdown_grace_ms",
+            self.shutdown_grace_ms != next.shutdown_grace_ms,
+        );
         differs("server.tls (on or off)", self.tls != next.tls);
         changed
     }

@@ -18,41 +18,42 @@ use hyper::body::Incoming;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
+use crate::audit::writer::Trail;
 use crate::config::Config;
 use crate::error::Body;
 use crate::gateway::Gateway;
 use crate::stack::{self, GatewayService};
 
-/// The running configuration: the gateway it was built from, its request stack and its TLS
-/// configuration.
+/// The running configuration: the gateway it was built from and its request stack, swapped
+/// together.
 pub struct Live {
-    gateway: RwLock<Gateway>,
-    stack: RwLock<GatewayService>,
-    tls: RwLock<Option<Arc<rustls::ServerConfig>>>,
+    current: RwLock<Arc<Generation>>,
+}
+
+/// One configuration in force.
+pub struct Generation {
+    /// The gateway (its TLS configuration, the admin listener's readiness probe credential).
+    pub gateway: Gateway,
+    stack: GatewayService,
 }
 
 impl Live {
-    /// The stack and TLS configuration of `gateway`, whose trail is open.
-    pub fn new(gateway: Gateway) -> Option<Arc<Live>> {
-        let trail = gateway.trail.clone()?;
-        Some(Arc::new(Live {
-            stack: RwLock::new(stack::build(&gateway, trail)),
-            tls: RwLock::new(gateway.tls.clone()),
-            gateway: RwLock::new(gateway),
-        }))
+    /// The stack of `gateway`, writing to `trail`.
+    pub fn new(gateway: Gateway, trail: Arc<Trail>) -> Arc<Live> {
+        Arc::new(Live {
+            current: RwLock::new(Arc::new(Generation {
+                stack: stack::build(&gateway, trail),
+                gateway,
+            })),
+        })
     }
 
-    /// The gateway in force (the admin listener's readiness probe uses its credential).
-    pub fn gateway(&self) -> Gateway {
-        self.gateway
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<Generation> {
+        self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-
-    /// The TLS configuration new connections use.
-    pub fn tls(&self) -> Option<Arc<rustls::ServerConfig>> {
-        self.tls.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// The service that hands each request to the stack current when it arrives.
@@ -64,14 +65,19 @@ impl Live {
     /// one at a time (from one `SIGHUP` task).
     pub fn reload(&self, path: &Path) -> Result<(), String> {
         let config = Config::load(path).map_err(|e| e.to_string())?;
-        let next = self.gateway().reload(&config).map_err(|e| e.to_string())?;
-        let Some(trail) = next.trail.clone() else {
+        let gateway = self
+            .current()
+            .gateway
+            .reload(&config)
+            .map_err(|e| e.to_string())?;
+        let Some(trail) = gateway.trail.clone() else {
             return Err("the audit trail is not open".into());
         };
-        let stack = stack::build(&next, trail);
-        *self.stack.write().unwrap_or_else(|p| p.into_inner()) = stack;
-        *self.tls.write().unwrap_or_else(|p| p.into_inner()) = next.tls.clone();
-        *self.gateway.write().unwrap_or_else(|p| p.into_inner()) = next;
+        let next = Arc::new(Generation {
+            stack: stack::build(&gateway, trail),
+            gateway,
+        });
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
 }
@@ -93,9 +99,10 @@ impl Service<Request<Incoming>> for LiveService {
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
         let stack = self
             .0
-            .stack
+            .current
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .stack
             .clone();
         stack.oneshot(request)
     }

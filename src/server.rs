@@ -59,9 +59,7 @@ pub async fn run_reloading(
         tracing::error!("the audit trail is not open; nothing is served");
         return;
     };
-    let Some(live) = Live::new(gateway.clone()) else {
-        return;
-    };
+    let live = Live::new(gateway.clone(), trail.clone());
     let (stop, stopped) = watch::channel(false);
     gateway.metrics.set_ready(true);
     let header_timeout = HEADER_READ_TIMEOUT.min(gateway.request_timeout);
@@ -134,7 +132,7 @@ pub async fn serve<S>(
                     let service = service.clone();
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
-                    let tls = live.as_ref().and_then(|live| live.tls());
+                    let tls = live.as_ref().and_then(|live| live.current().gateway.tls.clone());
                     let mut stop = stop.clone();
                     tokio::spawn(async move {
                         // Until the first byte, hyper has no timer running (it is still choosing

@@ -232,3 +232,56 @@ async fn sighup_rereads_the_upstream_token_file() {
         .contains("RotatedTokenNotKnownUpstream0123"));
     drop(gateway);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_applies_policies_and_logs_what_needs_a_restart() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.clients = Some(client_entry("admin", ADMIN_KEY, ""));
+    let gateway = Process::serve(&options, &[]);
+    let addr = gateway.addr;
+    let trail = gateway
+        .config_path()
+        .with_file_name("audit")
+        .join("trail.jsonl");
+    let create = |quota: u32| async move {
+        let auth = format!("Bearer {ADMIN_KEY}");
+        let body = format!(r#"{{"name": "q{quota}", "remain_quota": {quota}}}"#);
+        send(
+            addr,
+            "POST",
+            "/api/token/",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            Some(&body),
+        )
+        .await
+        .status
+    };
+    assert_eq!(create(11).await, 200);
+
+    // A new policy, plus an upstream URL and an audit path that only a restart may change.
+    options.clients = Some(client_entry("admin", ADMIN_KEY, "max_remain_quota = 10"));
+    options.upstream = format!("http://{}", refused_addr().await);
+    let elsewhere = gateway.config_path().with_file_name("elsewhere.jsonl");
+    options.audit_path = Some(elsewhere.clone());
+    rewrite(&gateway, &options);
+    gateway.signal("HUP");
+    let gateway = logged(gateway, "configuration reloaded").await;
+    let output = gateway.output();
+    assert!(output.contains("upstream.url needs a restart"), "{output}");
+    assert!(output.contains("[audit]"), "{output}");
+
+    assert_eq!(create(11).await, 403, "the new policy is in force");
+    assert_eq!(create(10).await, 200, "through the running upstream");
+    assert_eq!(upstream.emulator.seen().len(), 2);
+    // Records still go to the running trail.
+    assert!(!elsewhere.exists());
+    let records = audit_records(&trail);
+    assert_eq!(records.last().unwrap()["request"]["name"], "q10");
+    drop(gateway);
+}
