@@ -361,6 +361,8 @@ impl Writer {
     /// Seals and writes every record of the batch with one write, then syncs once.
     fn commit(&mut self, batch: &mut [Job]) -> Result<(), AuditError> {
         let flush_only = batch.iter().all(|job| matches!(job, Job::Flush { .. }));
+        // A flush that shares a batch with appends still asks for the fsync.
+        let flush_asked = batch.iter().any(|job| matches!(job, Job::Flush { .. }));
         let ts = timestamp(SystemTime::now());
         let (seq, prev) = match &mut self.sink {
             Sink::File(sink) => {
@@ -400,7 +402,7 @@ impl Writer {
         };
         let synced = written.and_then(|()| match self.fsync {
             Fsync::Always => self.sync(),
-            Fsync::Interval if flush_only => self.sync(),
+            Fsync::Interval if flush_asked => self.sync(),
             Fsync::Interval => {
                 self.dirty = true;
                 Ok(())
@@ -457,14 +459,23 @@ impl Writer {
     /// After a failed batch: the chain state goes back to the last durable record, and the file is
     /// cut back to its last complete line and closed (reopened by the next attempt).
     fn rollback(&mut self, seq: u64, prev: String) {
-        if let Sink::File(sink) = &mut self.sink {
-            sink.seq = seq;
-            sink.prev = prev;
-            if let Some((file, _)) = sink.file.take() {
-                if let Ok(meta) = file.metadata() {
-                    let durable = meta.len().min(sink.size);
-                    let _ = file.set_len(last_line_end(&file, durable));
-                    let _ = file.sync_data();
+        match &mut self.sink {
+            Sink::Stdout {
+                seq: last_seq,
+                prev: last_prev,
+            } => {
+                *last_seq = seq;
+                *last_prev = prev;
+            }
+            Sink::File(sink) => {
+                sink.seq = seq;
+                sink.prev = prev;
+                if let Some((file, _)) = sink.file.take() {
+                    if let Ok(meta) = file.metadata() {
+                        let durable = meta.len().min(sink.size);
+                        let _ = file.set_len(last_line_end(&file, durable));
+                        let _ = file.sync_data();
+                    }
                 }
             }
         }
