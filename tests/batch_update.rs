@@ -392,3 +392,38 @@ async fn batches_and_patches_of_one_token_take_turns() {
         (&last["name"], &last["remain_quota"])
     );
 }
+
+#[tokio::test]
+async fn a_fan_out_runs_at_most_batch_concurrency_ids_at_once() {
+    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(emulator.addr);
+    options.limits = "batch_concurrency = 2\n".into();
+    let gateway = TestGateway::start(options).await;
+    let ids: Vec<i64> = (0..6)
+        .map(|i| {
+            emulator
+                .emulator
+                .insert_token(USER_ID, token(&format!("c{i}")))
+        })
+        .collect();
+    // Each id is a read then a PUT, each answered after 300 ms: two at a time take at least
+    // three rounds of 600 ms (three at a time would take two). A lower bound: a busy machine
+    // only makes it slower.
+    emulator
+        .emulator
+        .set_delay(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let reply = batch(
+        &gateway,
+        json!({"ids": ids, "update_fields": ["remain_quota"], "remain_quota": 1}),
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1_700),
+        "{:?}: more than two ids ran at once",
+        started.elapsed()
+    );
+}

@@ -6,7 +6,7 @@
 mod support;
 
 use http::Version;
-use support::tls::{call, server_tls, TestCa};
+use support::tls::{call, call_with, server_tls, TestCa};
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
 
@@ -49,6 +49,13 @@ async fn https_callers_are_served_over_http1_and_http2() {
         "{}",
         h2.body
     );
+    // TLS 1.2 and TLS 1.3 each on their own.
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let seen = call_with(&[version], gateway.addr, &ca, &[], None, Some(ADMIN_KEY))
+            .await
+            .unwrap();
+        assert_eq!(seen.status, 200, "{version:?}: {}", seen.body);
+    }
     // Keys are still checked over TLS.
     let unknown = call(gateway.addr, &ca, &[], None, Some("tg_nobody"))
         .await
@@ -74,7 +81,7 @@ async fn https_callers_are_served_over_http1_and_http2() {
         !plain.starts_with("HTTP/"),
         "plain HTTP was served: {plain}"
     );
-    assert_eq!(upstream.emulator.seen().len(), 2);
+    assert_eq!(upstream.emulator.seen().len(), 4);
 }
 
 #[tokio::test]

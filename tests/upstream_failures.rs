@@ -48,6 +48,23 @@ async fn silence_is_504_within_the_upstream_timeout() {
 }
 
 #[tokio::test]
+async fn the_request_deadline_also_bounds_the_wait_for_the_upstream() {
+    // `server.request_timeout_ms` is shorter than `upstream.timeout_ms`: the caller's whole
+    // budget decides, and the answer says the upstream was waited on (504, not 408).
+    let mut options = Options::new(fake_upstream(Fake::Hang).await);
+    options.upstream_timeout_ms = 30_000;
+    options.request_timeout_ms = 500;
+    let gateway = TestGateway::start(options).await;
+    let started = Instant::now();
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    reply.assert_envelope(504, "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "bounded by server.request_timeout_ms, not upstream.timeout_ms"
+    );
+}
+
+#[tokio::test]
 async fn a_bare_429_is_upstream_rate_limited_and_one_with_a_body_passes() {
     let gateway = gateway_to(Fake::Answer(
         "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n",

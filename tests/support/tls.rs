@@ -126,6 +126,18 @@ pub async fn call(
     identity: Option<&Identity>,
     key: Option<&str>,
 ) -> Result<Seen, String> {
+    call_with(rustls::DEFAULT_VERSIONS, addr, ca, alpn, identity, key).await
+}
+
+/// [`call`] offering only the TLS `versions` given.
+pub async fn call_with(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    addr: std::net::SocketAddr,
+    ca: &TestCa,
+    alpn: &[&[u8]],
+    identity: Option<&Identity>,
+    key: Option<&str>,
+) -> Result<Seen, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
@@ -133,7 +145,7 @@ pub async fn call(
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
-    .with_safe_default_protocol_versions()
+    .with_protocol_versions(versions)
     .unwrap()
     .with_root_certificates(roots);
     let mut config = match identity {
