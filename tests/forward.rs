@@ -263,6 +263,32 @@ async fn forwarded_for_is_honoured_from_trusted_proxies_only() {
         "a trusted proxy's headers pass"
     );
 
+    // The audit trail names the same caller IP, and keeps the caller's own request id apart.
+    let write = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+        ("x-forwarded-for", "198.51.100.1, 203.0.113.9"),
+        ("x-request-id", "caller-chosen-id"),
+    ];
+    let created = send(
+        gateway.addr,
+        "POST",
+        "/api/token/",
+        &write,
+        Some(r#"{"name": "via-proxy"}"#),
+    )
+    .await;
+    assert_eq!(created.status, 200, "{}", created.text());
+    let rid = created.headers["x-request-id"].to_str().unwrap();
+    assert_ne!(rid, "caller-chosen-id");
+    let records = audit_records(&gateway.audit_path);
+    assert_eq!(records.len(), 2);
+    for record in &records {
+        assert_eq!(record["request_id"], rid);
+        assert_eq!(record["caller_request_id"], "caller-chosen-id");
+        assert_eq!(record["source_ip"], "203.0.113.9");
+    }
+
     let bad = [
         ("authorization", auth.as_str()),
         ("x-forwarded-for", "not-an-address"),
@@ -270,7 +296,7 @@ async fn forwarded_for_is_honoured_from_trusted_proxies_only() {
     send(gateway.addr, "GET", "/api/token/", &bad, None)
         .await
         .assert_envelope(400, "bad_request");
-    assert_eq!(upstream.emulator.seen().len(), 1);
+    assert_eq!(upstream.emulator.seen().len(), 2);
 }
 
 #[tokio::test]
