@@ -26,11 +26,16 @@ pub const KEY_PREFIX: &str = "tg_";
 
 /// A fresh gateway key: the prefix and 32 random bytes in hex.
 pub fn new_key() -> Result<String, GatewayError> {
-    let mut bytes = [0u8; 32];
+    Ok(format!("{KEY_PREFIX}{}", random_hex(32)?))
+}
+
+/// `n` bytes from the system's secure random number generator, in hex.
+pub fn random_hex(n: usize) -> Result<String, GatewayError> {
+    let mut bytes = vec![0u8; n];
     SystemRandom::new()
         .fill(&mut bytes)
         .map_err(|_| GatewayError::Internal("the system random number generator failed".into()))?;
-    Ok(format!("{KEY_PREFIX}{}", hex::encode(bytes)))
+    Ok(hex::encode(bytes))
 }
 
 /// The lowercase hex SHA-256 of a key, as `key_sha256` holds it.

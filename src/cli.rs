@@ -283,7 +283,7 @@ fn check(path: &Path) -> ExitCode {
         upstream.timeout_ms,
     );
     if let Some(tls) = &config.server.tls {
-        let clients = match (&tls.client_ca_file, tls.client_auth) {
+        let clients = match (&tls.client_ca_file, tls.client_auth.unwrap_or_default()) {
             (None, _) => "no client certificates".to_string(),
             (Some(ca), auth) => format!(
                 "client certificates from {} {}",

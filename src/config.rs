@@ -68,9 +68,8 @@ pub struct TlsConfig {
     pub key_file: PathBuf,
     /// PEM file of the CA that signs callers' certificates: turns on mutual TLS.
     pub client_ca_file: Option<PathBuf>,
-    /// Whether a caller must present a certificate from that CA.
-    #[serde(default)]
-    pub client_auth: ClientAuth,
+    /// Whether a caller must present a certificate from that CA (`required` when not set).
+    pub client_auth: Option<ClientAuth>,
 }
 
 /// `server.tls.client_auth`
@@ -441,6 +440,15 @@ impl Config {
             );
         }
 
+        if let Some(tls) = &self.server.tls {
+            if tls.client_auth.is_some() && tls.client_ca_file.is_none() {
+                fault(
+                    "server.tls.client_auth".into(),
+                    "needs server.tls.client_ca_file (the CA that signs client certificates)"
+                        .into(),
+                );
+            }
+        }
         if !(1..=1024).contains(&self.limits.name_max_bytes) {
             fault(
                 "limits.name_max_bytes".into(),

@@ -16,13 +16,12 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::audit::chain::AuditKey;
 use crate::audit::verify::{trail_files, verify};
-use crate::caller::{key_digest_hex, new_key};
+use crate::caller::{key_digest_hex, new_key, random_hex};
 use crate::config::Config;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::gateway::Gateway;
@@ -110,16 +109,10 @@ struct Secrets {
 
 impl Secrets {
     fn new() -> Result<Secrets, String> {
-        let random_hex = || {
-            let mut bytes = [0u8; 32];
-            SystemRandom::new()
-                .fill(&mut bytes)
-                .map_err(|_| "the system random number generator failed".to_string())?;
-            Ok::<_, String>(hex::encode(bytes))
-        };
+        let random = |n| random_hex(n).map_err(|e| e.to_string());
         Ok(Secrets {
-            upstream_token: random_hex()?,
-            audit_key: random_hex()?,
+            upstream_token: random(32)?,
+            audit_key: random(32)?,
             client_key: new_key().map_err(|e| e.to_string())?,
         })
     }
@@ -172,11 +165,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new() -> Result<TempDir, String> {
-        let mut bytes = [0u8; 8];
-        SystemRandom::new()
-            .fill(&mut bytes)
-            .map_err(|_| "the system random number generator failed".to_string())?;
-        let path = std::env::temp_dir().join(format!("tokengate-demo-{}", hex::encode(bytes)));
+        let suffix = random_hex(8).map_err(|e| e.to_string())?;
+        let path = std::env::temp_dir().join(format!("tokengate-demo-{suffix}"));
         std::fs::create_dir(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(TempDir(path))
     }

@@ -211,4 +211,10 @@ fn tls_files_and_cert_subjects_are_checked_at_load() {
     .unwrap_err();
     let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["clients[0].cert_subject", "clients[1].key_sha256"]);
+    // `client_auth` means nothing without a client CA: it is refused, not ignored.
+    let errors = tokengate::Config::parse(
+        "[server.tls]\ncert_file = \"a.pem\"\nkey_file = \"b.pem\"\nclient_auth = \"optional\"\n",
+    )
+    .unwrap_err();
+    assert_eq!(errors.0[0].key, "server.tls.client_auth", "{errors}");
 }
