@@ -236,9 +236,12 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// The largest rate a limit may be set to (per minute or per second): beyond it, no limit is
-/// meant, and GCRA's per-request interval would round to nothing.
+/// The largest per-second rate, and the largest bucket: beyond it, no limit is meant.
 pub const MAX_RATE: u32 = 1_000_000;
+
+/// The largest per-minute rate: the same one million a second, so a busy caller's read rate can
+/// be set above what one gateway serves (GCRA's interval is then 1 µs, still exact).
+pub const MAX_PER_MINUTE: u32 = 60 * MAX_RATE;
 
 /// `[audit]`
 #[derive(Debug, Deserialize)]
@@ -698,11 +701,17 @@ impl Config {
     }
 }
 
-/// A rate or bucket size, when set, is from 1 to [`MAX_RATE`] (an operation a caller must not use
-/// at all is left out of its `allow` list).
+/// A rate or bucket size, when set, is from 1 to [`MAX_PER_MINUTE`] for a `*_per_minute` key and
+/// to [`MAX_RATE`] otherwise (an operation a caller must not use at all is left out of its `allow`
+/// list).
 fn rate_rule(key: String, value: Option<u32>, fault: &mut impl FnMut(String, String)) {
-    if value.is_some_and(|v| !(1..=MAX_RATE).contains(&v)) {
-        fault(key, format!("must be from 1 to {MAX_RATE}"));
+    let max = if key.ends_with("_per_minute") {
+        MAX_PER_MINUTE
+    } else {
+        MAX_RATE
+    };
+    if value.is_some_and(|v| !(1..=max).contains(&v)) {
+        fault(key, format!("must be from 1 to {max}"));
     }
 }
 
