@@ -6,6 +6,7 @@
 # request of the proxy process (all its threads or workers), and tokengate's ratios to nginx.
 #
 #   bash bench/run.sh [SECONDS] [ROUNDS] [CONNECTIONS]      (defaults: 10 s, 3 rounds, 64)
+#   CASES="get put" bash bench/run.sh …                      (a subset of the cases below)
 #
 # Cases:
 #   get        GET /api/token/?p=1&size=10, passed through (reads are not audited by default)
@@ -49,7 +50,7 @@ add get tokengate "http://127.0.0.1:$mem_port" get "$mem_pid"
 add put tokengate "http://127.0.0.1:$mem_port" put "$mem_pid"
 add put+fsync tokengate "http://127.0.0.1:$disk_port" put "$disk_pid" "$disk_admin"
 add patch tokengate "http://127.0.0.1:$disk_port" patch "$disk_pid" "$disk_admin"
-cases=(get put put+fsync patch)
+read -r -a cases <<< "${CASES:-get put put+fsync patch}"
 targets=(direct nginx tokengate)
 
 # Every answer must be a success, or the figures measure refusals.
