@@ -34,10 +34,10 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-wait_http() { # $1 URL; any HTTP answer will do
-  for _ in $(seq 100); do
+wait_http() { # $1 URL; any HTTP answer will do (polls every 10 ms, for up to 60 s)
+  for _ in $(seq 6000); do
     curl -s -o /dev/null "$1" && return 0
-    sleep 0.1
+    sleep 0.01
   done
   echo "nothing answers at $1" >&2
   return 1
@@ -48,7 +48,7 @@ token_json='{"id":1,"user_id":1,"key":"HvS2**********S4fb","status":1,"name":"be
 
 # The fixed-answer upstream: nginx answering every token route with a constant new-api answer
 # (a page of one token for the list, the token for everything else). One worker, no logs.
-start_upstream() { # sets up_port
+start_upstream() { # sets up_port, up_pid
   up_port=$(free_port)
   mkdir -p "$work/upstream"
   cat > "$work/upstream/nginx.conf" <<NGINX
@@ -81,7 +81,8 @@ http {
 }
 NGINX
   nginx -p "$work/upstream" -c "$work/upstream/nginx.conf" &
-  pids+=($!)
+  up_pid=$!
+  pids+=("$up_pid")
   wait_http "http://127.0.0.1:$up_port/api/token/"
 }
 
@@ -208,18 +209,23 @@ metric() { # $1 admin port, $2 metric name (a plain counter or a histogram's _co
   curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m { print $2 }'
 }
 
-# One wrk run. $1 URL, $2 connections, $3 seconds, $4 Lua script, $5 pid whose CPU is counted
-# (empty: none), $6 admin port for the fsync count (empty: none). Prints one line:
-#   rps p50_ms p99_ms cpu_us_per_request fsyncs_per_s non2xx requests
+# One wrk run. $1 URL, $2 connections, $3 seconds, $4 Lua script, $5 pid whose CPU and memory are
+# counted (empty: none), $6 admin port for the fsync count (empty: none). Prints one line:
+#   rps p50_ms p99_ms cpu_us_per_request fsyncs_per_s non2xx requests rss_kib_halfway
 measure() {
   local url=$1 c=$2 s=$3 script=$4 pid=${5:-} admin=${6:-}
-  local t0=0 t1=0 f0=0 f1=0 out
+  local t0=0 t1=0 f0=0 f1=0 rss=0 out wrk_pid
   [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
   [ -n "$admin" ] && f0=$(metric "$admin" tokengate_audit_fsync_seconds_count)
-  out=$(wrk -t"$(( c < 2 ? c : 2 ))" -c"$c" -d"${s}s" --timeout 10s --latency -s "$script" "$url" 2>&1)
+  wrk -t"$(( c < 2 ? c : 2 ))" -c"$c" -d"${s}s" --timeout 10s --latency -s "$script" "$url" \
+    > "$work/wrk.out" 2>&1 &
+  wrk_pid=$!
+  if [ -n "$pid" ]; then sleep "$(( s / 2 ))"; rss=$(rss_kib "$pid"); fi
+  wait "$wrk_pid" || true
+  out=$(cat "$work/wrk.out")
   [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
   [ -n "$admin" ] && f1=$(metric "$admin" tokengate_audit_fsync_seconds_count)
-  WRK="$out" T0=$t0 T1=$t1 F0=${f0:-0} F1=${f1:-0} S=$s HZ=$(getconf CLK_TCK) python3 - <<'PY'
+  WRK="$out" T0=$t0 T1=$t1 F0=${f0:-0} F1=${f1:-0} S=$s RSS=$rss HZ=$(getconf CLK_TCK) python3 - <<'PY'
 import os, re
 out = os.environ["WRK"]
 def ms(text):
@@ -241,7 +247,7 @@ fsyncs = (float(os.environ["F1"]) - float(os.environ["F0"])) / float(os.environ[
 bad = int(non2xx.group(1)) if non2xx else 0
 if errors:
     bad += sum(int(n) for n in re.findall(r"\d+", errors.group(1)))
-print(f"{rps:.0f} {p50:.3f} {p99:.3f} {cpu:.1f} {fsyncs:.0f} {bad} {requests}")
+print(f"{rps:.0f} {p50:.3f} {p99:.3f} {cpu:.1f} {fsyncs:.0f} {bad} {requests} {os.environ['RSS']}")
 PY
 }
 

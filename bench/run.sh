@@ -3,7 +3,8 @@
 # and in front of it: nothing (direct), nginx proxy_pass, and tokengate. Each case is driven by the
 # same wrk load at fixed concurrency, the targets interleaved and the whole round repeated; the
 # table gives the median of the rounds for requests/s, p50, p99 and the CPU microseconds per
-# request of the proxy process (all its threads or workers), and tokengate's ratios to nginx.
+# request of the proxy process (all its threads or workers; for "direct", of the upstream itself),
+# and tokengate's ratios to nginx.
 #
 #   bash bench/run.sh [SECONDS] [ROUNDS] [CONNECTIONS]      (defaults: 10 s, 3 rounds, 64)
 #   CASES="get put" bash bench/run.sh …                      (a subset of the cases below)
@@ -43,7 +44,7 @@ declare -A url script pid admin
 add() { url[$1/$2]=$3; script[$1/$2]=$work/$4.lua; pid[$1/$2]=${5:-}; admin[$1/$2]=${6:-}; }
 for c in get put put+fsync patch; do
   s=${c%+fsync}
-  add "$c" direct "http://127.0.0.1:$up_port" "$s"
+  add "$c" direct "http://127.0.0.1:$up_port" "$s" "$up_pid"
   add "$c" nginx "http://127.0.0.1:$nginx_port" "$s" "$nginx_pid"
 done
 add get tokengate "http://127.0.0.1:$mem_port" get "$mem_pid"

@@ -1,6 +1,6 @@
 """Prints bench/run.sh's table from its raw lines.
 
-Each raw line: case target round rps p50_ms p99_ms cpu_us fsyncs_per_s non2xx requests.
+Each raw line: case target round rps p50_ms p99_ms cpu_us fsyncs_per_s non2xx requests rss_kib.
 The figure of each (case, target) is the median over the rounds; tokengate's ratios compare it with
 nginx on the same case (put+fsync with nginx's plain put, which has no trail to write).
 """
@@ -12,7 +12,7 @@ raw, conns = sys.argv[1], sys.argv[2]
 rows = {}
 bad = 0
 for line in open(raw):
-    case, target, _round, rps, p50, p99, cpu, fsyncs, non2xx, _requests = line.split()
+    case, target, _round, rps, p50, p99, cpu, fsyncs, non2xx, _requests, _rss = line.split()
     rows.setdefault((case, target), []).append(
         (float(rps), float(p50), float(p99), float(cpu), float(fsyncs))
     )
@@ -26,14 +26,15 @@ def median(case, target, column):
 
 cases = list(dict.fromkeys(case for case, _ in rows))
 print()
-print(f"| case | via | requests/s | p50 ms | p99 ms | CPU µs/request | fsyncs/s |  ({conns} connections, medians)")
+print(f"{conns} connections; medians of the rounds; CPU of the proxy (of the upstream itself, direct)")
+print(f"| case | via | requests/s | p50 ms | p99 ms | CPU µs/request | fsyncs/s |")
 print("|---|---|---:|---:|---:|---:|---:|")
 for case in cases:
     for target in ("direct", "nginx", "tokengate"):
         if (case, target) not in rows:
             continue
         rps, p50, p99, cpu, fsyncs = (median(case, target, i) for i in range(5))
-        cpu_text = "" if target == "direct" else f"{cpu:.1f}"
+        cpu_text = f"({cpu:.1f})" if target == "direct" else f"{cpu:.1f}"
         fsync_text = f"{fsyncs:,.0f}" if target == "tokengate" and fsyncs else ""
         print(f"| {case} | {target} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu_text} | {fsync_text} |")
 

@@ -71,7 +71,7 @@ fn utf16_order(a: &str, b: &str) -> Ordering {
     a.encode_utf16().cmp(b.encode_utf16())
 }
 
-fn write_string(string: &str, out: &mut Vec<u8>) {
+pub(crate) fn write_string(string: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
     let bytes = string.as_bytes();

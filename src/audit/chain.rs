@@ -66,7 +66,7 @@ impl AuditKey {
     }
 
     /// The lowercase hex HMAC-SHA256 of `data`.
-    fn sign(&self, data: &[u8]) -> String {
+    pub(crate) fn sign(&self, data: &[u8]) -> String {
         hex::encode(hmac::sign(&self.0, data).as_ref())
     }
 }

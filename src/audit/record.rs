@@ -5,8 +5,7 @@
 //! a `GET` returns is dropped by validation), and a key reveal records only that it happened and
 //! for which ids, never the upstream's answer.
 
-use serde_json::{Map, Value};
-
+use super::canonical;
 use crate::context::RequestContext;
 use crate::route::Operation;
 use crate::upstream::Envelope;
@@ -47,84 +46,322 @@ impl Outcome {
     }
 }
 
-/// The `intent` record of a request about to be forwarded.
-pub fn intent(context: &RequestContext, op: Operation) -> Map<String, Value> {
-    base(context, op, "intent")
+/// A record as the request path renders it, before the writer seals it: every member the request
+/// path knows, already in canonical JSON (RFC 8785) and in canonical order, in five runs around the
+/// places of the members the writer adds (`hash`, `prev`, `seq`, `ts`, `v`).
+///
+/// Rendering here, on the request's own thread, leaves the one writer thread (which every audited
+/// request waits for) only the chain: a `seq`, a timestamp, one HMAC and one copy per record.
+/// Member names are fixed ASCII, so their canonical order is their byte order, written out below.
+#[derive(Debug)]
+pub struct Draft {
+    bytes: Vec<u8>,
+    /// Where each run ends in `bytes`: before `hash`, before `prev`, before `seq`, before `ts`,
+    /// before `v`.
+    ends: [usize; 5],
 }
 
-/// The `outcome` record of a finished request.
-pub fn outcome(
+impl Draft {
+    /// The canonical JSON of the sealed record, without `hash` when `hash` is `None`, written to
+    /// `out`, then `\n` when `hash` is given (a line of the trail).
+    pub(crate) fn write(
+        &self,
+        seq: u64,
+        ts: &str,
+        prev: &str,
+        hash: Option<&str>,
+        out: &mut Vec<u8>,
+    ) {
+        let mut seq_text = itoa::Buffer::new();
+        let runs = self.runs();
+        let writer_members: [Option<(&str, &[u8], bool)>; 5] = [
+            hash.map(|h| ("hash", h.as_bytes(), true)),
+            Some(("prev", prev.as_bytes(), true)),
+            Some(("seq", seq_text.format(seq).as_bytes(), false)),
+            Some(("ts", ts.as_bytes(), true)),
+            Some(("v", b"1", false)),
+        ];
+        out.push(b'{');
+        let mut first = true;
+        let mut comma = |out: &mut Vec<u8>| {
+            if !std::mem::take(&mut first) {
+                out.push(b',');
+            }
+        };
+        for (run, member) in runs.into_iter().zip(writer_members) {
+            if !run.is_empty() {
+                comma(out);
+                out.extend_from_slice(run);
+            }
+            if let Some((name, value, quoted)) = member {
+                comma(out);
+                out.push(b'"');
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(if quoted { b"\":\"" } else { b"\":" });
+                out.extend_from_slice(value);
+                if quoted {
+                    out.push(b'"');
+                }
+            }
+        }
+        out.push(b'}');
+        if hash.is_some() {
+            out.push(b'\n');
+        }
+    }
+
+    fn runs(&self) -> [&[u8]; 5] {
+        let mut start = 0;
+        self.ends.map(|end| {
+            let run = &self.bytes[start..end];
+            start = end;
+            run
+        })
+    }
+}
+
+/// Builds a [`Draft`] member by member, in canonical order.
+struct Members {
+    bytes: Vec<u8>,
+    ends: [usize; 5],
+    run: usize,
+    run_start: usize,
+}
+
+impl Members {
+    fn new() -> Members {
+        Members {
+            bytes: Vec::with_capacity(512),
+            ends: [0; 5],
+            run: 0,
+            run_start: 0,
+        }
+    }
+
+    /// Starts the member `name` (a comma first unless it opens its run); its value follows.
+    fn name(&mut self, name: &str) -> &mut Vec<u8> {
+        if self.bytes.len() > self.run_start {
+            self.bytes.push(b',');
+        }
+        self.bytes.push(b'"');
+        self.bytes.extend_from_slice(name.as_bytes());
+        self.bytes.extend_from_slice(b"\":");
+        &mut self.bytes
+    }
+
+    fn string(&mut self, name: &str, value: &str) {
+        let out = self.name(name);
+        canonical::write_string(value, out);
+    }
+
+    fn optional_string(&mut self, name: &str, value: Option<&str>) {
+        match value {
+            Some(value) => self.string(name, value),
+            None => self.name(name).extend_from_slice(b"null"),
+        }
+    }
+
+    fn integer(&mut self, name: &str, value: u64) {
+        let out = self.name(name);
+        out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// Ends the current run: the writer's next member goes here.
+    fn end_run(&mut self) {
+        self.ends[self.run] = self.bytes.len();
+        self.run += 1;
+        self.run_start = self.bytes.len();
+    }
+
+    fn finish(mut self) -> Draft {
+        while self.run < self.ends.len() {
+            self.end_run();
+        }
+        Draft {
+            bytes: self.bytes,
+            ends: self.ends,
+        }
+    }
+}
+
+/// The upstream's answer as an outcome record tells it.
+struct Answer<'a> {
+    status: u16,
+    code: Option<&'a str>,
+}
+
+/// The `intent` record of a request about to be forwarded.
+pub fn intent(context: &RequestContext, op: Operation) -> Draft {
+    draft(context, op, "intent", None)
+}
+
+/// The `outcome` record of a finished request, answered with `status` (and the SPEC §9 `code`
+/// when the gateway made the answer).
+pub fn outcome(context: &RequestContext, op: Operation, status: u16, code: Option<&str>) -> Draft {
+    draft(context, op, "outcome", Some(Answer { status, code }))
+}
+
+/// Every member, in canonical order: `caller_request_id client duration_ms` | hash | `method op
+/// outcome path phase` | prev | `reason request request_id` | seq | `source_ip status token_ids`
+/// | ts | `upstream_message upstream_status upstream_success` | v.
+fn draft(
     context: &RequestContext,
     op: Operation,
-    status: u16,
-    code: Option<&str>,
-) -> Map<String, Value> {
-    let mut record = base(context, op, "outcome");
-    let outcome = Outcome::of(context.forwarded(), code);
-    let upstream = context.upstream();
+    phase: &str,
+    answer: Option<Answer<'_>>,
+) -> Draft {
+    let upstream = answer.as_ref().and_then(|_| context.upstream());
     let envelope = upstream.as_ref().and_then(|u| Envelope::parse(&u.body));
-    record.insert("outcome".into(), Value::from(outcome.as_str()));
-    record.insert("reason".into(), code.map_or(Value::Null, Value::from));
-    record.insert("status".into(), Value::from(status));
-    record.insert(
-        "upstream_status".into(),
-        upstream
-            .as_ref()
-            .map_or(Value::Null, |u| Value::from(u.status)),
-    );
-    record.insert(
-        "upstream_success".into(),
-        envelope
-            .as_ref()
-            .and_then(|e| e.success)
-            .map_or(Value::Null, Value::from),
-    );
-    record.insert(
-        "upstream_message".into(),
-        envelope
-            .and_then(|e| e.message)
-            .map_or(Value::Null, |m| Value::from(m.into_owned())),
-    );
-    record.insert(
-        "duration_ms".into(),
-        Value::from(context.started.elapsed().as_millis() as u64),
-    );
-    record
-}
-
-fn base(context: &RequestContext, op: Operation, phase: &str) -> Map<String, Value> {
-    let mut record = Map::with_capacity(20);
-    record.insert("phase".into(), Value::from(phase));
-    record.insert("request_id".into(), Value::from(context.id.as_str()));
-    record.insert(
-        "caller_request_id".into(),
-        context
-            .caller_request_id
-            .as_deref()
-            .map_or(Value::Null, Value::from),
-    );
-    record.insert(
-        "client".into(),
-        context.client().map_or(Value::Null, Value::from),
-    );
-    record.insert(
-        "source_ip".into(),
-        Value::from(context.source_ip().ip.to_string()),
-    );
-    record.insert("method".into(), Value::from(context.method.as_str()));
-    record.insert("path".into(), Value::from(context.path.as_str()));
-    record.insert("op".into(), Value::from(op.as_str()));
-    record.insert(
-        "token_ids".into(),
-        Value::from(context.token_ids().to_vec()),
-    );
-    record.insert("request".into(), context.request().unwrap_or(Value::Null));
-    record
+    let mut m = Members::new();
+    m.optional_string("caller_request_id", context.caller_request_id.as_deref());
+    m.optional_string("client", context.client());
+    if answer.is_some() {
+        m.integer("duration_ms", context.started.elapsed().as_millis() as u64);
+    }
+    m.end_run(); // hash
+    m.string("method", context.method.as_str());
+    m.string("op", op.as_str());
+    if let Some(answer) = &answer {
+        let outcome = Outcome::of(context.forwarded(), answer.code);
+        m.string("outcome", outcome.as_str());
+    }
+    m.string("path", &context.path);
+    m.string("phase", phase);
+    m.end_run(); // prev
+    if let Some(answer) = &answer {
+        m.optional_string("reason", answer.code);
+    }
+    match context.request() {
+        Some(request) => m.name("request").extend_from_slice(&request),
+        None => m.name("request").extend_from_slice(b"null"),
+    }
+    m.string("request_id", context.id.as_str());
+    m.end_run(); // seq
+    m.string("source_ip", &context.source_ip().ip.to_string());
+    if let Some(answer) = &answer {
+        m.integer("status", u64::from(answer.status));
+    }
+    let out = m.name("token_ids");
+    out.push(b'[');
+    for (i, id) in context.token_ids().iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(itoa::Buffer::new().format(*id).as_bytes());
+    }
+    out.push(b']');
+    m.end_run(); // ts
+    if answer.is_some() {
+        let message = envelope.as_ref().and_then(|e| e.message.as_deref());
+        m.optional_string("upstream_message", message);
+        match &upstream {
+            Some(u) => m.integer("upstream_status", u64::from(u.status)),
+            None => m.name("upstream_status").extend_from_slice(b"null"),
+        }
+        let success = envelope.as_ref().and_then(|e| e.success);
+        let text: &[u8] = match success {
+            Some(true) => b"true",
+            Some(false) => b"false",
+            None => b"null",
+        };
+        m.name("upstream_success").extend_from_slice(text);
+    }
+    m.finish() // v
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::chain::{hash_of, line, AuditKey, GENESIS};
+    use crate::context::UpstreamFacts;
+    use serde_json::{json, Map, Value};
+    use std::time::Duration;
+
+    /// Seals `draft` as the writer does; returns the line and its hash.
+    fn seal(draft: &Draft, key: &AuditKey, seq: u64, prev: &str) -> (Vec<u8>, String) {
+        let ts = "2026-01-01T00:00:00.000Z";
+        let mut unsealed = Vec::new();
+        draft.write(seq, ts, prev, None, &mut unsealed);
+        let hash = key.sign(&unsealed);
+        let mut sealed = Vec::new();
+        draft.write(seq, ts, prev, Some(&hash), &mut sealed);
+        (sealed, hash)
+    }
+
+    #[test]
+    fn a_sealed_draft_is_the_canonical_json_of_its_record() {
+        let key = AuditKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
+        let awkward = "q\"b\\s\n\t\u{1}\u{7f} é 😀 \u{e000}";
+        let context = RequestContext::new(
+            "10.1.2.3:5000".parse().unwrap(),
+            http::Method::PUT,
+            "/api/token/",
+            Some(awkward.into()),
+            Duration::from_secs(5),
+        );
+        let intent_before_facts = intent(&context, Operation::Update);
+        context.set_client("team-a".into());
+        context.set_token_ids(vec![7, 9]);
+        context.set_request(
+            json!({"name": awkward, "remain_quota": 5, "allow_ips": null, "z": [1, true]}),
+        );
+        context.set_forwarded();
+        context.set_upstream(UpstreamFacts {
+            status: 200,
+            body: bytes::Bytes::from_static(br#"{"success":false,"message":"bad \"name\""}"#),
+        });
+        let drafts = [
+            intent_before_facts,
+            intent(&context, Operation::Update),
+            outcome(&context, Operation::Update, 200, None),
+            outcome(&context, Operation::Update, 504, Some("upstream_timeout")),
+        ];
+        let mut prev = GENESIS.to_string();
+        for (i, draft) in drafts.iter().enumerate() {
+            let (sealed, hash) = seal(draft, &key, i as u64 + 1, &prev);
+            // The line reads back, and is byte for byte the canonical JSON of what it reads as;
+            // its hash is the one `verify` computes.
+            let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();
+            assert_eq!(
+                line(&record),
+                sealed,
+                "{}",
+                String::from_utf8_lossy(&sealed)
+            );
+            assert_eq!(hash_of(&key, &record), hash);
+            assert_eq!(record["seq"], i as u64 + 1);
+            assert_eq!(record["prev"], prev.as_str());
+            assert_eq!(record["v"], 1);
+            assert_eq!(record["caller_request_id"], awkward);
+            prev = hash;
+        }
+        let record = |i: usize| -> Map<String, Value> {
+            serde_json::from_slice(&seal(&drafts[i], &key, 1, GENESIS).0).unwrap()
+        };
+        let first = record(0);
+        assert_eq!(first["client"], Value::Null);
+        assert_eq!(first["request"], Value::Null);
+        assert_eq!(first["token_ids"], json!([]));
+        assert_eq!(
+            first.len(),
+            15,
+            "an intent has 10 members of its own and 5 of the writer"
+        );
+        let forwarded = record(2);
+        assert_eq!(forwarded.len(), 22);
+        assert_eq!(forwarded["phase"], "outcome");
+        assert_eq!(forwarded["outcome"], "forwarded");
+        assert_eq!(forwarded["reason"], Value::Null);
+        assert_eq!(forwarded["request"]["name"], awkward);
+        assert_eq!(forwarded["token_ids"], json!([7, 9]));
+        assert_eq!(forwarded["upstream_status"], 200);
+        assert_eq!(forwarded["upstream_success"], false);
+        assert_eq!(forwarded["upstream_message"], "bad \"name\"");
+        let timeout = record(3);
+        assert_eq!(timeout["outcome"], "timeout");
+        assert_eq!(timeout["reason"], "upstream_timeout");
+        assert_eq!(timeout["status"], 504);
+    }
 
     #[test]
     fn outcomes_are_classified_by_forwarding_and_code() {

@@ -17,10 +17,10 @@ use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TryS
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value};
 use tokio::sync::oneshot;
 
-use super::chain::{line, seal, AuditKey, GENESIS};
+use super::chain::{AuditKey, GENESIS};
+use super::record::Draft;
 use super::verify::{tail, trail_files};
 use crate::config::{AuditConfig, Fsync};
 use crate::metrics::Metrics;
@@ -44,7 +44,7 @@ pub struct AuditError(pub String);
 
 enum Job {
     Append {
-        record: Map<String, Value>,
+        record: Draft,
         done: oneshot::Sender<Result<(), AuditError>>,
     },
     Flush {
@@ -108,7 +108,7 @@ impl Trail {
 
     /// Appends one record (without `v`, `seq`, `ts`, `prev`, `hash`, which the writer adds) and
     /// waits until it is durable (`fsync = "always"`) or written (`"interval"`).
-    pub async fn append(&self, record: Map<String, Value>) -> Result<(), AuditError> {
+    pub async fn append(&self, record: Draft) -> Result<(), AuditError> {
         let (done, answer) = oneshot::channel();
         self.submit(Job::Append { record, done }, answer).await
     }
@@ -373,26 +373,19 @@ impl Writer {
             Sink::Stdout { seq, prev } => (seq, prev),
         };
         let (first_seq, first_prev) = (*seq, prev.clone());
-        let mut bytes = Vec::with_capacity(batch.len() * 512);
+        let mut bytes = Vec::with_capacity(batch.len() * 640);
+        let mut unsealed = Vec::with_capacity(640);
         let mut records = 0u64;
-        for job in batch.iter_mut() {
+        for job in batch.iter() {
             let Job::Append { record, .. } = job else {
                 continue;
             };
-            let mut sealed = Map::with_capacity(record.len() + 5);
-            sealed.insert("v".into(), Value::from(1));
-            sealed.insert("seq".into(), Value::from(*seq + 1));
-            sealed.insert("ts".into(), Value::from(ts.as_str()));
-            sealed.append(record);
-            sealed.insert("prev".into(), Value::from(prev.as_str()));
-            seal(&self.key, &mut sealed);
-            bytes.extend_from_slice(&line(&sealed));
             *seq += 1;
-            *prev = sealed
-                .get("hash")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+            unsealed.clear();
+            record.write(*seq, &ts, prev, None, &mut unsealed);
+            let hash = self.key.sign(&unsealed);
+            record.write(*seq, &ts, prev, Some(&hash), &mut bytes);
+            *prev = hash;
             records += 1;
         }
         let written = if flush_only {

@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# How tokengate's cost grows with the work (issue 8), on the same fixed-answer upstream as
+# bench/run.sh. Each study prints a table; nginx is measured beside tokengate where it does the
+# same work (connections, bodies).
+#
+#   bash bench/scale.sh [STUDY...] (default: callers connections bodies batch trail memory)
+#   SECONDS_PER_RUN=5 bash bench/scale.sh …        (wrk run length, default 8)
+#   SOAK_SECONDS=600 bash bench/scale.sh soak      (the soak is only run when named)
+#
+# Studies:
+#   callers      1 → 10 000 configured clients: start-up, idle memory, GET throughput
+#   connections  1 → 1 000 connections: GET through nginx and tokengate, memory under load
+#   bodies       300 B → 64 KiB full updates (allow_ips padded): PUT through nginx and tokengate
+#   batch        fan-out batch updates of 1 → 100 ids, audited with fsync = "always"
+#   trail        an audit trail of 1 → 10 000 000 records: start-up (resuming the chain) and PUT
+#                throughput with fsync = "always" on top of it
+#   memory       resident size idle and under 1 000 connections
+#   soak         steady audited PUT load for SOAK_SECONDS; resident size every 30 s
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${SECONDS_PER_RUN:-8}
+studies=("$@")
+[ ${#studies[@]} -gt 0 ] || studies=(callers connections bodies batch trail memory)
+
+source bench/lib.sh
+install_tools
+cargo build --release --locked --quiet
+bin=$PWD/target/release/tokengate
+work=$(mktemp -d "$PWD/target/bench-scale.XXXXXX")
+trap cleanup EXIT
+ulimit -n 20000 2>/dev/null || true
+
+start_upstream
+start_nginx_proxy
+write_scripts
+echo "machine: $(machine)"
+
+field() { cut -d' ' -f"$1" <<<"$2"; }
+row() { # label, then a measure line: | label | rps | p50 | p99 | CPU µs/request |
+  printf '| %s | %s | %s | %s | %s |\n' "$1" "$(field 1 "$2")" "$(field 2 "$2")" "$(field 3 "$2")" "$(field 4 "$2")"
+}
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+# Starts tokengate on $work/$1 and prints the milliseconds until /healthz answers.
+timed_start() {
+  local t0 t1
+  t0=$(date +%s%N)
+  start_tokengate "$1"
+  t1=$(date +%s%N)
+  echo $(( (t1 - t0) / 1000000 ))
+}
+
+study_callers() {
+  echo; echo "### Configured callers (GET, 64 connections; the caller is the last client)"
+  echo "| clients | start-up ms | idle RSS MiB | requests/s | p50 ms | p99 ms | CPU µs/request |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|"
+  for n in 1 100 1000 10000; do
+    local extra
+    extra=$(python3 - "$n" <<'PY'
+import hashlib, sys
+for i in range(int(sys.argv[1]) - 1):
+    digest = hashlib.sha256(f"tg_bench_caller_{i:06d}_not_secret".encode()).hexdigest()
+    print(f'[[clients]]\nname = "caller-{i}"\nkey_sha256 = "{digest}"\nallow = ["list", "get"]\n')
+PY
+)
+    tokengate_config "callers-$n" - always "$extra"
+    local ms rss r
+    ms=$(timed_start "callers-$n")
+    rss=$(rss_kib "$tg_pid")
+    r=$(measure "http://127.0.0.1:$tg_port" 64 "$secs" "$work/get.lua" "$tg_pid")
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$n" "$ms" "$(mib "$rss")" \
+      "$(field 1 "$r")" "$(field 2 "$r")" "$(field 3 "$r")" "$(field 4 "$r")"
+    stop_pid "$tg_pid"
+  done
+}
+
+study_connections() {
+  echo; echo "### Connections (GET pass-through)"
+  tokengate_config conns - always
+  start_tokengate conns
+  echo "| via | connections | requests/s | p50 ms | p99 ms | CPU µs/request | RSS MiB under load |"
+  echo "|---|---:|---:|---:|---:|---:|---:|"
+  for c in 1 10 100 1000; do
+    for t in nginx tokengate; do
+      local port pid r
+      if [ "$t" = nginx ]; then port=$nginx_port pid=$nginx_pid; else port=$tg_port pid=$tg_pid; fi
+      r=$(measure "http://127.0.0.1:$port" "$c" "$secs" "$work/get.lua" "$pid")
+      printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$t" "$c" "$(field 1 "$r")" "$(field 2 "$r")" \
+        "$(field 3 "$r")" "$(field 4 "$r")" "$(mib "$(field 8 "$r")")"
+    done
+  done
+  stop_pid "$tg_pid"
+}
+
+# A full update of about $1 bytes: the 300-byte body with allow_ips padded by /32 entries.
+padded_body() {
+  python3 - "$1" <<'PY'
+import sys
+size = int(sys.argv[1])
+head = '{"id":%d,"name":"bench-token-0001","remain_quota":500000,"expired_time":-1,"unlimited_quota":false,"model_limits_enabled":true,"model_limits":"gpt-4o,gpt-4o-mini,claude-3-5-sonnet","allow_ips":"10.0.0.0/8'
+tail = '","group":"default","cross_group_retry":false,"status":1,"key":"HvS2**********S4fb"}'
+ips, i = [], 0
+while len(head) + len(tail) + sum(len(x) + 2 for x in ips) < size - 20:
+    ips.append(f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}/32")
+    i += 1
+print(head + "".join("\\n" + ip for ip in ips) + tail)
+PY
+}
+
+study_bodies() {
+  echo; echo "### Body size (PUT full update, 64 connections; tokengate's trail to /dev/null)"
+  tokengate_config bodies - always
+  start_tokengate bodies
+  echo "| via | body bytes | requests/s | p50 ms | p99 ms | CPU µs/request |"
+  echo "|---|---:|---:|---:|---:|---:|"
+  for size in 300 4096 16384 65536; do
+    body_script "body-$size" "$(padded_body "$size")"
+    for t in nginx tokengate; do
+      local port pid r
+      if [ "$t" = nginx ]; then port=$nginx_port pid=$nginx_pid; else port=$tg_port pid=$tg_pid; fi
+      r=$(measure "http://127.0.0.1:$port" 64 "$secs" "$work/body-$size.lua" "$pid")
+      [ "$(field 6 "$r")" = 0 ] || echo "  ($(field 6 "$r") answers were not 2xx)"
+      printf '| %s | %s | %s | %s | %s | %s |\n' "$t" "$size" "$(field 1 "$r")" "$(field 2 "$r")" \
+        "$(field 3 "$r")" "$(field 4 "$r")"
+    done
+  done
+  stop_pid "$tg_pid"
+}
+
+study_batch() {
+  echo; echo "### Fan-out batch update (16 connections, limits.batch_concurrency = 16, fsync = \"always\")"
+  tokengate_config batch "$work/batch/trail.jsonl" always
+  start_tokengate batch
+  echo "| ids per batch | batches/s | ids/s | p50 ms | p99 ms | CPU µs/id | fsyncs/s |"
+  echo "|---:|---:|---:|---:|---:|---:|---:|"
+  for n in 1 10 100; do
+    local ids
+    ids=$(seq -s, $(( n * 7 )) 7 $(( n * 14 - 7 )))
+    cat > "$work/batch-$n.lua" <<LUA
+wrk.method = "PUT"
+wrk.path = "/api/token/batch"
+wrk.body = '{"ids":[$ids],"update_fields":["remain_quota"],"remain_quota":400000}'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $bench_key"
+LUA
+    local r rps
+    r=$(measure "http://127.0.0.1:$tg_port" 16 "$secs" "$work/batch-$n.lua" "$tg_pid" "$tg_admin")
+    [ "$(field 6 "$r")" = 0 ] || echo "  ($(field 6 "$r") answers were not 2xx)"
+    rps=$(field 1 "$r")
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$n" "$rps" "$(( rps * n ))" "$(field 2 "$r")" \
+      "$(field 3 "$r")" "$(awk -v c="$(field 4 "$r")" -v n="$n" 'BEGIN { printf "%.1f", c / n }')" "$(field 5 "$r")"
+  done
+  stop_pid "$tg_pid"
+}
+
+study_trail() {
+  echo; echo "### Audit trail size (start-up resumes the chain from the last record; PUT, 64 connections, fsync = \"always\")"
+  echo "| records on disk | file MiB | start-up ms | requests/s | p99 ms | fsyncs/s |"
+  echo "|---:|---:|---:|---:|---:|---:|"
+  local verified=""
+  for n in 1 100000 1000000 10000000; do
+    tokengate_config "trail-$n" "$work/trail-$n/trail.jsonl" always
+    python3 bench/trail.py "$n" "$work/trail-$n/trail.jsonl" "$work/audit-key"
+    if [ -z "$verified" ]; then # the generator's chain must verify, or the study means nothing
+      "$bin" audit verify --config "$work/trail-$n/tokengate.toml" >/dev/null
+      verified=1
+    fi
+    local size ms r
+    size=$(stat -c %s "$work/trail-$n/trail.jsonl")
+    ms=$(timed_start "trail-$n")
+    r=$(measure "http://127.0.0.1:$tg_port" 64 "$secs" "$work/put.lua" "$tg_pid" "$tg_admin")
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$n" "$(mib $(( size / 1024 )))" "$ms" "$(field 1 "$r")" \
+      "$(field 3 "$r")" "$(field 5 "$r")"
+    stop_pid "$tg_pid"
+    rm -rf "$work/trail-$n"
+  done
+}
+
+study_memory() {
+  echo; echo "### Memory (resident set)"
+  tokengate_config memory "$work/memory/trail.jsonl" always
+  start_tokengate memory
+  sleep 1
+  local idle r put
+  idle=$(rss_kib "$tg_pid")
+  r=$(measure "http://127.0.0.1:$tg_port" 1000 "$secs" "$work/get.lua" "$tg_pid")
+  put=$(measure "http://127.0.0.1:$tg_port" 1000 "$secs" "$work/put.lua" "$tg_pid")
+  sleep 2
+  echo "| state | tokengate RSS MiB | nginx RSS MiB (master + workers) |"
+  echo "|---|---:|---:|"
+  echo "| idle, after start | $(mib "$idle") | $(mib "$(rss_kib "$nginx_pid")") |"
+  echo "| 1 000 connections, GET (halfway) | $(mib "$(field 8 "$r")") | |"
+  echo "| 1 000 connections, audited PUT (halfway) | $(mib "$(field 8 "$put")") | |"
+  echo "| idle again, 2 s after | $(mib "$(rss_kib "$tg_pid")") | |"
+  stop_pid "$tg_pid"
+}
+
+study_soak() {
+  local total=${SOAK_SECONDS:-600} step=30
+  echo; echo "### Soak: audited PUT (fsync = \"always\"), 64 connections, ${total} s"
+  tokengate_config soak "$work/soak/trail.jsonl" always
+  start_tokengate soak
+  echo "| elapsed s | requests/s | p99 ms | RSS MiB |"
+  echo "|---:|---:|---:|---:|"
+  local t=0 r
+  while [ "$t" -lt "$total" ]; do
+    r=$(measure "http://127.0.0.1:$tg_port" 64 "$step" "$work/put.lua" "$tg_pid")
+    t=$(( t + step ))
+    printf '| %s | %s | %s | %s |\n' "$t" "$(field 1 "$r")" "$(field 3 "$r")" "$(mib "$(rss_kib "$tg_pid")")"
+  done
+  stop_pid "$tg_pid"
+  "$bin" audit verify --config "$work/soak/tokengate.toml" | tail -1
+}
+
+for study in "${studies[@]}"; do
+  "study_$study"
+done
