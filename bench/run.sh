@@ -8,6 +8,7 @@
 #
 #   bash bench/run.sh [SECONDS] [ROUNDS] [CONNECTIONS]      (defaults: 10 s, 3 rounds, 64)
 #   CASES="get put" bash bench/run.sh …                      (a subset of the cases below)
+#   TOKENGATE_BIN=path/to/tokengate bash bench/run.sh …      (another build, for before/after)
 #
 # Cases:
 #   get        GET /api/token/?p=1&size=10, passed through (reads are not audited by default)
@@ -23,8 +24,10 @@ conns=${3:-64}
 
 source bench/lib.sh
 install_tools
-cargo build --release --locked --quiet
-bin=$PWD/target/release/tokengate
+if [ -n "${TOKENGATE_BIN:-}" ]; then bin=$(realpath "$TOKENGATE_BIN"); else
+  cargo build --release --locked --quiet
+  bin=$PWD/target/release/tokengate
+fi
 work=$(mktemp -d "$PWD/target/bench-run.XXXXXX")
 trap cleanup EXIT
 ulimit -n 20000 2>/dev/null || true

@@ -41,13 +41,13 @@ row() { # label, then a measure line: | label | rps | p50 | p99 | CPU µs/reques
 }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
-# Starts tokengate on $work/$1 and prints the milliseconds until /healthz answers.
+# Starts tokengate on $work/$1; sets startup_ms, the milliseconds until /healthz answers.
 timed_start() {
   local t0 t1
   t0=$(date +%s%N)
   start_tokengate "$1"
   t1=$(date +%s%N)
-  echo $(( (t1 - t0) / 1000000 ))
+  startup_ms=$(( (t1 - t0) / 1000000 ))
 }
 
 study_callers() {
@@ -65,7 +65,7 @@ PY
 )
     tokengate_config "callers-$n" - always "$extra"
     local ms rss r
-    ms=$(timed_start "callers-$n")
+    timed_start "callers-$n"; ms=$startup_ms
     rss=$(rss_kib "$tg_pid")
     r=$(measure "http://127.0.0.1:$tg_port" 64 "$secs" "$work/get.lua" "$tg_pid")
     printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$n" "$ms" "$(mib "$rss")" \
@@ -167,7 +167,7 @@ study_trail() {
     fi
     local size ms r
     size=$(stat -c %s "$work/trail-$n/trail.jsonl")
-    ms=$(timed_start "trail-$n")
+    timed_start "trail-$n"; ms=$startup_ms
     r=$(measure "http://127.0.0.1:$tg_port" 64 "$secs" "$work/put.lua" "$tg_pid" "$tg_admin")
     printf '| %s | %s | %s | %s | %s | %s |\n' "$n" "$(mib $(( size / 1024 )))" "$ms" "$(field 1 "$r")" \
       "$(field 3 "$r")" "$(field 5 "$r")"

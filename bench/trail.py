@@ -10,6 +10,7 @@ members sorted by name with no white space, which the templates below spell out.
 
 import hashlib
 import hmac
+import os
 import sys
 
 count, path, key_file = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -32,3 +33,6 @@ with open(path, "w", buffering=1 << 20) as out:
         digest = hmac.new(key, (head + rest).encode(), hashlib.sha256).hexdigest()
         out.write(head + ',"hash":"' + digest + '"' + rest + "\n")
         prev = digest
+    # On disk before the gateway starts: otherwise its first fdatasync writes back the whole file.
+    out.flush()
+    os.fsync(out.fileno())
