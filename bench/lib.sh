@@ -16,6 +16,7 @@ install_tools() {
   need wrk wrk
   need curl curl
   need python3 python3
+  need pgrep procps
   # nginx-light: the proxy module and little else. Debian's package scripts try to start the
   # service on port 80; that refusal is harmless (no init system) and ignored.
   need nginx nginx-light
