@@ -71,7 +71,7 @@ impl Service<Request<Bytes>> for Forward {
                 .await?;
             let mut response = Response::new(Full::new(answer.body));
             *response.status_mut() = answer.status;
-            *response.headers_mut() = headers::to_caller(answer.headers, &context.id);
+            *response.headers_mut() = headers::to_caller(answer.headers);
             Ok(response)
         })
     }

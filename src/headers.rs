@@ -89,8 +89,9 @@ pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId
     out
 }
 
-/// The upstream's response headers as the caller gets them.
-pub fn to_caller(upstream: HeaderMap, request_id: &RequestId) -> HeaderMap {
+/// The upstream's response headers as the caller gets them (the request-context layer then sets
+/// the gateway's `X-Request-Id` on every answer).
+pub fn to_caller(upstream: HeaderMap) -> HeaderMap {
     let listed = connection_listed(&upstream);
     let mut out = HeaderMap::with_capacity(upstream.len() + 1);
     let mut last: Option<HeaderName> = None;
@@ -109,9 +110,6 @@ pub fn to_caller(upstream: HeaderMap, request_id: &RequestId) -> HeaderMap {
                 out.append(name.clone(), value);
             }
         }
-    }
-    if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
-        out.insert(X_REQUEST_ID, id);
     }
     out
 }
@@ -269,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn caller_gets_the_gateway_request_id_and_no_hop_headers() {
+    fn caller_gets_no_upstream_request_id_and_no_hop_headers() {
         let upstream = headers(&[
             ("content-type", "application/json"),
             ("x-request-id", "upstream-id"),
@@ -278,8 +276,8 @@ mod tests {
             ("cache-control", "no-store"),
             ("cache-control", "private"),
         ]);
-        let out = to_caller(upstream, &RequestId::from_static("gw"));
-        assert_eq!(out["x-request-id"], "gw");
+        let out = to_caller(upstream);
+        assert!(out.get("x-request-id").is_none());
         assert!(out.get("transfer-encoding").is_none());
         assert!(out.get("set-cookie").is_none());
         assert_eq!(out.get_all("cache-control").iter().count(), 2);

@@ -64,12 +64,23 @@ pub struct RateStatus {
 impl RateStatus {
     /// The `RateLimit-Policy` item: `"writes";q=60;w=60`.
     pub fn policy_item(&self) -> String {
-        format!("\"{}\";q={};w={}", self.policy, self.quota, self.window)
+        self.item(("q", self.quota.into()), ("w", self.window))
     }
 
     /// The `RateLimit` item: `"writes";r=0;t=5`.
     pub fn limit_item(&self) -> String {
-        format!("\"{}\";r={};t={}", self.policy, self.remaining, self.reset)
+        self.item(("r", self.remaining.into()), ("t", self.reset))
+    }
+
+    /// `"policy";a=1;b=2`, written without `format!` (two of these go on every answer).
+    fn item(&self, (a, x): (&str, u64), (b, y): (&str, u64)) -> String {
+        let mut numbers = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (x, y) = (numbers.0.format(x), numbers.1.format(y));
+        let mut out = String::with_capacity(self.policy.len() + x.len() + y.len() + 10);
+        for part in ["\"", self.policy, "\";", a, "=", x, ";", b, "=", y] {
+            out.push_str(part);
+        }
+        out
     }
 }
 

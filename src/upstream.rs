@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, AUTHORIZATION};
+use http::header::{HeaderName, AUTHORIZATION, HOST};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -41,6 +41,8 @@ const MAX_UPSTREAM_BODY: usize = 16 << 20;
 pub struct UpstreamUrl {
     scheme: Scheme,
     authority: Authority,
+    /// `Host`, set on every request: otherwise the client formats it from the URI each time.
+    host: HeaderValue,
     /// A path prefix without trailing slash (`""` for none).
     prefix: String,
 }
@@ -63,20 +65,27 @@ impl UpstreamUrl {
             return Err("must not have a query or fragment".into());
         }
         let prefix = uri.path().trim_end_matches('/').to_string();
+        let host = HeaderValue::from_str(authority.as_str()).map_err(|_| "has an invalid host")?;
         Ok(UpstreamUrl {
             scheme,
             authority,
+            host,
             prefix,
         })
     }
 
     /// The full URI of a canonical path and query.
     fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
-        Uri::builder()
+        let builder = Uri::builder()
             .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(format!("{}{path_and_query}", self.prefix))
-            .build()
+            .authority(self.authority.clone());
+        if self.prefix.is_empty() {
+            builder.path_and_query(path_and_query).build()
+        } else {
+            builder
+                .path_and_query(format!("{}{path_and_query}", self.prefix))
+                .build()
+        }
     }
 
     /// Whether the upstream is reached over TLS.
@@ -260,6 +269,7 @@ impl Upstream {
         *outbound.method_mut() = request.method;
         *outbound.uri_mut() = uri;
         *outbound.headers_mut() = request.headers;
+        outbound.headers_mut().insert(HOST, self.url.host.clone());
         outbound
             .headers_mut()
             .insert(AUTHORIZATION, request.credential.authorization.clone());
