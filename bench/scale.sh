@@ -209,7 +209,7 @@ study_soak() {
     printf '| %s | %s | %s | %s |\n' "$t" "$(field 1 "$r")" "$(field 3 "$r")" "$(mib "$(rss_kib "$tg_pid")")"
   done
   stop_pid "$tg_pid"
-  "$bin" audit verify --config "$work/soak/tokengate.toml" | tail -1
+  "$bin" audit verify --config "$work/soak/tokengate.toml" | tail -2
 }
 
 for study in "${studies[@]}"; do
