@@ -264,24 +264,37 @@ LUA
   # A full update (SPEC §4.3: every field present), about 300 bytes.
   body_script put '{"id":%d,"name":"bench-token-0001","remain_quota":500000,"expired_time":-1,"unlimited_quota":false,"model_limits_enabled":true,"model_limits":"gpt-4o,gpt-4o-mini,claude-3-5-sonnet","allow_ips":"10.0.0.0/8\n192.168.1.0/24","group":"default","cross_group_retry":false,"status":1,"key":"HvS2**********S4fb"}'
   cat > "$work/patch.lua" <<LUA
-local n = 0
+$(thread_offsets)
 local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer $bench_key" }
 request = function()
   n = n + 1
-  return wrk.format("PATCH", "/api/token/" .. (n % 1000 + 1), headers, '{"remain_quota":400000}')
+  return wrk.format("PATCH", "/api/token/" .. ((offset + n) % 1000 + 1), headers, '{"remain_quota":400000}')
 end
+LUA
+}
+
+# Lua: each wrk thread starts at its own place among the 1 000 tokens (wrk runs one copy of the
+# script per thread; starting both at token 1 made them collide on the same tokens in lockstep).
+thread_offsets() {
+  cat <<'LUA'
+local threads = 0
+function setup(thread)
+  thread:set("offset", threads * 500)
+  threads = threads + 1
+end
+local n = 0
 LUA
 }
 
 # $1 name, $2 a full update sent with PUT /api/token/, a Lua format string whose %d is the id.
 body_script() {
   cat > "$work/$1.lua" <<LUA
-local n = 0
+$(thread_offsets)
 local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer $bench_key" }
 local body = [[$2]]
 request = function()
   n = n + 1
-  return wrk.format("PUT", "/api/token/", headers, string.format(body, n % 1000 + 1))
+  return wrk.format("PUT", "/api/token/", headers, string.format(body, (offset + n) % 1000 + 1))
 end
 LUA
 }
