@@ -2,7 +2,7 @@
 # upstream (nginx), the peer proxy (nginx) and tokengate, and measures one wrk run against one of
 # them (requests/s, latency, CPU of the serving process per request).
 #
-# Sourced, not run. The caller sets `work` (a fresh directory) before calling anything here.
+# Sourced, not run. The caller calls `setup_bench NAME` first.
 
 set -euo pipefail
 
@@ -21,6 +21,20 @@ install_tools() {
   # service on port 80; that refusal is harmless (no init system) and ignored.
   need nginx nginx-light
   command -v nginx >/dev/null || { echo "nginx could not be installed" >&2; exit 1; }
+}
+
+# Installs the tools, builds tokengate in release mode (or takes $TOKENGATE_BIN), makes the work
+# directory target/bench-$1.* (removed on exit, with every server started, unless KEEP_WORK is set)
+# and raises the open-file limit for 1 000 connections. Sets `bin` and `work`.
+setup_bench() {
+  install_tools
+  if [ -n "${TOKENGATE_BIN:-}" ]; then bin=$(realpath "$TOKENGATE_BIN"); else
+    cargo build --release --locked --quiet
+    bin=$PWD/target/release/tokengate
+  fi
+  work=$(mktemp -d "$PWD/target/bench-$1.XXXXXX")
+  trap cleanup EXIT
+  ulimit -n 20000 2>/dev/null || true
 }
 
 pids=()

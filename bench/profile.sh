@@ -13,14 +13,10 @@ seconds=${2:-10}
 conns=${3:-64}
 
 source bench/lib.sh
-install_tools
 need perf linux-perf
 RUSTFLAGS="-C force-frame-pointers=yes" CARGO_PROFILE_RELEASE_STRIP=none CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
   cargo build --release --locked --quiet --target-dir target/profiling
-bin=$PWD/target/profiling/release/tokengate
-work=$(mktemp -d "$PWD/target/bench-profile.XXXXXX")
-trap cleanup EXIT
-ulimit -n 20000 2>/dev/null || true
+TOKENGATE_BIN=target/profiling/release/tokengate setup_bench profile
 
 start_upstream
 case $case in

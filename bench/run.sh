@@ -23,14 +23,7 @@ rounds=${2:-3}
 conns=${3:-64}
 
 source bench/lib.sh
-install_tools
-if [ -n "${TOKENGATE_BIN:-}" ]; then bin=$(realpath "$TOKENGATE_BIN"); else
-  cargo build --release --locked --quiet
-  bin=$PWD/target/release/tokengate
-fi
-work=$(mktemp -d "$PWD/target/bench-run.XXXXXX")
-trap cleanup EXIT
-ulimit -n 20000 2>/dev/null || true
+setup_bench run
 
 start_upstream
 start_nginx_proxy

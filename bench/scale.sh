@@ -6,6 +6,7 @@
 #   bash bench/scale.sh [STUDY...] (default: callers connections bodies batch trail memory)
 #   SECONDS_PER_RUN=5 bash bench/scale.sh …        (wrk run length, default 8)
 #   SOAK_SECONDS=600 bash bench/scale.sh soak      (the soak is only run when named)
+#   TOKENGATE_BIN=path/to/tokengate bash bench/scale.sh …   (another build)
 #
 # Studies:
 #   callers      1 → 10 000 configured clients: start-up, idle memory, GET throughput
@@ -23,12 +24,7 @@ studies=("$@")
 [ ${#studies[@]} -gt 0 ] || studies=(callers connections bodies batch trail memory)
 
 source bench/lib.sh
-install_tools
-cargo build --release --locked --quiet
-bin=$PWD/target/release/tokengate
-work=$(mktemp -d "$PWD/target/bench-scale.XXXXXX")
-trap cleanup EXIT
-ulimit -n 20000 2>/dev/null || true
+setup_bench scale
 
 start_upstream
 start_nginx_proxy
