@@ -342,7 +342,7 @@ impl Writer {
                 - batch.len() as i64;
             self.metrics.set_audit_queue_depth(depth.max(0));
             self.health.busy_since_ms.store(now_ms(), Ordering::Relaxed);
-            let result = self.commit(&mut batch);
+            let result = self.commit(&batch);
             if self.fsync == Fsync::Interval && last_sync.elapsed() >= TICK && self.dirty {
                 let _ = self.sync();
                 last_sync = Instant::now();
@@ -359,7 +359,7 @@ impl Writer {
     }
 
     /// Seals and writes every record of the batch with one write, then syncs once.
-    fn commit(&mut self, batch: &mut [Job]) -> Result<(), AuditError> {
+    fn commit(&mut self, batch: &[Job]) -> Result<(), AuditError> {
         let flush_only = batch.iter().all(|job| matches!(job, Job::Flush { .. }));
         // A flush that shares a batch with appends still asks for the fsync.
         let flush_asked = batch.iter().any(|job| matches!(job, Job::Flush { .. }));
