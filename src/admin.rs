@@ -54,7 +54,8 @@ async fn answer(gateway: &Gateway, method: &Method, path: &str, id: &RequestId) 
             };
             let upstream = upstream_check(gateway).await;
             let ready = audit.is_ok() && upstream.is_ok();
-            gateway.metrics.set_ready(ready);
+            gateway.metrics.set_audit_ready(audit.is_ok());
+            gateway.metrics.set_upstream_ready(upstream.is_ok());
             let status = if ready {
                 StatusCode::OK
             } else {

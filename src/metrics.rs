@@ -1,6 +1,7 @@
 //! The Prometheus metrics of SPEC §7, one registry per gateway (so two gateways in one process,
 //! as in tests, never share counters), rendered on the admin listener's `/metrics`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -69,6 +70,28 @@ pub struct Metrics {
     audit_fsync: Histogram,
     audit_queue_depth: Gauge,
     ready: Gauge,
+    /// What `ready` is made of; the gauge is 1 only when all three hold, so no one source can
+    /// overwrite another's "not ready" (the audit writer's next batch, say, during shutdown).
+    readiness: Readiness,
+}
+
+/// The parts of readiness, each set by its own source. The upstream is presumed reachable until
+/// a `/readyz` check says otherwise; the others start false.
+#[derive(Debug)]
+struct Readiness {
+    serving: AtomicBool,
+    audit: AtomicBool,
+    upstream: AtomicBool,
+}
+
+impl Default for Readiness {
+    fn default() -> Self {
+        Readiness {
+            serving: AtomicBool::new(false),
+            audit: AtomicBool::new(false),
+            upstream: AtomicBool::new(true),
+        }
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -187,6 +210,7 @@ impl Metrics {
             audit_fsync,
             audit_queue_depth,
             ready,
+            readiness: Readiness::default(),
         }
     }
 
@@ -272,13 +296,33 @@ impl Metrics {
         self.audit_queue_depth.set(depth);
     }
 
-    /// The audit writer's view of readiness (also set by `/readyz`, which checks everything).
+    /// Whether the audit trail can be written (the writer after each batch, and `/readyz`).
     pub fn set_audit_ready(&self, ready: bool) {
-        self.set_ready(ready);
+        self.readiness.audit.store(ready, Ordering::Relaxed);
+        self.update_ready();
     }
 
-    /// Sets `tokengate_ready`.
-    pub fn set_ready(&self, ready: bool) {
+    /// Whether the upstream answered the last `/readyz` check.
+    pub fn set_upstream_ready(&self, ready: bool) {
+        self.readiness.upstream.store(ready, Ordering::Relaxed);
+        self.update_ready();
+    }
+
+    /// Whether the caller-facing listener is serving (false from the start of shutdown).
+    pub fn set_serving(&self, serving: bool) {
+        self.readiness.serving.store(serving, Ordering::Relaxed);
+        self.update_ready();
+    }
+
+    fn update_ready(&self) {
+        let Readiness {
+            serving,
+            audit,
+            upstream,
+        } = &self.readiness;
+        let ready = [serving, audit, upstream]
+            .iter()
+            .all(|flag| flag.load(Ordering::Relaxed));
         self.ready.set(i64::from(ready));
     }
 
@@ -301,7 +345,8 @@ mod tests {
         let metrics = Metrics::new();
         metrics.request(Some(Operation::List), 200, Duration::from_millis(3));
         metrics.request(None, 404, Duration::from_millis(1));
-        metrics.set_ready(true);
+        metrics.set_serving(true);
+        metrics.set_audit_ready(true);
         metrics.validation_refusal(Operation::Create, "invalid_json");
         let text = metrics.render();
         assert!(
@@ -317,6 +362,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tokengate_ready 1"), "{text}");
+        // One source's "ready" does not hide another's "not ready".
+        metrics.set_serving(false);
+        metrics.set_audit_ready(true);
+        metrics.set_upstream_ready(true);
+        assert!(metrics.render().contains("tokengate_ready 0"));
+        metrics.set_serving(true);
+        metrics.set_upstream_ready(false);
+        metrics.set_audit_ready(true);
+        assert!(metrics.render().contains("tokengate_ready 0"));
+        metrics.set_upstream_ready(true);
+        assert!(metrics.render().contains("tokengate_ready 1"));
         assert!(
             text.contains(
                 "tokengate_validation_refusals_total{op=\"create\",code=\"invalid_json\"} 1"

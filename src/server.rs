@@ -61,7 +61,7 @@ pub async fn run_reloading(
     };
     let live = Live::new(gateway.clone(), trail.clone());
     let (stop, stopped) = watch::channel(false);
-    gateway.metrics.set_ready(true);
+    gateway.metrics.set_serving(true);
     let header_timeout = HEADER_READ_TIMEOUT.min(gateway.request_timeout);
     let reloads = reload_from.map(|path| tokio::spawn(reload_on_hangup(live.clone(), path)));
     let api = tokio::spawn(serve(
@@ -88,7 +88,7 @@ pub async fn run_reloading(
         grace_ms = grace.as_millis() as u64,
         "shutting down: no new connections, draining in-flight requests"
     );
-    gateway.metrics.set_ready(false);
+    gateway.metrics.set_serving(false);
     let _ = stop.send(true);
     let _ = tokio::join!(api, admin);
     if let Err(error) = trail.flush().await {
