@@ -312,7 +312,7 @@ impl Writer {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
                     if self.dirty && last_sync.elapsed() >= TICK {
-                        let _ = self.sync();
+                        self.interval_sync();
                         last_sync = Instant::now();
                     }
                     if !self.health.healthy.load(Ordering::Relaxed)
@@ -344,7 +344,7 @@ impl Writer {
             self.health.busy_since_ms.store(now_ms(), Ordering::Relaxed);
             let result = self.commit(&batch);
             if self.fsync == Fsync::Interval && last_sync.elapsed() >= TICK && self.dirty {
-                let _ = self.sync();
+                self.interval_sync();
                 last_sync = Instant::now();
             }
             self.health.busy_since_ms.store(0, Ordering::Relaxed);
@@ -364,13 +364,14 @@ impl Writer {
         // A flush that shares a batch with appends still asks for the fsync.
         let flush_asked = batch.iter().any(|job| matches!(job, Job::Flush { .. }));
         let ts = timestamp(SystemTime::now());
-        let (seq, prev) = match &mut self.sink {
+        // What is on disk before this batch: a failed write or sync cuts the file back to it.
+        let (seq, prev, size_before) = match &mut self.sink {
             Sink::File(sink) => {
                 sink.ensure_open().map_err(AuditError)?;
                 sink.rotate_if_full().map_err(AuditError)?;
-                (&mut sink.seq, &mut sink.prev)
+                (&mut sink.seq, &mut sink.prev, sink.size)
             }
-            Sink::Stdout { seq, prev } => (seq, prev),
+            Sink::Stdout { seq, prev } => (seq, prev, 0),
         };
         let (first_seq, first_prev) = (*seq, prev.clone());
         let mut bytes = Vec::with_capacity(batch.len() * 640);
@@ -407,7 +408,7 @@ impl Writer {
                 Ok(())
             }
             Err(problem) => {
-                self.rollback(first_seq, first_prev);
+                self.rollback(first_seq, first_prev, size_before);
                 Err(AuditError(problem))
             }
         }
@@ -449,9 +450,21 @@ impl Writer {
         result
     }
 
-    /// After a failed batch: the chain state goes back to the last durable record, and the file is
-    /// cut back to its last complete line and closed (reopened by the next attempt).
-    fn rollback(&mut self, seq: u64, prev: String) {
+    /// The periodic sync of `fsync = "interval"`. Its records were already answered, so a failure
+    /// cannot refuse them; it is counted and reported, and the trail turns not ready until a write
+    /// or a probe succeeds again.
+    fn interval_sync(&mut self) {
+        if let Err(problem) = self.sync() {
+            self.metrics.audit_failure();
+            self.report(&Err(AuditError(problem)));
+        }
+    }
+
+    /// After a failed batch: the chain state goes back to the record before the batch, and the
+    /// file is cut back to `size_before` (whatever of the batch reached it: a failed sync after a
+    /// good write left all of it, whose `seq`s the next batch reuses) and closed (reopened by the
+    /// next attempt).
+    fn rollback(&mut self, seq: u64, prev: String, size_before: u64) {
         match &mut self.sink {
             Sink::Stdout {
                 seq: last_seq,
@@ -463,9 +476,10 @@ impl Writer {
             Sink::File(sink) => {
                 sink.seq = seq;
                 sink.prev = prev;
+                sink.size = size_before;
                 if let Some((file, _)) = sink.file.take() {
                     if let Ok(meta) = file.metadata() {
-                        let durable = meta.len().min(sink.size);
+                        let durable = meta.len().min(size_before);
                         let _ = file.set_len(last_line_end(&file, durable));
                         let _ = file.sync_data();
                     }
