@@ -15,7 +15,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
@@ -168,6 +168,18 @@ pub async fn serve<S>(
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .map(|leaf| Arc::new(PeerIdentity::of(leaf)));
+                        // The same wait for a first byte, now of plaintext: a client that completes
+                        // the handshake and then sends nothing would otherwise hold the connection
+                        // forever. A one-byte buffer: hyper's own reads pass it by after that byte.
+                        let mut stream = BufReader::with_capacity(1, stream);
+                        tokio::select! {
+                            filled = tokio::time::timeout(header_timeout, stream.fill_buf()) => {
+                                if !matches!(filled, Ok(Ok(bytes)) if !bytes.is_empty()) {
+                                    return;
+                                }
+                            }
+                            _ = stop.changed() => return,
+                        }
                         drive(&builder, watcher, stream, service, peer, identity).await;
                     });
                 }

@@ -6,7 +6,7 @@
 mod support;
 
 use http::Version;
-use support::tls::{call, call_with, server_tls, TestCa};
+use support::tls::{call, call_with, connect, server_tls, TestCa};
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
 
@@ -14,6 +14,38 @@ async fn emulator() -> RunningEmulator {
     Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
         .await
         .unwrap()
+}
+
+#[tokio::test]
+async fn a_silent_connection_after_the_handshake_is_closed_after_the_header_timeout() {
+    let upstream = emulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("server CA");
+    let mut options = Options::new(upstream.addr);
+    options.server_tls = server_tls(dir.path(), &ca, "");
+    options.request_timeout_ms = 300;
+    let gateway = TestGateway::start(options).await;
+    for alpn in [&[b"http/1.1".as_slice()][..], &[b"h2"], &[]] {
+        // The handshake completes, then the client sends nothing.
+        let mut silent = connect(rustls::DEFAULT_VERSIONS, gateway.addr, &ca, alpn, None)
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read(&mut silent, &mut buf),
+        )
+        .await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "ALPN {alpn:?}: a silent TLS connection is closed: {read:?}"
+        );
+    }
+    // A caller that speaks after the handshake is served as ever.
+    let served = call(gateway.addr, &ca, &[b"h2"], None, Some(ADMIN_KEY))
+        .await
+        .unwrap();
+    assert_eq!(served.status, 200, "{}", served.body);
 }
 
 #[tokio::test]

@@ -138,31 +138,7 @@ pub async fn call_with(
     identity: Option<&Identity>,
     key: Option<&str>,
 ) -> Result<Seen, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
-        .unwrap();
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_protocol_versions(versions)
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match identity {
-        Some((cert, key)) => builder
-            .with_client_auth_cert(
-                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-            )
-            .unwrap(),
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
+    let tls = connect(versions, addr, ca, alpn, identity).await?;
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     let mut request = Request::get(format!("https://127.0.0.1:{}/api/token/", addr.port()));
     if let Some(key) = key {
@@ -193,6 +169,42 @@ pub async fn call_with(
         version,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// A TLS connection to `addr` with the handshake done: trusting `ca`, offering the TLS `versions`
+/// and `alpn`, with an optional client certificate and key.
+pub async fn connect(
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    addr: std::net::SocketAddr,
+    ca: &TestCa,
+    alpn: &[&[u8]],
+    identity: Option<&Identity>,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap())
+        .unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))
 }
 
 /// The server CA, its certificate for 127.0.0.1 in `dir`, and the `[server.tls]` lines.
