@@ -31,9 +31,10 @@ pub enum Class {
 impl Class {
     /// The class of `op`.
     pub fn of(op: Operation) -> Class {
-        match op {
-            Operation::List | Operation::Search | Operation::Get => Class::Reads,
-            _ => Class::Writes,
+        if op.is_read() {
+            Class::Reads
+        } else {
+            Class::Writes
         }
     }
 

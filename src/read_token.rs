@@ -6,14 +6,14 @@
 //! record reports.
 
 use bytes::Bytes;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
 use crate::caller::Caller;
 use crate::context::RequestContext;
 use crate::error::GatewayError;
 use crate::headers;
-use crate::route::{Operation, TokenId};
+use crate::route::{Endpoint, TokenId};
 use crate::upstream::{Served, Upstream, UpstreamRequest};
 
 /// gorm's text for a missing row, which new-api returns verbatim for an unknown or foreign id.
@@ -27,12 +27,12 @@ pub async fn read_token(
     context: &RequestContext,
     id: TokenId,
 ) -> Result<Map<String, Value>, GatewayError> {
-    let path = format!("/api/token/{id}");
+    let read = Endpoint::Get(id);
     let answer = upstream
         .send(UpstreamRequest {
-            op: Operation::Get,
-            method: Method::GET,
-            path_and_query: &path,
+            op: read.operation(),
+            method: read.method(),
+            path_and_query: &read.upstream_path(),
             headers: headers::to_upstream(&HeaderMap::new(), context.source_ip(), &context.id),
             body: Bytes::new(),
             credential: &caller.credential,

@@ -51,6 +51,12 @@ impl Operation {
         Operation::RevealKey,
     ];
 
+    /// Whether it only reads (list, search, get): the reads rate-limit class, and not audited
+    /// unless `audit.reads`.
+    pub fn is_read(self) -> bool {
+        matches!(self, Operation::List | Operation::Search | Operation::Get)
+    }
+
     /// The policy name, as written in config.
     pub fn as_str(self) -> &'static str {
         match self {

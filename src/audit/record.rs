@@ -6,6 +6,7 @@
 //! for which ids, never the upstream's answer.
 
 use super::canonical;
+use super::chain::AuditKey;
 use crate::context::RequestContext;
 use crate::route::Operation;
 use crate::upstream::Envelope;
@@ -51,7 +52,8 @@ impl Outcome {
 /// places of the members the writer adds (`hash`, `prev`, `seq`, `ts`, `v`).
 ///
 /// Rendering here, on the request's own thread, leaves the one writer thread (which every audited
-/// request waits for) only the chain: a `seq`, a timestamp, one HMAC and one copy per record.
+/// request waits for) only the chain: a `seq`, a timestamp, one HMAC, and two copies of the runs
+/// (the bytes signed, then the line with its `hash`).
 /// Member names are fixed ASCII, so their canonical order is their byte order, written out below.
 #[derive(Debug)]
 pub struct Draft {
@@ -62,16 +64,25 @@ pub struct Draft {
 }
 
 impl Draft {
+    /// Seals the draft as record `seq` of the chain after `prev`, stamped `ts`: appends its line
+    /// (`\n` included) to `out` and returns its `hash`. `scratch` holds the bytes signed.
+    pub(crate) fn seal(
+        &self,
+        key: &AuditKey,
+        (seq, ts, prev): (u64, &str, &str),
+        scratch: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> String {
+        scratch.clear();
+        self.write(seq, ts, prev, None, scratch);
+        let hash = key.sign(scratch);
+        self.write(seq, ts, prev, Some(&hash), out);
+        hash
+    }
+
     /// The canonical JSON of the sealed record, without `hash` when `hash` is `None`, written to
     /// `out`, then `\n` when `hash` is given (a line of the trail).
-    pub(crate) fn write(
-        &self,
-        seq: u64,
-        ts: &str,
-        prev: &str,
-        hash: Option<&str>,
-        out: &mut Vec<u8>,
-    ) {
+    fn write(&self, seq: u64, ts: &str, prev: &str, hash: Option<&str>, out: &mut Vec<u8>) {
         let mut seq_text = itoa::Buffer::new();
         let runs = self.runs();
         let writer_members: [Option<(&str, &[u8], bool)>; 5] = [
@@ -272,19 +283,16 @@ fn draft(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain::{hash_of, line, AuditKey, GENESIS};
+    use crate::audit::chain::{hash_of, line, GENESIS};
     use crate::context::UpstreamFacts;
     use serde_json::{json, Map, Value};
     use std::time::Duration;
 
     /// Seals `draft` as the writer does; returns the line and its hash.
     fn seal(draft: &Draft, key: &AuditKey, seq: u64, prev: &str) -> (Vec<u8>, String) {
-        let ts = "2026-01-01T00:00:00.000Z";
-        let mut unsealed = Vec::new();
-        draft.write(seq, ts, prev, None, &mut unsealed);
-        let hash = key.sign(&unsealed);
         let mut sealed = Vec::new();
-        draft.write(seq, ts, prev, Some(&hash), &mut sealed);
+        let ts = "2026-01-01T00:00:00.000Z";
+        let hash = draft.seal(key, (seq, ts, prev), &mut Vec::new(), &mut sealed);
         (sealed, hash)
     }
 

@@ -382,11 +382,7 @@ impl Writer {
                 continue;
             };
             *seq += 1;
-            unsealed.clear();
-            record.write(*seq, &ts, prev, None, &mut unsealed);
-            let hash = self.key.sign(&unsealed);
-            record.write(*seq, &ts, prev, Some(&hash), &mut bytes);
-            *prev = hash;
+            *prev = record.seal(&self.key, (*seq, &ts, prev), &mut unsealed, &mut bytes);
             records += 1;
         }
         let written = if flush_only {

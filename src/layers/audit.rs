@@ -41,10 +41,7 @@ impl AuditPolicy {
 
     /// Modifications and key reveals always; reads when `audit.reads = true`.
     fn audits(&self, op: Operation) -> bool {
-        match op {
-            Operation::List | Operation::Search | Operation::Get => self.reads,
-            _ => true,
-        }
+        self.reads || !op.is_read()
     }
 
     /// Writes the intent record of `context`; the change must not be sent if this fails.
