@@ -349,7 +349,7 @@ async fn rotation_and_restart_keep_one_chain() {
     }
     let (code, stdout, stderr) = audit_verify_trail(&path);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    assert!(stdout.contains("60"), "{stdout}");
+    assert!(stdout.contains("60 records"), "{stdout}");
 }
 
 #[tokio::test]

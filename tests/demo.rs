@@ -48,17 +48,18 @@ fn the_demo_runs_to_the_end_and_shows_every_step() {
         .expect("the demo names its directory");
     assert!(!std::path::Path::new(dir).exists(), "{dir} was left behind");
 
-    // No secret of the run is printed: the caller's key (`tg_…`), the upstream token and the
-    // audit key are 64 random hex digits; the only such string shown is the trail's head hash
-    // (request ids, 32 digits, are not secrets).
+    // No secret of the run is printed on either stream: the caller's key (`tg_…`), the upstream
+    // token and the audit key are 64 random hex digits; the only such string shown is the
+    // trail's head hash (request ids, 32 digits, are not secrets).
     assert!(!stdout.contains("tg_") && !stderr.contains("tg_"));
     let head = stdout
         .split("head ")
         .last()
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap();
-    for run in stdout
-        .split(|c: char| !c.is_ascii_hexdigit())
+    for run in [stdout.as_str(), stderr.as_str()]
+        .iter()
+        .flat_map(|text| text.split(|c: char| !c.is_ascii_hexdigit()))
         .filter(|run| run.len() >= 48)
     {
         assert_eq!(run, head, "an unexpected long hex string was printed");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use super::canonical::canonical;
+use super::canonical::write_object;
 use super::chain::{hash_of, AuditKey, GENESIS};
 
 /// The longest line read; a longer one is reported rather than held in memory.
@@ -227,7 +227,9 @@ fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64
     }
     // The hash covers the parsed record; the line must also be exactly its canonical form, so
     // that what a reader of the file sees (duplicate members, say) is what was hashed.
-    if canonical(&Value::Object(record.clone())) != bytes {
+    let mut canonical_form = Vec::with_capacity(bytes.len());
+    write_object(&record, None, &mut canonical_form);
+    if canonical_form != bytes {
         return Err((
             seq,
             "the line is not the canonical JSON (RFC 8785) of its record".to_owned(),
@@ -563,11 +565,10 @@ mod tests {
 
     #[test]
     fn a_relinked_record_with_the_right_seq_is_caught_by_prev() {
-        // A record from another trail (same key) spliced in with the right seq: only prev differs.
+        // A record sealed again with the key, its seq right but linked to another chain (as one
+        // taken from another trail would be): only prev differs, and its hash verifies.
         let dir = tempfile::tempdir().unwrap();
         let (_, files, _) = trail(dir.path(), &[3]);
-        let other = tempfile::tempdir().unwrap();
-        let (_, other_files, _) = trail(other.path(), &[3]);
         let mut l = lines(&files[0]);
         let mut record: Map<String, Value> = serde_json::from_str(&l[1]).unwrap();
         record.insert("prev".into(), json!("f".repeat(64)));
@@ -580,7 +581,6 @@ mod tests {
         let f = failure(&files);
         assert_eq!((f.line, f.seq), (2, Some(2)));
         assert!(f.reason.contains("prev"), "{f}");
-        assert!(verify(&other_files, &key()).is_ok());
     }
 
     #[test]
