@@ -17,6 +17,9 @@ install_tools() {
   need curl curl
   need python3 python3
   need pgrep procps
+  # ring and mimalloc compile C through the cc crate.
+  need cc gcc
+  [ -e /usr/include/stdio.h ] || need __libc_headers libc6-dev
   # nginx-light: the proxy module and little else. Debian's package scripts try to start the
   # service on port 80; that refusal is harmless (no init system) and ignored.
   need nginx nginx-light
@@ -32,6 +35,7 @@ setup_bench() {
     cargo build --release --locked --quiet
     bin=$PWD/target/release/tokengate
   fi
+  mkdir -p target
   work=$(mktemp -d "$PWD/target/bench-$1.XXXXXX")
   trap cleanup EXIT
   ulimit -n 20000 2>/dev/null || true
