@@ -97,21 +97,21 @@ where
     }
 
     fn call(&mut self, mut request: Request<Bytes>) -> Self::Future {
-        // Only changes of one token wait for its lock; everything else passes unboxed.
-        let Some(id) = changed_token(&request) else {
+        // Only changes of tokens wait for their locks; everything else passes unboxed.
+        let ids = changed_tokens(&request);
+        if ids.is_empty() {
             return Either::Left(self.inner.call(request));
-        };
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Either::Right(Box::pin(async move {
-            let _guard = layer.locks.lock(id).await;
-            if !matches!(
-                request.extensions().get::<Route>().map(|r| &r.endpoint),
-                Some(Endpoint::Patch(_))
-            ) {
+            let _guards = layer.locks.lock(&ids).await;
+            let Some(&Endpoint::Patch(id)) =
+                request.extensions().get::<Route>().map(|r| &r.endpoint)
+            else {
                 return inner.call(request).await;
-            }
+            };
             let Some(status_after) = to_full_update(&layer, &mut request, id).await? else {
                 return inner.call(request).await;
             };
@@ -134,17 +134,20 @@ where
     }
 }
 
-/// The one token a request changes, if it is a PATCH or a `PUT` (batches hold no lock here).
-fn changed_token(request: &Request<Bytes>) -> Option<TokenId> {
-    match request.extensions().get::<Route>()?.endpoint {
-        Endpoint::Patch(id) => Some(id),
-        Endpoint::Update { .. } => request
+/// The tokens a request changes, whose changes take turns (SPEC §4.5): a PATCH's or a delete's
+/// token, a `PUT`'s, and every id of a batch that comes down whole (a native batch update, a batch
+/// delete). A fan-out batch comes down as one PATCH per id.
+fn changed_tokens(request: &Request<Bytes>) -> Vec<TokenId> {
+    let edited = || {
+        request
             .extensions()
-            .get::<Edit>()?
-            .token_ids()
-            .first()
-            .copied(),
-        _ => None,
+            .get::<Edit>()
+            .map_or_else(Vec::new, |edit| edit.token_ids().to_vec())
+    };
+    match request.extensions().get::<Route>().map(|r| &r.endpoint) {
+        Some(&Endpoint::Patch(id) | &Endpoint::Delete(id)) => vec![id],
+        Some(Endpoint::Update { .. } | Endpoint::BatchUpdate | Endpoint::BatchDelete) => edited(),
+        _ => Vec::new(),
     }
 }
 
