@@ -16,8 +16,11 @@ use serde_json::{Map, Value};
 use super::canonical::write_object;
 use super::chain::{hash_of, AuditKey, GENESIS};
 
-/// The longest line read; a longer one is reported rather than held in memory.
-pub const MAX_LINE_BYTES: usize = 16 << 20;
+/// The longest line read; a longer one is reported rather than held in memory. It must exceed any
+/// record the gateway writes, or the gateway would refuse to start on its own trail: a checked
+/// body of up to `server.max_body_bytes` (16 MiB at most) plus an `upstream_message` from an
+/// answer of up to 16 MiB, with room to spare.
+pub const MAX_LINE_BYTES: usize = 48 << 20;
 
 /// The files of the trail whose live file is `path`, oldest first: `<path>.1`, `<path>.2`, …
 /// `<path>.n` (numeric order, higher is newer), then `<path>` if it exists. A gap in the
