@@ -84,9 +84,22 @@ impl Policy {
         }
     }
 
-    /// Whether the policy has no rule at all (then nothing is judged).
-    pub fn is_empty(&self) -> bool {
-        *self == Policy::default()
+    /// Whether the policy refuses nothing at all: only a client with `allow_unlimited_quota =
+    /// true` and no other rule. (A client with no policy key is not such a client: it may not
+    /// write an unlimited token, SPEC §5.)
+    pub fn refuses_nothing(&self) -> bool {
+        *self
+            == Policy {
+                allow_unlimited_quota: true,
+                ..Policy::default()
+            }
+    }
+
+    /// Whether judging a request could refuse it: `name_prefix` judges every change of an
+    /// existing token, the other rules judge only the token a request writes (`edit`). A read,
+    /// or any request of a client that refuses nothing, is never judged.
+    pub fn may_refuse(&self, edit: Option<&Edit>) -> bool {
+        self.checks_current_names() || (edit.is_some() && !self.refuses_nothing())
     }
 
     /// Whether the policy needs the current name of the tokens a request names.
@@ -373,6 +386,32 @@ mod tests {
             ..Policy::default()
         };
         assert_eq!(rules(&open, &edit), []);
+    }
+
+    #[test]
+    fn a_client_without_policy_keys_is_still_judged() {
+        let bare = Policy::of(&ClientConfig::default());
+        assert!(!bare.refuses_nothing());
+        let edit = create(r#"{"name":"a","unlimited_quota":true}"#);
+        assert!(bare.may_refuse(Some(&edit)));
+        assert!(!bare.may_refuse(None), "a read writes no token");
+        assert_eq!(
+            rules(&bare, &edit),
+            [("allow_unlimited_quota", "unlimited_quota")]
+        );
+        let open = Policy {
+            allow_unlimited_quota: true,
+            ..Policy::default()
+        };
+        assert!(open.refuses_nothing() && !open.may_refuse(Some(&edit)));
+        let prefixed = Policy {
+            name_prefix: Some("p-".into()),
+            ..open
+        };
+        assert!(
+            prefixed.may_refuse(None),
+            "a delete's current name is judged"
+        );
     }
 
     #[test]

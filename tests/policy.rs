@@ -310,3 +310,117 @@ async fn a_client_without_rules_writes_what_the_body_rules_allow() {
     assert_eq!(reply.json()["success"], true, "{}", reply.text());
     assert_eq!(upstream.emulator.seen().len(), 1);
 }
+
+/// SPEC §5: `allow_unlimited_quota` is false for every client, including one with no policy key
+/// at all; every way of writing an unlimited token is refused before anything is sent, and the
+/// same requests pass for a client allowed unlimited tokens.
+#[tokio::test]
+async fn a_client_without_policy_keys_may_not_write_unlimited_tokens() {
+    let (upstream, gateway) = gateway_with("").await;
+    let unlimited = upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            unlimited_quota: true,
+            ..token("open")
+        },
+    );
+    let limited = upstream.emulator.insert_token(USER_ID, token("closed"));
+    let full_update = format!(
+        r#"{{"id":{limited},"name":"closed","expired_time":-1,"remain_quota":0,"unlimited_quota":true,"model_limits_enabled":false,"model_limits":"","allow_ips":"","group":""}}"#
+    );
+    let batch = format!(
+        r#"{{"ids":[{limited}],"update_fields":["unlimited_quota"],"unlimited_quota":true}}"#
+    );
+    let cases = [
+        (
+            "POST",
+            "/api/token/".to_string(),
+            r#"{"name":"x","unlimited_quota":true}"#.to_string(),
+            0,
+        ),
+        ("PUT", "/api/token/".to_string(), full_update.clone(), 0),
+        // A PATCH that keeps a stored unlimited token unlimited: judged on the merged token,
+        // after its one read.
+        (
+            "PATCH",
+            format!("/api/token/{unlimited}"),
+            r#"{"name":"renamed"}"#.to_string(),
+            1,
+        ),
+        ("PUT", "/api/token/batch".to_string(), batch.clone(), 0),
+    ];
+    for (method, path, body, reads) in &cases {
+        upstream.emulator.clear_seen();
+        let reply = team(&gateway, method, path, Some(body)).await;
+        reply.assert_envelope(403, "forbidden");
+        let json = reply.json();
+        assert_eq!(
+            json["error"]["field"], "unlimited_quota",
+            "{method} {path}: {json}"
+        );
+        assert!(
+            json["message"]
+                .as_str()
+                .unwrap()
+                .contains("allow_unlimited_quota"),
+            "{json}"
+        );
+        let seen = upstream.emulator.seen();
+        assert_eq!(seen.len(), *reads, "{method} {path}: {seen:?}");
+        assert!(seen.iter().all(|s| s.method == "GET"), "{method} {path}");
+    }
+    let stored = upstream.emulator.tokens();
+    assert!(stored.iter().all(|t| t.name != "renamed" && t.name != "x"));
+    assert!(
+        !stored
+            .iter()
+            .find(|t| t.id == limited)
+            .unwrap()
+            .unlimited_quota
+    );
+
+    // Reads and changes that write no unlimited token still pass for that client.
+    let reply = team(
+        &gateway,
+        "PATCH",
+        &format!("/api/token/{unlimited}"),
+        Some(r#"{"unlimited_quota":false,"remain_quota":5}"#),
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    let reply = team(&gateway, "GET", "/api/token/", None).await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+
+    // The same requests pass for a client allowed unlimited tokens.
+    let (upstream, gateway) = gateway_with("allow_unlimited_quota = true").await;
+    let unlimited = upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            unlimited_quota: true,
+            ..token("open")
+        },
+    );
+    let limited = upstream.emulator.insert_token(USER_ID, token("closed"));
+    assert_eq!((unlimited, limited), (1, 2), "the same ids as above");
+    for (method, path, body, _) in &cases {
+        let reply = team(&gateway, method, path, Some(body)).await;
+        assert_eq!(reply.status, 200, "{method} {path}: {}", reply.text());
+        assert_eq!(
+            reply.json()["success"],
+            true,
+            "{method} {path}: {}",
+            reply.text()
+        );
+    }
+    let stored = upstream.emulator.tokens();
+    assert!(
+        stored
+            .iter()
+            .find(|t| t.id == limited)
+            .unwrap()
+            .unlimited_quota
+    );
+    assert!(stored
+        .iter()
+        .any(|t| t.name == "renamed" && t.unlimited_quota));
+}

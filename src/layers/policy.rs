@@ -80,12 +80,13 @@ where
     }
 
     fn call(&mut self, request: Request<Bytes>) -> Self::Future {
-        // Most callers have no rule: they pass without a boxed future.
-        let judged = request
-            .extensions()
+        // Requests that nothing in the caller's policy can refuse (reads, and every request of a
+        // client that refuses nothing) pass without a boxed future.
+        let extensions = request.extensions();
+        let judged = extensions
             .get::<Caller>()
             .and_then(|c| c.policy.as_ref())
-            .is_some_and(|p| !p.is_empty());
+            .is_some_and(|p| p.may_refuse(extensions.get::<Edit>()));
         if !judged {
             return Either::Left(self.inner.call(request));
         }
