@@ -151,7 +151,7 @@ hmac_key_file = {key_file:?}
 [[clients]]
 name = "demo"
 key_sha256 = "{digest}"
-allow = ["list", "search", "get", "create", "update", "batch_update", "delete", "batch_delete"]
+allow = ["list", "search", "get", "auto_groups", "create", "update", "batch_update", "delete", "batch_delete"]
 name_prefix = "demo-"
 max_remain_quota = 1000000
 "#,

@@ -23,6 +23,8 @@ pub enum Operation {
     Search,
     /// `GET /api/token/{id}`
     Get,
+    /// `GET /api/token/auto-groups` (the newest new-api: the groups a token may route to)
+    AutoGroups,
     /// `POST /api/token/`
     Create,
     /// `PUT /api/token/`
@@ -39,10 +41,11 @@ pub enum Operation {
 
 impl Operation {
     /// Every operation, in SPEC order.
-    pub const ALL: [Operation; 9] = [
+    pub const ALL: [Operation; 10] = [
         Operation::List,
         Operation::Search,
         Operation::Get,
+        Operation::AutoGroups,
         Operation::Create,
         Operation::Update,
         Operation::BatchUpdate,
@@ -51,10 +54,13 @@ impl Operation {
         Operation::RevealKey,
     ];
 
-    /// Whether it only reads (list, search, get): the reads rate-limit class, and not audited
-    /// unless `audit.reads`.
+    /// Whether it only reads (list, search, get, auto_groups): the reads rate-limit class, and
+    /// not audited unless `audit.reads`.
     pub fn is_read(self) -> bool {
-        matches!(self, Operation::List | Operation::Search | Operation::Get)
+        matches!(
+            self,
+            Operation::List | Operation::Search | Operation::Get | Operation::AutoGroups
+        )
     }
 
     /// The policy name, as written in config.
@@ -63,6 +69,7 @@ impl Operation {
             Operation::List => "list",
             Operation::Search => "search",
             Operation::Get => "get",
+            Operation::AutoGroups => "auto_groups",
             Operation::Create => "create",
             Operation::Update => "update",
             Operation::BatchUpdate => "batch_update",
@@ -153,6 +160,8 @@ pub enum Endpoint {
     Search,
     /// `GET /api/token/{id}`
     Get(TokenId),
+    /// `GET /api/token/auto-groups`
+    AutoGroups,
     /// `POST /api/token/`
     Create,
     /// `PUT /api/token/`, `?status_only=true` when `status_only` is set (SPEC §4.4).
@@ -181,6 +190,7 @@ impl Endpoint {
             Endpoint::List => Operation::List,
             Endpoint::Search => Operation::Search,
             Endpoint::Get(_) => Operation::Get,
+            Endpoint::AutoGroups => Operation::AutoGroups,
             Endpoint::Create => Operation::Create,
             Endpoint::Update { .. } | Endpoint::Patch(_) => Operation::Update,
             Endpoint::BatchUpdate => Operation::BatchUpdate,
@@ -193,7 +203,9 @@ impl Endpoint {
     /// The HTTP method of the upstream request.
     pub fn method(&self) -> Method {
         match self {
-            Endpoint::List | Endpoint::Search | Endpoint::Get(_) => Method::GET,
+            Endpoint::List | Endpoint::Search | Endpoint::Get(_) | Endpoint::AutoGroups => {
+                Method::GET
+            }
             Endpoint::Create
             | Endpoint::BatchDelete
             | Endpoint::RevealKey(_)
@@ -218,7 +230,11 @@ impl Endpoint {
     pub fn takes_body(&self) -> bool {
         !matches!(
             self,
-            Endpoint::List | Endpoint::Search | Endpoint::Get(_) | Endpoint::Delete(_)
+            Endpoint::List
+                | Endpoint::Search
+                | Endpoint::Get(_)
+                | Endpoint::AutoGroups
+                | Endpoint::Delete(_)
         )
     }
 
@@ -230,6 +246,7 @@ impl Endpoint {
                 "/api/token/".into()
             }
             Endpoint::Search => "/api/token/search".into(),
+            Endpoint::AutoGroups => "/api/token/auto-groups".into(),
             Endpoint::Get(id) | Endpoint::Delete(id) => format!("/api/token/{id}"),
             Endpoint::BatchUpdate | Endpoint::BatchDelete => "/api/token/batch".into(),
             Endpoint::RevealKey(id) => format!("/api/token/{id}/key"),
@@ -349,6 +366,10 @@ fn endpoint(method: &Method, segments: &[&str]) -> Result<Endpoint, GatewayError
         },
         ["search"] => match *method {
             Method::GET => Ok(Endpoint::Search),
+            _ => allow("GET"),
+        },
+        ["auto-groups"] => match *method {
+            Method::GET => Ok(Endpoint::AutoGroups),
             _ => allow("GET"),
         },
         ["batch"] => match *method {
@@ -474,6 +495,12 @@ mod tests {
                 Endpoint::Get(TokenId(7)),
                 "/api/token/7",
             ),
+            (
+                Method::GET,
+                "/api/token/auto-groups/",
+                Endpoint::AutoGroups,
+                "/api/token/auto-groups",
+            ),
             (Method::POST, "/api/token", Endpoint::Create, "/api/token/"),
             (
                 Method::PUT,
@@ -579,6 +606,8 @@ mod tests {
             (Method::DELETE, "/api/token/batch", "POST, PUT"),
             (Method::PUT, "/api/token/5", "GET, PATCH, DELETE"),
             (Method::GET, "/api/token/5/key", "POST"),
+            (Method::PUT, "/api/token/auto-groups", "GET"),
+            (Method::DELETE, "/api/token/auto-groups", "GET"),
         ] {
             match r(method.clone(), uri) {
                 Err(GatewayError::MethodNotAllowed { allow: got }) => {
@@ -618,6 +647,7 @@ mod tests {
             "/api/token/?page_sise=5",
             "/api/token/?p=1&p=2",
             "/api/token/search?user_id=1",
+            "/api/token/auto-groups?p=1",
             "/api/token/5?p=1",
             "/api/token/?p=1;user_id=3",
             "/api/token/search?keyword=a;b",

@@ -429,3 +429,77 @@ async fn framing_and_hop_headers_never_cross_on_a_real_socket() {
         "new-api logs under the gateway's id"
     );
 }
+
+/// SPEC §2: `GET /api/token/auto-groups` is the read `auto_groups`, forwarded to the newest
+/// new-api (E3) in canonical form; an older upstream's answer passes through as it is.
+#[tokio::test]
+async fn auto_groups_is_a_read_forwarded_to_the_newest_upstream() {
+    use tokengate::emulator::Era;
+    let mut config = EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID);
+    config.era = Era::E3;
+    let upstream = Emulator::spawn(config).await.unwrap();
+    let gateway = TestGateway::start(Options::new(upstream.addr)).await;
+    for path in ["/api/token/auto-groups", "/api/token/auto-groups/"] {
+        upstream.emulator.clear_seen();
+        let reply = admin(gateway.addr, "GET", path, None).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(
+            reply.text(),
+            r#"{"data":{"groups":["default"],"max_count":5},"message":"","success":true}"#
+        );
+        let seen = upstream.emulator.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            (seen[0].method.as_str(), seen[0].uri.to_string().as_str()),
+            ("GET", "/api/token/auto-groups")
+        );
+    }
+    // A read: not in the reader's allow list unless named there, and other methods are 405.
+    let reader = format!("Bearer {READER_KEY}");
+    send(
+        gateway.addr,
+        "GET",
+        "/api/token/auto-groups",
+        &[("authorization", &reader)],
+        None,
+    )
+    .await
+    .assert_envelope(403, "forbidden");
+    let reply = admin(gateway.addr, "DELETE", "/api/token/auto-groups", None).await;
+    reply.assert_envelope(405, "method_not_allowed");
+    assert_eq!(reply.headers["allow"], "GET");
+    admin(gateway.addr, "GET", "/api/token/auto-groups?p=1", None)
+        .await
+        .assert_envelope(400, "bad_request");
+
+    // E2 has no such route: new-api matches it as `/:id` and answers its own failure, unchanged.
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let reply = admin(gateway.addr, "GET", "/api/token/auto-groups", None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["success"], false);
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("auto-groups"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(
+        upstream.emulator.seen()[0].uri.path(),
+        "/api/token/auto-groups"
+    );
+    // An upstream that answers 404 `Invalid URL` (a fork without the route): passed through.
+    let invalid = "HTTP/1.1 404 Not Found\r\ncontent-type: application/json\r\ncontent-length: 87\r\n\r\n{\"error\":{\"message\":\"Invalid URL (GET /api/token/auto-groups)\",\"type\":\"new_api_error\"}}";
+    let fork = fake_upstream(Fake::Answer(invalid)).await;
+    let gateway = TestGateway::start(Options::new(fork)).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/auto-groups", None).await;
+    assert_eq!(reply.status, 404);
+    assert!(
+        reply
+            .text()
+            .contains("Invalid URL (GET /api/token/auto-groups)"),
+        "{}",
+        reply.text()
+    );
+}

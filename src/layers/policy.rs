@@ -172,6 +172,7 @@ fn existing_ids(route: &Route, edit: Option<&Edit>) -> Vec<TokenId> {
         Endpoint::List
         | Endpoint::Search
         | Endpoint::Get(_)
+        | Endpoint::AutoGroups
         | Endpoint::Create
         | Endpoint::Patch(_) => Vec::new(),
     }

@@ -103,7 +103,7 @@ pub const UNMET_RATE_LIMITS: &str = "reads_per_minute = 1000000\nwrites_per_minu
 /// lines (policy, rates).
 pub fn client_entry(name: &str, key: &str, extra: &str) -> String {
     format!(
-        "\n[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nallow = [\"list\", \"search\", \"get\", \"create\", \"update\", \"batch_update\", \"delete\", \"batch_delete\", \"reveal_key\"]\n{extra}\n",
+        "\n[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\nallow = [\"list\", \"search\", \"get\", \"auto_groups\", \"create\", \"update\", \"batch_update\", \"delete\", \"batch_delete\", \"reveal_key\"]\n{extra}\n",
         tokengate::caller::key_digest_hex(key)
     )
 }
@@ -160,7 +160,7 @@ impl Options {
 [[clients]]
 name = "admin"
 key_sha256 = "{}"
-allow = ["list", "search", "get", "create", "update", "batch_update", "delete", "batch_delete", "reveal_key"]
+allow = ["list", "search", "get", "auto_groups", "create", "update", "batch_update", "delete", "batch_delete", "reveal_key"]
 allow_unlimited_quota = true
 
 [[clients]]
