@@ -162,7 +162,7 @@ impl Gateway {
         for ignored in self.restart_only.changes(&next.restart_only) {
             tracing::warn!(
                 key = ignored,
-                "reload: a change to {ignored} needs a restart; the running value stays"
+                "SIGHUP: the change to {ignored} is ignored: it needs a restart, and the running value stays"
             );
         }
         if next.restart_only.upstream_url != self.restart_only.upstream_url
@@ -234,7 +234,11 @@ pub struct RestartOnly {
     listen: std::net::SocketAddr,
     admin_listen: std::net::SocketAddr,
     upstream_url: String,
-    audit: String,
+    audit_path: std::path::PathBuf,
+    audit_fsync: crate::config::Fsync,
+    audit_rotate_bytes: u64,
+    audit_hmac_key_env: Option<String>,
+    audit_hmac_key_file: Option<std::path::PathBuf>,
     log_format: crate::config::LogFormat,
     shutdown_grace_ms: u64,
     tls: bool,
@@ -247,14 +251,11 @@ impl RestartOnly {
             admin_listen: config.server.admin_listen,
             upstream_url: config.upstream.url.clone(),
             // The trail writer is opened once: every `[audit]` key but `reads` is read at start.
-            audit: format!(
-                "{:?} {:?} {} {:?} {:?}",
-                config.audit.path,
-                config.audit.fsync,
-                config.audit.rotate_bytes,
-                config.audit.hmac_key_env,
-                config.audit.hmac_key_file
-            ),
+            audit_path: config.audit.path.clone(),
+            audit_fsync: config.audit.fsync,
+            audit_rotate_bytes: config.audit.rotate_bytes,
+            audit_hmac_key_env: config.audit.hmac_key_env.clone(),
+            audit_hmac_key_file: config.audit.hmac_key_file.clone(),
             log_format: config.log.format,
             shutdown_grace_ms: config.server.shutdown_grace_ms,
             tls: config.server.tls.is_some(),
@@ -275,16 +276,26 @@ impl RestartOnly {
             self.admin_listen != next.admin_listen,
         );
         differs("upstream.url", self.upstream_url != next.upstream_url);
+        differs("audit.path", self.audit_path != next.audit_path);
+        differs("audit.fsync", self.audit_fsync != next.audit_fsync);
         differs(
-            "[audit] (path, fsync, rotate_bytes, key)",
-            self.audit != next.audit,
+            "audit.rotate_bytes",
+            self.audit_rotate_bytes != next.audit_rotate_bytes,
+        );
+        differs(
+            "audit.hmac_key_env",
+            self.audit_hmac_key_env != next.audit_hmac_key_env,
+        );
+        differs(
+            "audit.hmac_key_file",
+            self.audit_hmac_key_file != next.audit_hmac_key_file,
         );
         differs("log.format", self.log_format != next.log_format);
         differs(
             "server.shutdown_grace_ms",
             self.shutdown_grace_ms != next.shutdown_grace_ms,
         );
-        differs("server.tls (on or off)", self.tls != next.tls);
+        differs("server.tls (turned on or off)", self.tls != next.tls);
         changed
     }
 }
