@@ -17,6 +17,8 @@
 #                throughput with fsync = "always" on top of it
 #   memory       resident size idle and under 1 000 connections
 #   soak         steady audited PUT load for SOAK_SECONDS; resident size every 30 s
+#   identities   pass-through mode, every request a new token (IDENTITIES of them, default
+#                1 000 000): identities tracked and resident size stay flat past max_identities
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_PER_RUN:-8}
@@ -206,6 +208,36 @@ study_soak() {
   done
   stop_pid "$tg_pid"
   "$bin" audit verify --config "$work/soak/tokengate.toml" | tail -2
+}
+
+study_identities() {
+  local total=${IDENTITIES:-1000000} bound=100000 step=10
+  echo; echo "### Pass-through identities: GET, each request a new upstream token, max_identities = $bound"
+  tokengate_config ids - always
+  # Pass-through mode: no held credential; every caller token is an identity with its own buckets.
+  sed -i -e '/^access_token_file/d' -e 's/^url = .*/&\nmode = "passthrough"/' \
+    -e "s/^upstream_requests_per_second = .*/&\nmax_identities = $bound/" "$work/ids/tokengate.toml"
+  start_tokengate ids
+  echo "| distinct tokens seen | identities tracked | RSS MiB | requests/s |"
+  echo "|---:|---:|---:|---:|"
+  printf '| 0 | 0 | %s | |\n' "$(mib "$(rss_kib "$tg_pid")")"
+  local seen=0 segment=0 r buckets
+  while [ "$seen" -lt "$total" ]; do
+    segment=$(( segment + 1 ))
+    # Every request of every thread and segment carries a token no other request used.
+    cat > "$work/ids.lua" <<LUA
+$(thread_offsets)
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/api/token/", { ["Authorization"] = "Bearer bench-token-$segment-" .. offset .. "-" .. n })
+end
+LUA
+    r=$(measure "http://127.0.0.1:$tg_port" 64 "$step" "$work/ids.lua" "$tg_pid")
+    seen=$(( seen + $(field 7 "$r") ))
+    buckets=$(metric "$tg_admin" tokengate_rate_limit_buckets)
+    printf '| %s | %s | %s | %s |\n' "$seen" "$(( (buckets - 1) / 2 ))" "$(mib "$(rss_kib "$tg_pid")")" "$(field 1 "$r")"
+  done
+  stop_pid "$tg_pid"
 }
 
 for study in "${studies[@]}"; do

@@ -69,6 +69,10 @@ async fn answer(gateway: &Gateway, method: &Method, path: &str, id: &RequestId) 
             )
         }
         (&Method::GET, "/metrics") => {
+            // The pass-through identities come and go: their buckets are counted at each scrape.
+            gateway
+                .metrics
+                .set_rate_limit_buckets(gateway.authenticator.buckets() + 1);
             let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.render())));
             response.headers_mut().insert(
                 CONTENT_TYPE,

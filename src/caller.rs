@@ -14,7 +14,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::config::{AuthScheme, ClientConfig, RateLimitConfig};
 use crate::error::GatewayError;
 use crate::policy::Policy;
-use crate::ratelimit::CallerLimits;
+use crate::ratelimit::identities::{Identities, IdentityKey};
+use crate::ratelimit::{CallerLimits, Rates};
 use crate::route::{Operation, OperationSet};
 use crate::secret::strip_bearer;
 use crate::tls::PeerIdentity;
@@ -52,11 +53,13 @@ pub struct Caller {
     pub allow: OperationSet,
     /// The credential its requests carry upstream.
     pub credential: Arc<Credential>,
-    /// Its rate-limit buckets (configured clients only: pass-through callers have none, so no
-    /// caller can make the gateway keep state by inventing credentials).
+    /// Its rate-limit buckets: a configured client's own, or a pass-through identity's from the
+    /// bounded table ([`Identities`]), so no number of invented credentials grows the state.
     pub limits: Option<Arc<CallerLimits>>,
     /// Its policy (configured clients only).
     pub policy: Option<Arc<Policy>>,
+    /// Whether it is a `[[clients]]` entry, whose name is a metric label.
+    pub configured: bool,
 }
 
 impl Caller {
@@ -68,7 +71,7 @@ impl Caller {
     /// The `client` label of its metrics: its name when configured, `passthrough` otherwise (a
     /// label per pass-through token would grow without bound).
     pub fn metric_label(&self) -> &str {
-        if self.limits.is_some() {
+        if self.configured {
             &self.name
         } else {
             "passthrough"
@@ -94,6 +97,8 @@ pub enum Authenticator {
         scheme: AuthScheme,
         /// `New-Api-User` when the caller sends none.
         default_user: HeaderValue,
+        /// The buckets of each identity (`token:<12 hex>`), at most `rate_limit.max_identities`.
+        identities: Arc<Identities>,
     },
 }
 
@@ -113,6 +118,7 @@ impl Authenticator {
                 credential: credential.clone(),
                 limits: Some(Arc::new(CallerLimits::for_client(client, rates))),
                 policy: Some(Arc::new(Policy::of(client))),
+                configured: true,
             };
             let mut digest = [0u8; 32];
             match (&client.key_sha256, &client.cert_subject) {
@@ -130,8 +136,26 @@ impl Authenticator {
         }
     }
 
+    /// Pass-through mode: each caller's own token is forwarded, and each identity gets buckets of
+    /// the `[rate_limit]` defaults, at most `rates.max_identities` of them.
+    pub fn passthrough(
+        scheme: AuthScheme,
+        default_user: HeaderValue,
+        rates: &RateLimitConfig,
+    ) -> Authenticator {
+        Authenticator::Passthrough {
+            scheme,
+            default_user,
+            identities: Arc::new(Identities::new(
+                rates.max_identities,
+                Rates::defaults(rates),
+            )),
+        }
+    }
+
     /// Keeps the rate-limit state of `previous` (the configuration before a reload) for every
-    /// client whose name and rates did not change.
+    /// client whose name and rates did not change, and the pass-through identities' table when
+    /// its rates and bound did not change.
     pub fn keep_limits_from(&mut self, previous: &Authenticator) {
         let (
             Authenticator::Keys { clients, by_cert },
@@ -139,8 +163,19 @@ impl Authenticator {
                 clients: old_clients,
                 by_cert: old_by_cert,
             },
-        ) = (self, previous)
+        ) = (&mut *self, previous)
         else {
+            if let (
+                Authenticator::Passthrough { identities, .. },
+                Authenticator::Passthrough {
+                    identities: old, ..
+                },
+            ) = (self, previous)
+            {
+                if old.rates() == identities.rates() && old.max() == identities.max() {
+                    *identities = old.clone();
+                }
+            }
             return;
         };
         let old: HashMap<&str, &Arc<CallerLimits>> = old_clients
@@ -164,11 +199,12 @@ impl Authenticator {
         }
     }
 
-    /// How many rate-limit buckets the callers hold (two per configured client).
+    /// How many rate-limit buckets the callers hold now (two per configured client, or per
+    /// pass-through identity in the table).
     pub fn buckets(&self) -> usize {
         match self {
             Authenticator::Keys { clients, by_cert } => 2 * (clients.len() + by_cert.len()),
-            Authenticator::Passthrough { .. } => 0,
+            Authenticator::Passthrough { identities, .. } => 2 * identities.len(),
         }
     }
 
@@ -211,18 +247,22 @@ impl Authenticator {
             Authenticator::Passthrough {
                 scheme,
                 default_user,
+                identities,
             } => {
                 let user = new_api_user
                     .cloned()
                     .unwrap_or_else(|| default_user.clone());
                 let credential =
                     Credential::new(key, *scheme, user).map_err(GatewayError::BadRequest)?;
+                let mut identity: IdentityKey = [0; 16];
+                identity.copy_from_slice(&sha.as_ref()[..16]);
                 Ok(Caller {
                     name: format!("token:{}", &hex::encode(sha)[..12]).into(),
                     allow: OperationSet::all(),
                     credential: Arc::new(credential),
-                    limits: None,
+                    limits: Some(identities.limits(&identity)),
                     policy: None,
+                    configured: false,
                 })
             }
         }
@@ -324,14 +364,38 @@ mod tests {
 
     #[test]
     fn passthrough_identity_is_the_token_digest() {
-        let auth = Authenticator::Passthrough {
-            scheme: AuthScheme::Raw,
-            default_user: HeaderValue::from(1),
-        };
+        let auth = Authenticator::passthrough(
+            AuthScheme::Raw,
+            HeaderValue::from(1),
+            &RateLimitConfig::default(),
+        );
         let caller = auth
             .authenticate(Some(&HeaderValue::from_static("Bearer abc")), None, None)
             .unwrap();
         assert_eq!(&*caller.name, "token:ba7816bf8f01");
         assert!(Operation::ALL.iter().all(|op| caller.may(*op)));
+        assert!(caller.limits.is_some() && !caller.configured);
+        assert_eq!(caller.metric_label(), "passthrough");
+    }
+
+    #[test]
+    fn a_reload_keeps_the_identities_while_their_rates_stay() {
+        let rates = RateLimitConfig::default();
+        let running = Authenticator::passthrough(AuthScheme::Raw, HeaderValue::from(1), &rates);
+        running
+            .authenticate(Some(&HeaderValue::from_static("abc")), None, None)
+            .unwrap();
+        assert_eq!(running.buckets(), 2);
+        let mut same = Authenticator::passthrough(AuthScheme::Raw, HeaderValue::from(1), &rates);
+        same.keep_limits_from(&running);
+        assert_eq!(same.buckets(), 2, "the identity and its state are kept");
+        let faster = RateLimitConfig {
+            burst: 3,
+            ..RateLimitConfig::default()
+        };
+        let mut changed =
+            Authenticator::passthrough(AuthScheme::Raw, HeaderValue::from(1), &faster);
+        changed.keep_limits_from(&running);
+        assert_eq!(changed.buckets(), 0, "new rates: new buckets");
     }
 }

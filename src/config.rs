@@ -222,6 +222,8 @@ pub struct RateLimitConfig {
     pub upstream_requests_per_second: u32,
     /// Count and log would-be refusals, refuse nothing (to try limits on live traffic).
     pub dry_run: bool,
+    /// The most pass-through identities whose buckets are kept (the longest idle go first).
+    pub max_identities: usize,
 }
 
 impl Default for RateLimitConfig {
@@ -232,6 +234,7 @@ impl Default for RateLimitConfig {
             burst: 10,
             upstream_requests_per_second: 50,
             dry_run: false,
+            max_identities: 100_000,
         }
     }
 }
@@ -242,6 +245,9 @@ pub const MAX_RATE: u32 = 1_000_000;
 /// The largest per-minute rate: the same one million a second, so a busy caller's read rate can
 /// be set above what one gateway serves (GCRA's interval is then 1 µs, still exact).
 pub const MAX_PER_MINUTE: u32 = 60 * MAX_RATE;
+
+/// The largest `rate_limit.max_identities`: about 1 GiB of buckets.
+pub const MAX_IDENTITIES: usize = 10_000_000;
 
 /// `[audit]`
 #[derive(Debug, Deserialize)]
@@ -491,6 +497,12 @@ impl Config {
             ),
         ] {
             rate_rule(key.into(), value, &mut fault);
+        }
+        if !(1..=MAX_IDENTITIES).contains(&rates.max_identities) {
+            fault(
+                "rate_limit.max_identities".into(),
+                format!("must be from 1 to {MAX_IDENTITIES}"),
+            );
         }
 
         let upstream = &self.upstream;

@@ -114,12 +114,13 @@ impl Gateway {
             Some(credential) => {
                 Authenticator::keys(&config.clients, &config.rate_limit, credential.clone())
             }
-            None => Authenticator::Passthrough {
-                scheme: config.upstream.auth_scheme,
-                default_user: HeaderValue::from(config.upstream.user_id),
-            },
+            None => Authenticator::passthrough(
+                config.upstream.auth_scheme,
+                HeaderValue::from(config.upstream.user_id),
+                &config.rate_limit,
+            ),
         };
-        // Two buckets per configured client and one for the upstream, fixed by the file.
+        // Two buckets per configured client (or pass-through identity) and one for the upstream.
         metrics.set_rate_limit_buckets(authenticator.buckets() + 1);
         Ok(Gateway {
             upstream: Arc::new(upstream),

@@ -181,7 +181,7 @@ impl Metrics {
         );
         registry.register(
             "tokengate_rate_limit_buckets",
-            "Rate-limit buckets held (two per configured client and one for the upstream)",
+            "Rate-limit buckets held (two per configured client or tracked pass-through identity, and one for the upstream)",
             rate_limit_buckets.clone(),
         );
         registry.register(

@@ -362,8 +362,91 @@ async fn name_prefix_reads_and_patch_reads_count_against_the_upstream_cap() {
     assert_eq!(methods, ["GET", "DELETE", "GET", "PUT"]);
 }
 
+/// SPEC §3: in pass-through mode each identity (its own upstream token) gets the `[rate_limit]`
+/// defaults in buckets of its own, in a table of at most `rate_limit.max_identities`.
 #[tokio::test]
-async fn passthrough_callers_get_no_bucket_and_meet_only_the_upstream_cap() {
+async fn passthrough_identities_each_get_the_default_buckets_within_a_bound() {
+    use tokengate::emulator::User;
+    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    const OTHER_TOKEN: &str = "OtherUsersAccessToken0123456789";
+    emulator.emulator.add_user(User::new(77, OTHER_TOKEN));
+    let mut options = Options::new(emulator.addr);
+    options.mode = "passthrough";
+    options.rate_limit = "reads_per_minute = 60\nburst = 2\nmax_identities = 50\n".into();
+    let gateway = TestGateway::start(options).await;
+    let list = |token: &'static str, user: &'static str| {
+        let addr = gateway.addr;
+        async move {
+            send(
+                addr,
+                "GET",
+                "/api/token/",
+                &[("authorization", token), ("new-api-user", user)],
+                None,
+            )
+            .await
+        }
+    };
+
+    // Two requests of one token within its burst pass, with the RateLimit fields.
+    let first = list(UPSTREAM_TOKEN, "42").await;
+    assert_eq!(first.json()["success"], true, "{}", first.text());
+    assert_eq!(header(&first, "ratelimit"), [r#""reads";r=1;t=1"#]);
+    let second = list(UPSTREAM_TOKEN, "42").await;
+    assert_eq!(header(&second, "ratelimit"), [r#""reads";r=0;t=1"#]);
+    // The third is the gateway's 429, and never reaches the upstream.
+    let third = list(UPSTREAM_TOKEN, "42").await;
+    third.assert_envelope(429, "rate_limited");
+    assert_eq!(header(&third, "retry-after"), ["1"]);
+    assert_eq!(header(&third, "ratelimit-policy"), [r#""reads";q=60;w=60"#]);
+    assert_eq!(header(&third, "ratelimit"), [r#""reads";r=0;t=1"#]);
+    assert_eq!(emulator.emulator.seen().len(), 2);
+
+    // Another token is not affected.
+    let other = list(OTHER_TOKEN, "77").await;
+    assert_eq!(other.json()["success"], true, "{}", other.text());
+    assert_eq!(header(&other, "ratelimit"), [r#""reads";r=1;t=1"#]);
+    let text = metrics(&gateway).await;
+    assert!(text.contains("tokengate_rate_limit_buckets 5"), "{text}");
+    assert!(
+        text.contains(r#"tokengate_rate_limited_total{client="passthrough",class="reads"} 1"#),
+        "{text}"
+    );
+
+    // 200 more identities: the table keeps at most 50 (100 buckets, and the upstream's).
+    for i in 0..200 {
+        let token = format!("invented-token-{i:04}");
+        let reply = send(
+            gateway.addr,
+            "GET",
+            "/api/token/",
+            &[("authorization", &token)],
+            None,
+        )
+        .await;
+        assert_ne!(
+            reply.status, 429,
+            "a new identity starts with a full bucket"
+        );
+    }
+    let text = metrics(&gateway).await;
+    let buckets: usize = text
+        .lines()
+        .find_map(|l| l.strip_prefix("tokengate_rate_limit_buckets "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((3..=101).contains(&buckets), "{buckets} buckets:\n{text}");
+    // The longest idle went first: the spent token's state is gone, and it starts full again.
+    let again = list(UPSTREAM_TOKEN, "42").await;
+    assert_eq!(again.json()["success"], true, "{}", again.text());
+}
+
+/// The global upstream cap holds for pass-through callers too, over all identities.
+#[tokio::test]
+async fn passthrough_callers_meet_the_upstream_cap_too() {
     let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
         .await
         .unwrap();
@@ -374,10 +457,7 @@ async fn passthrough_callers_get_no_bucket_and_meet_only_the_upstream_cap() {
     let auth = [("authorization", UPSTREAM_TOKEN)];
     let first = send(gateway.addr, "GET", "/api/token/", &auth, None).await;
     assert_eq!(first.json()["success"], true, "{}", first.text());
-    assert!(
-        first.headers.get("ratelimit").is_none(),
-        "no caller bucket, no RateLimit field"
-    );
+    assert_eq!(header(&first, "ratelimit"), [r#""reads";r=9;t=1"#]);
     let replies = futures_util::future::join_all(
         (0..3).map(|_| send(gateway.addr, "GET", "/api/token/", &auth, None)),
     )
@@ -388,10 +468,10 @@ async fn passthrough_callers_get_no_bucket_and_meet_only_the_upstream_cap() {
         .expect("the upstream cap applies");
     assert_eq!(
         header(refused, "ratelimit-policy"),
-        [r#""upstream";q=1;w=1"#]
+        [r#""reads";q=600;w=60"#, r#""upstream";q=1;w=1"#]
     );
     let text = metrics(&gateway).await;
-    assert!(text.contains("tokengate_rate_limit_buckets 1"), "{text}");
+    assert!(text.contains("tokengate_rate_limit_buckets 3"), "{text}");
     assert!(
         text.contains(r#"tokengate_rate_limited_total{client="passthrough",class="upstream"}"#),
         "{text}"

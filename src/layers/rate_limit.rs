@@ -1,8 +1,9 @@
 //! The caller's rate limits (SPEC §5): one unit from the bucket of its class before anything else
 //! is spent on the request, and, once a batch's ids are known, the rest of its cost.
 //!
-//! Only configured callers have buckets; a pass-through caller meets the global upstream limit
-//! alone. With `rate_limit.dry_run` a would-be refusal is counted and logged, and the request goes on.
+//! A configured client has its own buckets; a pass-through identity has buckets of the
+//! `[rate_limit]` defaults from a bounded table, made when it is first seen. With
+//! `rate_limit.dry_run` a would-be refusal is counted and logged, and the request goes on.
 
 use std::sync::Arc;
 

@@ -3,15 +3,20 @@
 //!
 //! Buckets are governor's direct (unkeyed) limiters, built from the config: one per class of each
 //! `[[clients]]` entry and one for the upstream, so their number is fixed by the file and no
-//! request, however many unknown keys it tries, adds state. A bucket holds one atomic word.
+//! request, however many unknown keys it tries, adds state. A bucket holds one atomic word (and a
+//! second one saying when it will be full again). Pass-through identities, which the file cannot
+//! name, get theirs from a bounded table ([`identities`]).
+
+pub mod identities;
 
 use std::fmt;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::{Clock, DefaultClock, Reference};
 use governor::middleware::StateInformationMiddleware;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
@@ -118,6 +123,13 @@ pub struct Bucket<C: Clock = DefaultClock> {
     quota: u32,
     window: Duration,
     burst: u32,
+    /// The time one request's worth takes to come back.
+    period: Duration,
+    /// When the bucket was made, on its clock: the origin of `full_at`.
+    start: C::Instant,
+    /// Nanoseconds after `start` from which the bucket is full again (a safe upper bound: it is
+    /// never full earlier). A full bucket holds no information, so a table of them may drop it.
+    full_at: AtomicU64,
 }
 
 impl<C: Clock> fmt::Debug for Bucket<C> {
@@ -150,13 +162,28 @@ impl<C: Clock> Bucket<C> {
         let gcra_quota = Quota::with_period(period)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(burst);
+        let start = clock.now();
         Bucket {
             gcra: RateLimiter::direct_with_clock(gcra_quota, clock).with_middleware(),
             policy,
             quota,
             window,
             burst: burst.get(),
+            period,
+            start,
+            full_at: AtomicU64::new(0),
         }
+    }
+
+    /// Whether the bucket has refilled completely since its last charge (then it decides exactly
+    /// as a new one would).
+    pub fn is_full(&self) -> bool {
+        self.elapsed() >= self.full_at.load(Ordering::Relaxed)
+    }
+
+    /// Nanoseconds since `start` on the bucket's clock.
+    fn elapsed(&self) -> u64 {
+        self.gcra.clock().now().duration_since(self.start).as_u64()
     }
 
     /// The bucket size.
@@ -175,6 +202,10 @@ impl<C: Clock> Bucket<C> {
         match outcome {
             Ok(Ok(snapshot)) => {
                 let remaining = snapshot.remaining_burst_capacity();
+                // GCRA's theoretical arrival time is at most `burst - remaining` periods away.
+                let refill = self.period.as_nanos() as u64 * u64::from(self.burst - remaining);
+                self.full_at
+                    .fetch_max(self.elapsed().saturating_add(refill), Ordering::Relaxed);
                 let reset = if remaining < self.burst {
                     whole_seconds(snapshot.quota().replenish_interval())
                 } else {
@@ -228,29 +259,65 @@ impl CallerLimits<DefaultClock> {
     }
 }
 
+/// The rates of one caller's two buckets, per minute, and their size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rates {
+    /// `reads_per_minute`.
+    pub reads: u32,
+    /// `writes_per_minute`.
+    pub writes: u32,
+    /// `burst`, the size of each bucket.
+    pub burst: u32,
+}
+
+impl Rates {
+    /// `client`'s own rates where set, `[rate_limit]`'s otherwise.
+    pub fn of(client: &ClientConfig, defaults: &RateLimitConfig) -> Rates {
+        Rates {
+            reads: client.reads_per_minute.unwrap_or(defaults.reads_per_minute),
+            writes: client
+                .writes_per_minute
+                .unwrap_or(defaults.writes_per_minute),
+            burst: client.burst.unwrap_or(defaults.burst),
+        }
+    }
+
+    /// The `[rate_limit]` defaults (a caller the file does not name).
+    pub fn defaults(defaults: &RateLimitConfig) -> Rates {
+        Rates::of(&ClientConfig::default(), defaults)
+    }
+}
+
 impl<C: Clock + Clone> CallerLimits<C> {
     /// The buckets of `client` on `clock`.
     pub fn with_clock(client: &ClientConfig, defaults: &RateLimitConfig, clock: C) -> Self {
-        let burst = client.burst.unwrap_or(defaults.burst);
+        CallerLimits::new(Rates::of(client, defaults), clock)
+    }
+
+    /// Two buckets of `rates` on `clock`.
+    pub fn new(rates: Rates, clock: C) -> Self {
         let minute = Duration::from_secs(60);
         CallerLimits {
             reads: Bucket::with_clock(
                 Class::Reads.as_str(),
-                client.reads_per_minute.unwrap_or(defaults.reads_per_minute),
+                rates.reads,
                 minute,
-                burst,
+                rates.burst,
                 clock.clone(),
             ),
             writes: Bucket::with_clock(
                 Class::Writes.as_str(),
-                client
-                    .writes_per_minute
-                    .unwrap_or(defaults.writes_per_minute),
+                rates.writes,
                 minute,
-                burst,
+                rates.burst,
                 clock,
             ),
         }
+    }
+
+    /// Whether both buckets have refilled completely.
+    pub fn is_full(&self) -> bool {
+        self.reads.is_full() && self.writes.is_full()
     }
 
     /// Whether `other` has the same rates and bursts (then a reload keeps this one, and the
