@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+use serde_json::{Map, Value};
+
 use crate::config::ClientConfig;
 use crate::route::TokenId;
 use crate::token::edit::{Edit, TokenFields};
@@ -123,6 +125,18 @@ impl Policy {
 
     /// Every rule broken by the token `fields` would store, omitted fields filled as `omitted`.
     pub fn judge(&self, fields: &TokenFields, omitted: Omitted, now: i64) -> Vec<Violation> {
+        self.judge_view(&View::of(fields), omitted, now)
+    }
+
+    /// Every rule broken by a token as the upstream stores it (a JSON object: the answer of a
+    /// read, with a change merged in), for what puts it into use (SPEC §5: enabling judges the
+    /// stored token by every rule). Values new-api wrote itself are judged as they are; fields
+    /// the object lacks (an upstream that does not store them) are not judged.
+    pub fn judge_stored(&self, token: &Map<String, Value>, now: i64) -> Vec<Violation> {
+        self.judge_view(&View::stored(token), Omitted::Stored, now)
+    }
+
+    fn judge_view(&self, token: &View<'_>, omitted: Omitted, now: i64) -> Vec<Violation> {
         let mut violations = Vec::new();
         let mut refuse = |rule, field, message| {
             violations.push(Violation {
@@ -135,16 +149,15 @@ impl Policy {
         // Whether a rule on a field left out is judged: not when its value is the stored one.
         let judged = |present: bool| present || omitted != Omitted::Stored;
 
-        let unlimited = fields.unlimited_quota.unwrap_or(false);
-        if unlimited && !self.allow_unlimited_quota {
+        if token.unlimited_quota == Some(true) && !self.allow_unlimited_quota {
             refuse(
                 "allow_unlimited_quota",
                 "unlimited_quota",
                 "unlimited_quota must be false: this client may not write unlimited tokens (allow_unlimited_quota is false)".into(),
             );
         }
-        if let (Some(max), true) = (self.max_remain_quota, judged(fields.remain_quota.is_some())) {
-            let quota = fields.remain_quota.map_or(0, |q| q.get());
+        if let (Some(max), true) = (self.max_remain_quota, judged(token.remain_quota.is_some())) {
+            let quota = token.remain_quota.unwrap_or(0);
             if quota > max {
                 refuse(
                     "max_remain_quota",
@@ -156,8 +169,8 @@ impl Policy {
             }
         }
 
-        if let (Some(allowed), true) = (&self.groups, judged(fields.group.is_some())) {
-            let mut entries = fields.group.iter().flat_map(|g| g.groups()).peekable();
+        if let (Some(allowed), true) = (&self.groups, judged(token.group.is_some())) {
+            let mut entries = entries(token.group.unwrap_or("")).peekable();
             let outside = if entries.peek().is_none() {
                 (!allowed.iter().any(String::is_empty))
                     .then(|| "\"\" (the account's own group)".to_string())
@@ -175,8 +188,14 @@ impl Policy {
                 );
             }
         }
-        if let Some(allowed) = &self.groups {
-            let auto = fields.auto_groups.iter().flat_map(|a| a.groups());
+        // new-api keeps `auto_groups` only on a token of the group `auto` and clears it on any
+        // other (SPEC §5: E3 semantics count as stored); a group the change leaves as stored is
+        // unknown here, so the list is judged then.
+        let auto_kept = token
+            .group
+            .map_or(omitted == Omitted::Stored, |group| group == AUTO_GROUP);
+        if let (Some(allowed), true) = (&self.groups, auto_kept) {
+            let auto = token.auto_groups.iter().flatten().copied();
             if let Some(group) = first_outside(auto, allowed) {
                 refuse(
                     "groups",
@@ -189,20 +208,16 @@ impl Policy {
             }
         }
 
-        let models_set = fields.model_limits_enabled.is_some() || fields.model_limits.is_some();
+        let models_set = token.model_limits_enabled.is_some() || token.model_limits.is_some();
         if let (Some(allowed), true) = (&self.models, judged(models_set)) {
             // A batch that sets only `model_limits` leaves `model_limits_enabled` as stored.
-            let enabled = fields
+            let enabled = token
                 .model_limits_enabled
                 .unwrap_or(omitted == Omitted::Stored);
-            let mut models = fields
-                .model_limits
-                .iter()
-                .flat_map(|m| m.models())
-                .peekable();
+            let mut models = entries(token.model_limits.unwrap_or("")).peekable();
             let message = if !enabled {
                 Some("model_limits_enabled must be true: this client's tokens must be limited to its models".to_string())
-            } else if !judged(fields.model_limits.is_some()) {
+            } else if !judged(token.model_limits.is_some()) {
                 None
             } else if models.peek().is_none() {
                 Some("model_limits must list at least one model: this client's tokens must be limited to its models".to_string())
@@ -219,14 +234,11 @@ impl Policy {
             }
         }
 
-        if let (Some(days), true) = (self.max_expiry_days, judged(fields.expired_time.is_some())) {
-            let expiry = fields.expired_time.map_or(
-                match omitted {
-                    Omitted::CreateDefaults => -1,
-                    Omitted::ZeroValues | Omitted::Stored => 0,
-                },
-                |e| e.seconds(),
-            );
+        if let (Some(days), true) = (self.max_expiry_days, judged(token.expired_time.is_some())) {
+            let expiry = token.expired_time.unwrap_or(match omitted {
+                Omitted::CreateDefaults => -1,
+                Omitted::ZeroValues | Omitted::Stored => 0,
+            });
             let latest = now.saturating_add(i64::from(days) * DAY);
             if expiry == -1 {
                 refuse(
@@ -243,9 +255,8 @@ impl Policy {
             }
         }
 
-        if let (Some(prefix), true) = (&self.name_prefix, judged(fields.name.is_some())) {
-            let name = fields.name.as_ref().map_or("", |n| n.as_str());
-            if !name.starts_with(prefix.as_str()) {
+        if let (Some(prefix), true) = (&self.name_prefix, judged(token.name.is_some())) {
+            if !token.name.unwrap_or("").starts_with(prefix.as_str()) {
                 refuse(
                     "name_prefix",
                     "name",
@@ -272,6 +283,64 @@ impl Policy {
             ),
         })
     }
+}
+
+/// new-api's automatic routing group, the only one that keeps `auto_groups`.
+const AUTO_GROUP: &str = "auto";
+
+/// The values the rules read, from a checked edit or from a token as the upstream stores it
+/// (whose values may lie outside the body rules: new-api writes some itself).
+#[derive(Debug, Default)]
+struct View<'a> {
+    name: Option<&'a str>,
+    remain_quota: Option<i64>,
+    unlimited_quota: Option<bool>,
+    expired_time: Option<i64>,
+    model_limits_enabled: Option<bool>,
+    /// Comma-separated, as stored.
+    model_limits: Option<&'a str>,
+    /// Comma-separated, as stored.
+    group: Option<&'a str>,
+    auto_groups: Option<Vec<&'a str>>,
+}
+
+impl<'a> View<'a> {
+    fn of(fields: &'a TokenFields) -> View<'a> {
+        View {
+            name: fields.name.as_ref().map(|n| n.as_str()),
+            remain_quota: fields.remain_quota.map(|q| q.get()),
+            unlimited_quota: fields.unlimited_quota,
+            expired_time: fields.expired_time.map(|e| e.seconds()),
+            model_limits_enabled: fields.model_limits_enabled,
+            model_limits: fields.model_limits.as_ref().map(|m| m.as_str()),
+            group: fields.group.as_ref().map(|g| g.as_str()),
+            auto_groups: fields.auto_groups.as_ref().map(|a| a.groups().collect()),
+        }
+    }
+
+    fn stored(token: &'a Map<String, Value>) -> View<'a> {
+        let text = |key: &str| token.get(key).and_then(Value::as_str);
+        let flag = |key: &str| token.get(key).and_then(Value::as_bool);
+        let number = |key: &str| token.get(key).and_then(Value::as_i64);
+        View {
+            name: text("name"),
+            remain_quota: number("remain_quota"),
+            unlimited_quota: flag("unlimited_quota"),
+            expired_time: number("expired_time"),
+            model_limits_enabled: flag("model_limits_enabled"),
+            model_limits: text("model_limits"),
+            group: text("group"),
+            auto_groups: token
+                .get("auto_groups")
+                .and_then(Value::as_array)
+                .map(|groups| groups.iter().filter_map(Value::as_str).collect()),
+        }
+    }
+}
+
+/// The entries of a comma-separated list (none for `""`).
+fn entries(list: &str) -> impl Iterator<Item = &str> {
+    list.split(',').filter(|entry| !entry.is_empty())
 }
 
 /// The first entry not in `allowed`.

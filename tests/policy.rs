@@ -424,3 +424,198 @@ async fn a_client_without_policy_keys_may_not_write_unlimited_tokens() {
         .iter()
         .any(|t| t.name == "renamed" && t.unlimited_quota));
 }
+
+/// SPEC §5: enabling a token puts the stored token back into use, so it is judged by every rule
+/// on the stored token, whichever way it comes (status-only update, PATCH, fan-out batch);
+/// disabling only restricts, so only `name_prefix` applies to it.
+#[tokio::test]
+async fn enabling_is_judged_on_the_stored_token_and_disabling_is_not() {
+    let (upstream, gateway) = gateway_with(
+        r#"max_remain_quota = 1000
+groups = ["team"]
+models = ["o3"]
+max_expiry_days = 30"#,
+    )
+    .await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // A token this client could have written, disabled; then one breaking each rule in turn.
+    let good = NewToken {
+        status: 2,
+        remain_quota: 1000,
+        group: "team".into(),
+        model_limits_enabled: true,
+        model_limits: "o3".into(),
+        expired_time: now + 86_400,
+        ..token("fine")
+    };
+    let breaking: Vec<(&str, NewToken)> = vec![
+        (
+            "unlimited_quota",
+            NewToken {
+                unlimited_quota: true,
+                ..good.clone()
+            },
+        ),
+        (
+            "remain_quota",
+            NewToken {
+                remain_quota: 1001,
+                ..good.clone()
+            },
+        ),
+        (
+            "group",
+            NewToken {
+                group: "vip".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "model_limits",
+            NewToken {
+                model_limits: "gpt-4o".into(),
+                ..good.clone()
+            },
+        ),
+        (
+            "expired_time",
+            NewToken {
+                expired_time: -1,
+                ..good.clone()
+            },
+        ),
+    ];
+    for (field, stored) in breaking {
+        let id = upstream.emulator.insert_token(USER_ID, stored);
+        let ways = [
+            (
+                "PUT",
+                "/api/token/?status_only=true".to_string(),
+                format!(r#"{{"id":{id},"status":1}}"#),
+            ),
+            (
+                "PATCH",
+                format!("/api/token/{id}"),
+                r#"{"status":1}"#.to_string(),
+            ),
+        ];
+        for (method, path, body) in &ways {
+            upstream.emulator.clear_seen();
+            let reply = team(&gateway, method, path, Some(body)).await;
+            reply.assert_envelope(403, "forbidden");
+            assert_eq!(reply.json()["error"]["field"], field, "{}", reply.text());
+            assert!(
+                reply.text().contains(&format!("token {id}")),
+                "{}",
+                reply.text()
+            );
+            let seen = upstream.emulator.seen();
+            assert_eq!(
+                seen.len(),
+                1,
+                "{field} by {method}: only the read: {seen:?}"
+            );
+            assert_eq!(seen[0].method, "GET");
+        }
+        // A fan-out batch naming only `status`: that id fails alone, with the same refusal.
+        upstream.emulator.clear_seen();
+        let batch = format!(r#"{{"ids":[{id}],"update_fields":["status"],"status":1}}"#);
+        let reply = team(&gateway, "PUT", "/api/token/batch", Some(&batch)).await;
+        let json = reply.json();
+        assert_eq!(json["success"], false, "{json}");
+        assert_eq!(json["data"]["failed"][0]["code"], "forbidden", "{json}");
+        assert!(upstream.emulator.seen().iter().all(|s| s.method == "GET"));
+        let stored = upstream.emulator.tokens();
+        assert_eq!(
+            stored.iter().find(|t| t.id == id).unwrap().status,
+            2,
+            "{field}: still disabled"
+        );
+
+        // Disabling the same token again is allowed: it only restricts.
+        let reply = team(
+            &gateway,
+            "PUT",
+            "/api/token/?status_only=true",
+            Some(&format!(r#"{{"id":{id},"status":2}}"#)),
+        )
+        .await;
+        assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    }
+
+    // The token it could have written is enabled, by each way.
+    let id = upstream.emulator.insert_token(USER_ID, good);
+    let reply = team(
+        &gateway,
+        "PATCH",
+        &format!("/api/token/{id}"),
+        Some(r#"{"status":1}"#),
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    let stored = upstream.emulator.tokens();
+    assert_eq!(stored.iter().find(|t| t.id == id).unwrap().status, 1);
+}
+
+/// SPEC §5: a native batch update is judged like fan-out: every id read under its lock, each
+/// merged token judged, and the one request forwarded only when every id passes.
+#[tokio::test]
+async fn a_native_batch_update_judges_every_stored_token() {
+    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(emulator.addr);
+    options.clients = Some(client_entry("team", TEAM_KEY, ""));
+    options.upstream_extra = "batch_update = \"native\"\n".into();
+    let gateway = TestGateway::start(options).await;
+    let upstream = emulator;
+    let limited = upstream.emulator.insert_token(USER_ID, token("limited"));
+    let unlimited = upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            unlimited_quota: true,
+            ..token("open")
+        },
+    );
+    let body = format!(
+        r#"{{"ids":[{limited},{unlimited}],"update_fields":["remain_quota"],"remain_quota":5}}"#
+    );
+    let reply = team(&gateway, "PUT", "/api/token/batch", Some(&body)).await;
+    reply.assert_envelope(403, "forbidden");
+    assert_eq!(reply.json()["error"]["field"], "unlimited_quota");
+    assert!(
+        reply.text().contains(&format!("token {unlimited}")),
+        "{}",
+        reply.text()
+    );
+    let seen = upstream.emulator.seen();
+    assert_eq!(seen.len(), 2, "the two reads, nothing sent: {seen:?}");
+    assert!(seen.iter().all(|s| s.method == "GET"));
+
+    // A batch that also makes it limited passes, and goes upstream as one request (new-api
+    // itself answers 404: it has no batch update, and the answer passes through).
+    upstream.emulator.clear_seen();
+    let body = format!(
+        r#"{{"ids":[{limited},{unlimited}],"update_fields":["remain_quota","unlimited_quota"],"remain_quota":5,"unlimited_quota":false}}"#
+    );
+    team(&gateway, "PUT", "/api/token/batch", Some(&body)).await;
+    let seen = upstream.emulator.seen();
+    let methods: Vec<&str> = seen.iter().map(|s| s.method.as_str()).collect();
+    assert_eq!(methods, ["GET", "GET", "PUT"], "{seen:?}");
+    assert_eq!(seen[2].uri.path(), "/api/token/batch");
+
+    // Disabling alone is judged by name_prefix only: no other rule refuses it.
+    upstream.emulator.clear_seen();
+    let body = format!(r#"{{"ids":[{unlimited}],"update_fields":["status"],"status":2}}"#);
+    team(&gateway, "PUT", "/api/token/batch", Some(&body)).await;
+    let methods: Vec<String> = upstream
+        .emulator
+        .seen()
+        .iter()
+        .map(|s| s.method.to_string())
+        .collect();
+    assert_eq!(methods, ["PUT"]);
+}

@@ -14,6 +14,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::future::Either;
 use http::{Request, Response};
+use serde_json::{Map, Value};
 use tower::{Layer, Service, ServiceExt};
 
 use super::audit::AuditPolicy;
@@ -23,17 +24,18 @@ use crate::caller::Caller;
 use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::locks::TokenLocks;
-use crate::read_token::{current_name, read_token};
+use crate::read_token::read_token;
 use crate::route::{Endpoint, Route, TokenId};
 use crate::token::edit::{Edit, Limits, TokenFields};
 use crate::token::fields::Status;
 use crate::token::patch::merge;
 use crate::upstream::Upstream;
 
-/// The name a token had when the gateway read it for this request, so a later check does not
+/// A token as the gateway read it under its lock for this request (or, for the status-only
+/// `PUT` that follows a PATCH's full one, as that full `PUT` wrote it), so a later check does not
 /// read it again.
 #[derive(Clone, Debug)]
-pub struct KnownName(pub TokenId, pub String);
+pub struct KnownToken(pub TokenId, pub Arc<Map<String, Value>>);
 
 /// Builds [`Patch`].
 #[derive(Clone, Debug)]
@@ -119,7 +121,20 @@ where
             // follows through the same layers (policy, its own intent record, forward), and its
             // answer is the caller's.
             let context = RequestContext::of(&request)?.clone();
-            let follow_up = status_only_request(&request, id, status_after);
+            let mut follow_up = status_only_request(&request, id, status_after);
+            // The status-only PUT puts into use the token the full PUT wrote.
+            if let Some(edit @ Edit::Update(_)) = request.extensions().get::<Edit>() {
+                if let Value::Object(written) = edit.to_value() {
+                    let mut token = request
+                        .extensions()
+                        .get::<KnownToken>()
+                        .map_or_else(Map::new, |known| (*known.1).clone());
+                    token.extend(written);
+                    follow_up
+                        .extensions_mut()
+                        .insert(KnownToken(id, Arc::new(token)));
+                }
+            }
             let first = inner.call(request).await?;
             if !context.upstream().is_some_and(|answer| answer.succeeded()) {
                 return Ok(first);
@@ -172,7 +187,7 @@ async fn to_full_update(
     let stored = read_token(&layer.upstream, caller, &context, id).await?;
     request
         .extensions_mut()
-        .insert(KnownName(id, current_name(&stored)));
+        .insert(KnownToken(id, Arc::new(stored.clone())));
     let status_alone = patch.status.is_some() && {
         let mut rest = patch.clone();
         rest.status = None;

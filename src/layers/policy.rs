@@ -1,8 +1,11 @@
 //! The caller's policy (SPEC §5), after the body is checked and before the intent record: the
-//! token a write would store is judged against the client's rules, and for `name_prefix` the
-//! current names of the tokens it names are read from the upstream first. A batch is refused
-//! whole if any of its ids is outside the prefix. A refusal is a 403 `forbidden` naming every
-//! rule broken and the fields at fault.
+//! token a write would store is judged against the client's rules. Some rules need the tokens a
+//! request names as the upstream stores them, read under their locks (or known from the PATCH
+//! read): `name_prefix` on their current names, and every rule on the stored token when a change
+//! puts it back into use (enabling) or is a native batch update (each id merged, as fan-out does
+//! per id). A request that names several tokens (a batch delete, a key reveal, a native batch
+//! update) is refused whole when any of them breaks a rule, and nothing is sent. A refusal is a
+//! 403 `forbidden` naming every rule broken and the fields at fault.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,9 +14,10 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{Request, Response};
+use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
-use super::patch::KnownName;
+use super::patch::KnownToken;
 use super::validate::unix_now;
 use super::BoxFuture;
 use crate::caller::Caller;
@@ -23,7 +27,8 @@ use crate::metrics::Metrics;
 use crate::policy::{PolicyRefusal, Violation};
 use crate::read_token::{current_name, read_token};
 use crate::route::{Endpoint, Route, TokenId};
-use crate::token::edit::Edit;
+use crate::token::edit::{Edit, TokenFields};
+use crate::token::fields::Status;
 use crate::upstream::Upstream;
 
 /// How many current names are read from the upstream at once for one batch.
@@ -119,7 +124,9 @@ pub(crate) fn refusal(
 }
 
 /// Every rule the request breaks: first those of the token it would store, then (only if those
-/// pass, so a refused request costs the upstream nothing) `name_prefix` on current names.
+/// pass, so a refused request costs the upstream nothing) those that need the tokens it names as
+/// the upstream stores them: `name_prefix` on their current names, and, for a change that puts a
+/// token into use or a native batch update, every rule on the token as it will be stored.
 async fn judge(
     upstream: &Upstream,
     request: &Request<Bytes>,
@@ -134,28 +141,74 @@ async fn judge(
     let Some(policy) = &caller.policy else {
         return Ok(Vec::new());
     };
+    let now = unix_now();
     let edit = extensions.get::<Edit>();
-    let violations = edit.map_or_else(Vec::new, |edit| policy.judge_edit(edit, unix_now()));
-    if !violations.is_empty() || !policy.checks_current_names() {
+    let violations = edit.map_or_else(Vec::new, |edit| policy.judge_edit(edit, now));
+    let stored_change = edit.and_then(StoredChange::of);
+    if !violations.is_empty() || (stored_change.is_none() && !policy.checks_current_names()) {
         return Ok(violations);
     }
     let context = RequestContext::of(request)?;
-    let known = extensions.get::<KnownName>();
-    let names = futures_util::stream::iter(existing_ids(route, edit))
+    let known = extensions.get::<KnownToken>();
+    let tokens = futures_util::stream::iter(existing_ids(route, edit))
         .map(|id| async move {
-            if let Some(KnownName(known_id, name)) = known.filter(|k| k.0 == id) {
-                return Ok((*known_id, name.clone()));
+            if let Some(KnownToken(_, token)) = known.filter(|k| k.0 == id) {
+                return Ok((id, token.clone()));
             }
             let token = read_token(upstream, caller, context, id).await?;
-            Ok::<_, GatewayError>((id, current_name(&token)))
+            Ok::<_, GatewayError>((id, Arc::new(token)))
         })
         .buffered(NAME_READS_AT_ONCE)
         .try_collect::<Vec<_>>()
         .await?;
-    Ok(names
-        .iter()
-        .filter_map(|(id, name)| policy.judge_current_name(*id, name))
-        .collect())
+    let mut violations = Vec::new();
+    for (id, token) in &tokens {
+        violations.extend(policy.judge_current_name(*id, &current_name(token)));
+        if let Some(change) = &stored_change {
+            let judged = policy.judge_stored(&change.apply(token), now);
+            violations.extend(judged.into_iter().map(|mut violation| {
+                violation.message =
+                    format!("token {id}, as it would be stored: {}", violation.message);
+                violation
+            }));
+        }
+    }
+    Ok(violations)
+}
+
+/// A change judged on each token it names as stored, with the change applied (SPEC §5).
+struct StoredChange<'a>(Option<&'a TokenFields>);
+
+impl<'a> StoredChange<'a> {
+    /// Enabling (`status` 1 by a status-only update, or a PATCH or batch that comes down as one)
+    /// puts the stored token back into use: judged by every rule. A native batch update is judged
+    /// like fan-out, each id merged, unless all it does is disable (only `name_prefix` applies
+    /// then). Anything else is not judged on stored tokens.
+    fn of(edit: &'a Edit) -> Option<StoredChange<'a>> {
+        let enables = |fields: &TokenFields| fields.status.is_some_and(|s| s == Status::ENABLED);
+        match edit {
+            Edit::StatusOnly(fields) if enables(fields) => Some(StoredChange(None)),
+            Edit::BatchUpdate(batch) => {
+                let mut rest = batch.fields.clone();
+                let status = rest.status.take();
+                let disables_only =
+                    rest == TokenFields::default() && status.is_some_and(|s| s != Status::ENABLED);
+                (!disables_only).then_some(StoredChange(Some(&batch.fields)))
+            }
+            _ => None,
+        }
+    }
+
+    /// `token` with the change's fields written over it. The name is left out: `name_prefix`
+    /// judges the current name (and a new one was judged with the body).
+    fn apply(&self, token: &Map<String, Value>) -> Map<String, Value> {
+        let mut merged = token.clone();
+        if let Some(Value::Object(fields)) = self.0.map(serde_json::to_value).and_then(Result::ok) {
+            merged.extend(fields);
+        }
+        merged.remove("name");
+        merged
+    }
 }
 
 /// The existing tokens a request changes, reveals or deletes (none for a create or a read).

@@ -187,6 +187,11 @@ impl ModelLimits {
     pub fn models(&self) -> impl Iterator<Item = &str> {
         self.0.split(',').filter(|m| !m.is_empty())
     }
+
+    /// The list as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
 }
 
 /// `group`: comma-separated group names, no empty entry, no spaces; `""` is the account's own
@@ -212,6 +217,11 @@ impl Groups {
     /// The groups, in order (none for `""`, the account's own group).
     pub fn groups(&self) -> impl Iterator<Item = &str> {
         self.0.split(',').filter(|g| !g.is_empty())
+    }
+
+    /// The list as sent.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
@@ -360,6 +370,9 @@ impl AutoGroups {
 pub struct Status(i64);
 
 impl Status {
+    /// `1`: the token is in use.
+    pub const ENABLED: Status = Status(1);
+
     /// Checks a status.
     pub fn parse(value: &Value) -> Result<Status, Refusal> {
         match integer(value)? {
