@@ -54,6 +54,14 @@ pub struct ServerConfig {
     pub shutdown_grace_ms: u64,
     /// Proxies whose `X-Forwarded-For` is honoured (CIDRs or single addresses).
     pub trusted_proxies: Vec<Cidr>,
+    /// Open caller connections at most (SPEC §7): at the cap the gateway stops accepting until
+    /// one closes, so a flood of connections cannot grow memory without bound. The admin
+    /// listener is not counted.
+    pub max_connections: usize,
+    /// The largest request head (request line and headers) a caller may send (SPEC §3); a larger
+    /// one is refused with 431 before anything is forwarded. At least [`MIN_HEADER_BYTES`],
+    /// the smallest read buffer hyper's HTTP/1 parser works with.
+    pub max_header_bytes: usize,
     /// `[server.tls]`: TLS on the caller-facing listener (plain HTTP when absent).
     pub tls: Option<TlsConfig>,
 }
@@ -92,10 +100,22 @@ impl Default for ServerConfig {
             request_timeout_ms: 15_000,
             shutdown_grace_ms: 10_000,
             trusted_proxies: Vec::new(),
+            max_connections: 10_000,
+            max_header_bytes: 32_768,
             tls: None,
         }
     }
 }
+
+/// The range of `server.max_connections`.
+pub const MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+
+/// The smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer cannot be smaller (it
+/// asserts so), and the check at load keeps that assertion from ever being reached.
+pub const MIN_HEADER_BYTES: usize = 8192;
+
+/// The largest `server.max_header_bytes` (1 MiB, far beyond any real request head).
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
 
 /// A network in CIDR form; a bare address means that one address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -431,6 +451,22 @@ impl Config {
             fault(
                 "server.max_body_bytes".into(),
                 "must be from 1 to 16777216".into(),
+            );
+        }
+        if !MAX_CONNECTIONS.contains(&server.max_connections) {
+            fault(
+                "server.max_connections".into(),
+                format!(
+                    "must be from {} to {}",
+                    MAX_CONNECTIONS.start(),
+                    MAX_CONNECTIONS.end()
+                ),
+            );
+        }
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&server.max_header_bytes) {
+            fault(
+                "server.max_header_bytes".into(),
+                format!("must be from {MIN_HEADER_BYTES} to {MAX_HEADER_BYTES}"),
             );
         }
         for (key, value) in [
@@ -918,6 +954,35 @@ mod tests {
                 "clients[2].key_sha256",
             ]
         );
+    }
+
+    #[test]
+    fn connection_and_header_caps_are_checked_at_load() {
+        let config = Config::parse("").unwrap();
+        assert_eq!(config.server.max_connections, 10_000);
+        assert_eq!(config.server.max_header_bytes, 32_768);
+        for (text, key) in [
+            ("max_connections = 0", "server.max_connections"),
+            ("max_connections = 1000001", "server.max_connections"),
+            ("max_header_bytes = 100", "server.max_header_bytes"),
+            ("max_header_bytes = 8191", "server.max_header_bytes"),
+            ("max_header_bytes = 1048577", "server.max_header_bytes"),
+        ] {
+            let errors = Config::parse(&format!("[server]\n{text}\n")).unwrap_err().0;
+            let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+            assert_eq!(keys, [key], "{text}");
+        }
+        for text in [
+            "max_connections = 1",
+            "max_connections = 1000000",
+            "max_header_bytes = 8192",
+            "max_header_bytes = 1048576",
+        ] {
+            assert!(
+                Config::parse(&format!("[server]\n{text}\n")).is_ok(),
+                "{text}"
+            );
+        }
     }
 
     #[test]

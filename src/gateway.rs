@@ -28,6 +28,12 @@ pub struct Gateway {
     pub trusted_proxies: Arc<[IpNet]>,
     /// `server.max_body_bytes`.
     pub max_body_bytes: usize,
+    /// `server.max_connections`: read by the caller-facing accept loop each time it wants to
+    /// accept, so a reload moves the cap for the next connection.
+    pub max_connections: usize,
+    /// `server.max_header_bytes`: the connection builder of each new caller connection is made
+    /// with the value in force when it is accepted.
+    pub max_header_bytes: usize,
     /// What body validation depends on (`[limits]`, `upstream.extra_fields`).
     pub limits: Arc<Limits>,
     /// `[server.tls]`: the caller-facing listener's TLS configuration, if it speaks TLS.
@@ -127,6 +133,8 @@ impl Gateway {
             authenticator: Arc::new(authenticator),
             trusted_proxies: config.server.trusted_proxies.iter().map(|c| c.0).collect(),
             max_body_bytes: config.server.max_body_bytes,
+            max_connections: config.server.max_connections,
+            max_header_bytes: config.server.max_header_bytes,
             limits: Arc::new(Limits {
                 name_max_bytes: config.limits.name_max_bytes,
                 max_batch: config.limits.max_batch,
@@ -151,7 +159,8 @@ impl Gateway {
     }
 
     /// The gateway `config` describes, for a `SIGHUP` reload (SPEC §7): clients, policies,
-    /// limits, TLS certificates and the upstream token are new; the trail, the metrics, the
+    /// limits (`server.max_connections` and `server.max_header_bytes` too: the accept loop reads
+    /// them from the gateway in force), TLS certificates and the upstream token are new; the trail, the metrics, the
     /// per-token locks and the rate-limit state of clients whose rates did not change are kept.
     /// The upstream client (its connection pool and the global `upstream_requests_per_second`
     /// bucket) is kept unless its own settings changed. What needs a restart (listen addresses,

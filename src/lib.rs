@@ -14,6 +14,7 @@
 //! config.rs       the TOML file: serde structs refusing unknown keys, checked at load
 //! gateway.rs      the running state built from a config (secrets and files resolved)
 //! server.rs       listeners, HTTP/1.1 + HTTP/2, graceful drain
+//! connections.rs  SPEC §7 server.max_connections: the open-connection count, the wait at the cap
 //! reload.rs       SPEC §7 SIGHUP: the running stack and TLS config, swapped whole
 //! tls.rs          SPEC §8: the inbound rustls config, the names of a client certificate
 //! stack.rs        the request stack, top to bottom, in one function
@@ -51,6 +52,7 @@ pub mod audit;
 pub mod caller;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod demo;
 pub mod emulator;

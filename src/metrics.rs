@@ -70,6 +70,8 @@ pub struct Metrics {
     audit_fsync: Histogram,
     audit_queue_depth: Gauge,
     ready: Gauge,
+    open_connections: Gauge,
+    connection_cap_reached: Counter,
     /// What `ready` is made of; the gauge is 1 only when all three hold, so no one source can
     /// overwrite another's "not ready" (the audit writer's next batch, say, during shutdown).
     readiness: Readiness,
@@ -124,6 +126,18 @@ impl Metrics {
         let audit_failures = Counter::default();
         let audit_fsync = Histogram::new(exponential_buckets(0.000_025, 2.0, 16));
         let audit_queue_depth = Gauge::default();
+        let open_connections = Gauge::default();
+        let connection_cap_reached = Counter::default();
+        registry.register(
+            "tokengate_open_connections",
+            "Open caller connections (from accept until closed, TLS handshake included)",
+            open_connections.clone(),
+        );
+        registry.register(
+            "tokengate_connection_cap_reached",
+            "Times the caller listener stopped accepting at server.max_connections (once per episode)",
+            connection_cap_reached.clone(),
+        );
         registry.register(
             "tokengate_audit_records",
             "Audit records written (and synced, with fsync = \"always\")",
@@ -210,6 +224,8 @@ impl Metrics {
             audit_fsync,
             audit_queue_depth,
             ready,
+            open_connections,
+            connection_cap_reached,
             readiness: Readiness::default(),
         }
     }
@@ -294,6 +310,21 @@ impl Metrics {
     /// Sets the audit queue depth.
     pub fn set_audit_queue_depth(&self, depth: i64) {
         self.audit_queue_depth.set(depth);
+    }
+
+    /// Counts a caller connection opened (accepted).
+    pub fn connection_opened(&self) {
+        self.open_connections.inc();
+    }
+
+    /// Counts a caller connection closed (its task ended).
+    pub fn connection_closed(&self) {
+        self.open_connections.dec();
+    }
+
+    /// Counts one episode of the caller listener waiting at `server.max_connections`.
+    pub fn connection_cap_reached(&self) {
+        self.connection_cap_reached.inc();
     }
 
     /// Whether the audit trail can be written (the writer after each batch, and `/readyz`).

@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use tokio::sync::Notify;
 use tower::util::Oneshot;
 use tower::{Service, ServiceExt};
 
@@ -28,6 +29,9 @@ use crate::stack::{self, GatewayService};
 /// together.
 pub struct Live {
     current: RwLock<Arc<Generation>>,
+    /// Notified (every waiter) once a reload is in force, so a wait that depends on the
+    /// configuration (the accept loop at `server.max_connections`) reads it again at once.
+    reloaded: Notify,
 }
 
 /// One configuration in force.
@@ -45,6 +49,7 @@ impl Live {
                 stack: stack::build(&gateway, trail),
                 gateway,
             })),
+            reloaded: Notify::new(),
         })
     }
 
@@ -78,7 +83,14 @@ impl Live {
             gateway,
         });
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = next;
+        self.reloaded.notify_waiters();
         Ok(())
+    }
+
+    /// Notified (with `notify_waiters`) after each reload is put in force; register with
+    /// `Notified::enable` before reading [`Live::current`] so no reload slips in between.
+    pub fn reloads(&self) -> &Notify {
+        &self.reloaded
     }
 }
 

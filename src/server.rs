@@ -22,6 +22,8 @@ use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
 use crate::admin;
+use crate::config::MIN_HEADER_BYTES;
+use crate::connections::Connections;
 use crate::context::PeerAddr;
 use crate::error::Body;
 use crate::gateway::Gateway;
@@ -99,6 +101,12 @@ pub async fn run_reloading(
 
 /// Accepts connections on `listener` (TLS first, when `live` has a TLS configuration) and
 /// serves `service` on each until `stop` turns true.
+///
+/// With `live` (the caller-facing listener), the configuration in force at each accept decides:
+/// at `server.max_connections` open connections the loop waits before accepting (the kernel's
+/// backlog holds the rest, see [`Connections`]), and each connection's request head is capped at
+/// `server.max_header_bytes`. Without it (the admin listener) neither applies: operations
+/// endpoints stay reachable when callers fill the cap, and hyper's own head limits hold there.
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
@@ -113,28 +121,41 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEP_ALIVE)
-        .keep_alive_timeout(H2_KEEP_ALIVE);
+    let admin_builder = connection_builder(header_timeout, None);
+    let connections = live
+        .as_ref()
+        .map(|live| Connections::new(live.current().gateway.metrics.clone()));
     let graceful = GracefulShutdown::new();
     loop {
+        if let (Some(live), Some(connections)) = (&live, &connections) {
+            // At the cap, stop accepting until a connection closes (or a reload raises it).
+            tokio::select! {
+                () = connections.room(|| live.current().gateway.max_connections, live.reloads()) => {}
+                _ = stop.changed() => break,
+            }
+        }
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Counted from here until the task below ends, handshake and all.
+                    let open = connections.as_ref().map(Connections::admit);
                     let _ = stream.set_nodelay(true);
                     let service = service.clone();
-                    let builder = builder.clone();
                     let watcher = graceful.watcher();
-                    let tls = live.as_ref().and_then(|live| live.current().gateway.tls.clone());
+                    let (tls, builder) = match &live {
+                        Some(live) => {
+                            let generation = live.current();
+                            let gateway = &generation.gateway;
+                            (
+                                gateway.tls.clone(),
+                                connection_builder(header_timeout, Some(gateway.max_header_bytes)),
+                            )
+                        }
+                        None => (None, admin_builder.clone()),
+                    };
                     let mut stop = stop.clone();
                     tokio::spawn(async move {
+                        let _open = open;
                         // Until the first byte, hyper has no timer running (it is still choosing
                         // between HTTP/1 and HTTP/2): a connection that sends nothing is closed.
                         let mut first = [0u8; 1];
@@ -200,6 +221,42 @@ pub async fn serve<S>(
     {
         tracing::warn!("shutdown grace period ran out; remaining connections closed");
     }
+}
+
+/// The connection builder: HTTP/1.1 and HTTP/2 with the header-read timeout and HTTP/2 pings,
+/// and, when given, the request-head cap (SPEC §3) on both.
+///
+/// HTTP/1.1: hyper-util's auto builder has no `max_header_size`, but hyper answers 431 when its
+/// read buffer is full without a complete head, so the buffer is capped at `max_header_bytes`: a
+/// head of exactly that many bytes is parsed, one byte more is refused. (hyper asserts a buffer of
+/// at least 8192; the configuration check refuses less, and the `max` here keeps even an
+/// unchecked value from panicking.) Bodies stream through a buffer that size, as before through
+/// hyper's default of about 400 KiB.
+/// HTTP/2: the header list size is advertised in SETTINGS, and h2 answers 431 to a header block
+/// over it (counted as RFC 9113 does: name and value plus 32 bytes per field). A block over four
+/// times that, or one spread over more CONTINUATION frames than the size needs, is not decoded
+/// at all: h2 ends the connection (GOAWAY) instead.
+fn connection_builder(
+    header_timeout: Duration,
+    max_header_bytes: Option<usize>,
+) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1 = builder.http1();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    if let Some(max) = max_header_bytes {
+        http1.max_buf_size(max.max(MIN_HEADER_BYTES));
+    }
+    let mut http2 = builder.http2();
+    http2
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE)
+        .keep_alive_timeout(H2_KEEP_ALIVE);
+    if let Some(max) = max_header_bytes {
+        http2.max_header_list_size(u32::try_from(max).unwrap_or(u32::MAX));
+    }
+    builder
 }
 
 /// Serves one connection until it ends, each request carrying the peer's address and, over

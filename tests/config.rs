@@ -112,6 +112,11 @@ fn check_reports_every_bad_key_by_name() {
             "clients[0].max_remain_quota",
         ),
         ("[audit]\nfsync = \"sometimes\"\n", "audit.fsync"),
+        ("[server]\nmax_connections = 0\n", "server.max_connections"),
+        (
+            "[server]\nmax_header_bytes = 100\n",
+            "server.max_header_bytes",
+        ),
     ];
     for (text, key) in cases {
         std::fs::write(&path, text).unwrap();

@@ -146,9 +146,13 @@ async fn sighup_reloads_clients_without_dropping_requests_or_connections() {
     // `limited` did not change: its empty bucket stayed empty.
     assert_eq!(list(addr, LIMITED_KEY).await, 429);
     // The kept-alive connection is still open, and meets the new configuration.
+    // (`ready` first each time: the connection task must take in the end of the last answer
+    // before it takes a new request, and it runs on another thread.)
+    kept.ready().await.unwrap();
     let after = kept.send_request(on_kept(READER_KEY)).await.unwrap();
     assert_eq!(after.status(), 401);
     after.into_body().collect().await.unwrap();
+    kept.ready().await.unwrap();
     let after = kept.send_request(on_kept(NEW_KEY)).await.unwrap();
     assert_eq!(after.status(), 200);
 

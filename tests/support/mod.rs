@@ -94,6 +94,8 @@ pub struct Options {
     pub limits: String,
     /// The `[server.tls]` lines (plain HTTP when empty).
     pub server_tls: String,
+    /// More `[server]` lines (such as `max_connections = 2`).
+    pub server_extra: String,
 }
 
 /// `[rate_limit]` lines no test meets unless it means to.
@@ -128,6 +130,7 @@ impl Options {
             upstream_extra: String::new(),
             limits: String::new(),
             server_tls: String::new(),
+            server_extra: String::new(),
         }
     }
 
@@ -187,6 +190,7 @@ max_body_bytes = {max_body}
 request_timeout_ms = {request_timeout}
 shutdown_grace_ms = {grace}
 trusted_proxies = [{proxies}]
+{server_extra}
 {server_tls}
 
 [upstream]
@@ -215,6 +219,7 @@ format = "text"
             rate_limit = self.rate_limit,
             upstream_extra = self.upstream_extra,
             limits = self.limits,
+            server_extra = self.server_extra,
             server_tls = if self.server_tls.is_empty() {
                 String::new()
             } else {

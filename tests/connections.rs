@@ -1,0 +1,345 @@
+//! What the caller-facing listener holds open and reads per connection: `server.max_connections`
+//! (SPEC §7: at the cap new callers wait in the kernel's backlog, served when a connection
+//! closes; a gauge and a counter show it; a reload moves the cap; shutdown is not held up) and
+//! `server.max_header_bytes` (SPEC §3: a larger request head is a 431 over HTTP/1.1 and HTTP/2,
+//! never forwarded).
+//!
+//! Connections are written by hand where a client's pool would open or reuse them unseen.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use support::*;
+use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+async fn emulator() -> RunningEmulator {
+    Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap()
+}
+
+/// A gateway in front of `upstream` with `server` lines added to `[server]`.
+async fn gateway_with(upstream: &RunningEmulator, server: &str) -> TestGateway {
+    let mut options = Options::new(upstream.addr);
+    options.server_extra = server.into();
+    TestGateway::start(options).await
+}
+
+/// A kept-alive HTTP/1.1 connection written by hand: one TCP connection, never pooled.
+struct Connection {
+    stream: BufReader<TcpStream>,
+}
+
+impl Connection {
+    async fn open(addr: SocketAddr) -> Connection {
+        Connection {
+            stream: BufReader::new(TcpStream::connect(addr).await.unwrap()),
+        }
+    }
+
+    /// Writes a list request (with the admin key), keeping the connection alive.
+    async fn ask(&mut self) {
+        let request = format!(
+            "GET /api/token/ HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n"
+        );
+        self.stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .await
+            .unwrap();
+    }
+
+    /// Reads one answer (status line, headers, a `Content-Length` body) and returns its status.
+    async fn answer(&mut self) -> u16 {
+        let mut line = String::new();
+        self.stream.read_line(&mut line).await.unwrap();
+        let status = line
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not a status line: {line:?}"));
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            self.stream.read_line(&mut header).await.unwrap();
+            if header == "\r\n" || header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        self.stream.read_exact(&mut body).await.unwrap();
+        status
+    }
+
+    /// Whether an answer starts arriving within `wait`.
+    async fn answers_within(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.stream.fill_buf())
+            .await
+            .is_ok_and(|read| read.is_ok_and(|bytes| !bytes.is_empty()))
+    }
+}
+
+/// The admin listener's `/metrics` text.
+async fn metrics(gateway: &TestGateway) -> String {
+    send(gateway.admin, "GET", "/metrics", &[], None)
+        .await
+        .text()
+}
+
+/// The value of the sample line `name` in `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Waits up to 5 s for `tokengate_open_connections` to read `open`.
+async fn open_connections_settle_at(gateway: &TestGateway, open: f64) {
+    for _ in 0..100 {
+        if sample(&metrics(gateway).await, "tokengate_open_connections") == Some(open) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "tokengate_open_connections never read {open}:\n{}",
+        metrics(gateway).await
+    );
+}
+
+#[tokio::test]
+async fn callers_over_max_connections_wait_in_the_backlog_until_one_closes() {
+    let upstream = emulator().await;
+    let gateway = gateway_with(&upstream, "max_connections = 2").await;
+
+    let mut first = Connection::open(gateway.addr).await;
+    first.ask().await;
+    assert_eq!(first.answer().await, 200);
+    let mut second = Connection::open(gateway.addr).await;
+    second.ask().await;
+    assert_eq!(second.answer().await, 200);
+
+    // The third connects (the kernel's backlog takes it) but is not accepted: no answer.
+    let mut third = Connection::open(gateway.addr).await;
+    third.ask().await;
+    assert!(
+        !third.answers_within(Duration::from_millis(500)).await,
+        "a third connection was served over max_connections = 2"
+    );
+    // The admin listener is not capped, and shows the episode.
+    let text = metrics(&gateway).await;
+    assert_eq!(
+        sample(&text, "tokengate_open_connections"),
+        Some(2.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "tokengate_connection_cap_reached_total"),
+        Some(1.0),
+        "{text}"
+    );
+
+    // One closes: the third is accepted and answered.
+    drop(first);
+    assert!(third.answers_within(Duration::from_secs(5)).await);
+    assert_eq!(third.answer().await, 200);
+    assert_eq!(upstream.emulator.seen().len(), 3);
+    let text = metrics(&gateway).await;
+    assert!(
+        sample(&text, "tokengate_connection_cap_reached_total").unwrap() >= 1.0,
+        "{text}"
+    );
+
+    // Once they close, the count comes down and new callers are served as ever.
+    drop((second, third));
+    open_connections_settle_at(&gateway, 0.0).await;
+    for _ in 0..3 {
+        let mut next = Connection::open(gateway.addr).await;
+        next.ask().await;
+        assert_eq!(next.answer().await, 200);
+    }
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    open_connections_settle_at(&gateway, 0.0).await;
+}
+
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_loop_waiting_at_the_cap() {
+    let upstream = emulator().await;
+    let mut gateway = gateway_with(&upstream, "max_connections = 1").await;
+    let mut held = Connection::open(gateway.addr).await;
+    held.ask().await;
+    assert_eq!(held.answer().await, 200);
+    let mut waiting = Connection::open(gateway.addr).await;
+    waiting.ask().await;
+    assert!(!waiting.answers_within(Duration::from_millis(300)).await);
+    // The kept-alive connection is idle, so the drain has nothing to wait for either.
+    tokio::time::timeout(Duration::from_secs(3), gateway.shutdown())
+        .await
+        .expect("the gateway stops while its accept loop waits at the cap")
+        .unwrap();
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_raises_max_connections_lets_a_waiting_caller_in() {
+    let upstream = emulator().await;
+    let mut options = Options::new(upstream.addr);
+    options.server_extra = "max_connections = 1".into();
+    let gateway = Process::serve(&options, &[]);
+
+    let mut held = Connection::open(gateway.addr).await;
+    held.ask().await;
+    assert_eq!(held.answer().await, 200);
+    let mut waiting = Connection::open(gateway.addr).await;
+    waiting.ask().await;
+    assert!(!waiting.answers_within(Duration::from_millis(500)).await);
+
+    options.server_extra = "max_connections = 2".into();
+    let dir = gateway.config_path().parent().unwrap().to_path_buf();
+    let text = options
+        .toml(&dir)
+        .replace("format = \"text\"", "format = \"json\"");
+    std::fs::write(gateway.config_path(), text).unwrap();
+    gateway.signal("HUP");
+    // The held connection stays open: only the raised cap lets the waiting caller in.
+    assert!(waiting.answers_within(Duration::from_secs(10)).await);
+    assert_eq!(waiting.answer().await, 200);
+    held.ask().await;
+    assert_eq!(held.answer().await, 200);
+    // One warning per episode, however long it lasted: the one at the old cap, ended by the
+    // reload, and the one the now-two open connections start at the new cap.
+    let output = gateway.output();
+    let warnings: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("caller connections at server.max_connections"))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{output}");
+    assert!(warnings[0].contains("\"max_connections\":1"), "{output}");
+    assert!(warnings[1].contains("\"max_connections\":2"), "{output}");
+    assert_eq!(
+        output.matches("below server.max_connections again").count(),
+        1,
+        "{output}"
+    );
+    assert!(output.contains("configuration reloaded"), "{output}");
+}
+
+/// A request head of exactly `head_bytes` bytes (a list request padded with an `X-Pad` header)
+/// on its own connection; what the gateway answered, up to the connection's end. The request is
+/// written while the answer is read: the gateway may answer and close before reading it all.
+async fn head_of(addr: SocketAddr, head_bytes: usize) -> String {
+    let start = format!(
+        "GET /api/token/ HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {ADMIN_KEY}\r\nConnection: close\r\nX-Pad: "
+    );
+    let pad = head_bytes - start.len() - "\r\n\r\n".len();
+    let head = format!("{start}{}\r\n\r\n", "a".repeat(pad));
+    assert_eq!(head.len(), head_bytes);
+    let (mut reader, mut writer) = TcpStream::connect(addr).await.unwrap().into_split();
+    let writing = tokio::spawn(async move {
+        // A refusal may reset the connection before all of it is written.
+        let _ = writer.write_all(head.as_bytes()).await;
+        writer
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut answer)).await;
+    drop(writing.await);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// Sends a list request with an `x-pad` header of `pad` bytes over HTTP/2 (h2c with prior
+/// knowledge): the status, or the error text when the request failed as a whole.
+async fn h2_with_pad(addr: SocketAddr, pad: usize) -> Result<u16, String> {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http();
+    let request = Request::get(format!("http://{addr}/api/token/"))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .header("x-pad", "a".repeat(pad))
+        .body(Empty::new())
+        .unwrap();
+    match client.request(request).await {
+        Ok(response) => {
+            assert_eq!(response.version(), http::Version::HTTP_2);
+            let status = response.status().as_u16();
+            let _ = response.into_body().collect().await;
+            Ok(status)
+        }
+        Err(error) => Err(format!("{error:?}")),
+    }
+}
+
+#[tokio::test]
+async fn a_request_head_over_max_header_bytes_is_431_and_never_forwarded() {
+    let upstream = emulator().await;
+    let gateway = gateway_with(&upstream, "").await;
+
+    // HTTP/1.1: one 200 000-byte header.
+    let answer = head_of(gateway.addr, 200_000).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    assert!(upstream.emulator.seen().is_empty());
+    // The default 32 768 bytes is the boundary: one byte more is refused, a head of exactly
+    // that size (and one just under it) passes whole.
+    let answer = head_of(gateway.addr, 32_769).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    assert!(upstream.emulator.seen().is_empty());
+    let answer = head_of(gateway.addr, 32_768).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+    let answer = head_of(gateway.addr, 32_000).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+    let seen = upstream.emulator.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[0].headers["x-pad"].len() > 32_500,
+        "the header went upstream whole"
+    );
+
+    // HTTP/2: a header list over the limit (and under four times it, past which h2 ends the
+    // connection instead) is a 431 from h2 itself; under the limit it is served.
+    assert_eq!(h2_with_pad(gateway.addr, 40_000).await, Ok(431));
+    assert_eq!(upstream.emulator.seen().len(), 2);
+    assert_eq!(h2_with_pad(gateway.addr, 30_000).await, Ok(200));
+    assert_eq!(upstream.emulator.seen().len(), 3);
+    // The 200 000-byte header over HTTP/2 is refused too, with the connection (GOAWAY: too
+    // many CONTINUATION frames, or a block too large to decode).
+    let refused = h2_with_pad(gateway.addr, 200_000).await;
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("GoAway")),
+        "{refused:?}"
+    );
+    assert_eq!(upstream.emulator.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn a_small_max_header_bytes_is_applied_over_http1_and_http2() {
+    let upstream = emulator().await;
+    let gateway = gateway_with(&upstream, "max_header_bytes = 8192").await;
+
+    // Well within the default, over this gateway's limit.
+    let answer = head_of(gateway.addr, 12_000).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    let answer = head_of(gateway.addr, 8_193).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:.200}");
+    assert!(upstream.emulator.seen().is_empty());
+    let answer = head_of(gateway.addr, 8_192).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:.200}");
+    assert_eq!(upstream.emulator.seen().len(), 1);
+
+    assert_eq!(h2_with_pad(gateway.addr, 10_000).await, Ok(431));
+    assert_eq!(upstream.emulator.seen().len(), 1);
+    assert_eq!(h2_with_pad(gateway.addr, 7_000).await, Ok(200));
+    assert_eq!(upstream.emulator.seen().len(), 2);
+}
