@@ -149,6 +149,41 @@ fn check_reports_every_bad_key_by_name() {
 }
 
 #[test]
+fn check_reports_a_refused_value_and_the_faults_after_it_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[clients]]\nname = \"a\"\nallow = [\"list\", \"lst\"]\nkey_sha256 = \"ABC\"\n[server]\nlisen = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_cli(
+        &["check", "--config", path.to_str().unwrap()],
+        &[("TOKENGATE_UPSTREAM_TOKEN", "x")],
+    );
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    // Each fault on its own line, with its key first and its place in the file last.
+    for (fault, place) in [
+        (
+            "clients[0].allow: unknown variant `lst`",
+            "(line 3, column 18)",
+        ),
+        (
+            "clients[0].key_sha256: must be 64 lowercase hex digits",
+            "(line 4, column 1)",
+        ),
+        ("server.lisen: unknown field `lisen`", "(line 6, column 1)"),
+    ] {
+        assert!(
+            stderr
+                .lines()
+                .any(|line| line.trim_start().starts_with(fault) && line.ends_with(place)),
+            "{fault} {place} not named:\n{stderr}"
+        );
+    }
+}
+
+#[test]
 fn a_missing_token_file_is_named_and_serve_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
