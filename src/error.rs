@@ -52,6 +52,12 @@ pub enum GatewayError {
         /// The operation's policy name.
         op: &'static str,
     },
+    /// A search by key from a caller that may not read keys (SPEC §2).
+    #[error("client `{client}` may not search by key (`token`): with wildcards a key search recovers whole keys a character at a time, so it needs `reveal_key` in the client's `allow` list; search by name with `keyword`")]
+    KeySearchNotAllowed {
+        /// The caller's client name.
+        client: String,
+    },
     /// A client policy rule (SPEC §5): every rule broken is reported.
     #[error("{0}")]
     Forbidden(PolicyRefusal),
@@ -127,7 +133,9 @@ impl GatewayError {
             | GatewayError::UnknownKey
             | GatewayError::CertificateRequired { .. }
             | GatewayError::UnknownCertificate => "unauthenticated",
-            GatewayError::OperationNotAllowed { .. } | GatewayError::Forbidden(_) => "forbidden",
+            GatewayError::OperationNotAllowed { .. }
+            | GatewayError::KeySearchNotAllowed { .. }
+            | GatewayError::Forbidden(_) => "forbidden",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::TokenNotFound(_) => "not_found",
             GatewayError::UnsupportedMediaType => "unsupported_media_type",
@@ -154,9 +162,9 @@ impl GatewayError {
             | GatewayError::UnknownKey
             | GatewayError::CertificateRequired { .. }
             | GatewayError::UnknownCertificate => StatusCode::UNAUTHORIZED,
-            GatewayError::OperationNotAllowed { .. } | GatewayError::Forbidden(_) => {
-                StatusCode::FORBIDDEN
-            }
+            GatewayError::OperationNotAllowed { .. }
+            | GatewayError::KeySearchNotAllowed { .. }
+            | GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::TokenNotFound(_) => StatusCode::NOT_FOUND,
             GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,

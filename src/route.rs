@@ -280,6 +280,16 @@ impl Route {
         self.endpoint.operation()
     }
 
+    /// The value of query parameter `name` as the upstream reads it (percent-escapes decoded, `+`
+    /// a space), when the query has it. The query was checked: every escape in it is valid.
+    pub fn query_param(&self, name: &str) -> Option<String> {
+        let query = self.query.as_deref()?;
+        query.split('&').find_map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (key == name).then(|| decode_query_value(value))
+        })
+    }
+
     /// The canonical upstream path and query.
     pub fn upstream_path_and_query(&self) -> String {
         let mut path = self.endpoint.upstream_path();
@@ -432,6 +442,14 @@ fn query(endpoint: &Endpoint, raw: Option<&str>) -> Result<Option<String>, Gatew
     let mut seen: Vec<&str> = Vec::new();
     for pair in raw.split('&').filter(|p| !p.is_empty()) {
         let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if !valid_escapes(name) || !valid_escapes(value) {
+            // Go's url.ParseQuery drops such a parameter: a search would become a list of every
+            // token, and a script acting on the matches would act on all of them.
+            return Err(GatewayError::BadRequest(format!(
+                "query parameter `{}` has a `%` that is not followed by two hex digits: write a literal `%` as `%25` (the upstream would drop the parameter)",
+                name.escape_debug()
+            )));
+        }
         if !accepted.contains(&name) {
             let message = if accepted.is_empty() {
                 format!(
@@ -464,6 +482,47 @@ fn query(endpoint: &Endpoint, raw: Option<&str>) -> Result<Option<String>, Gatew
     }
     let kept: Vec<&str> = raw.split('&').filter(|p| !p.is_empty()).collect();
     Ok(Some(kept.join("&")))
+}
+
+/// Whether every `%` in `text` starts a valid escape (`%` and two hex digits).
+fn valid_escapes(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(at) = bytes[i..].iter().position(|b| *b == b'%') {
+        let escape = bytes.get(i + at + 1..i + at + 3);
+        if !escape.is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit)) {
+            return false;
+        }
+        i += at + 3;
+    }
+    true
+}
+
+/// A query value as Go's `url.ParseQuery` decodes it: `+` is a space, `%XX` a byte (an invalid
+/// sequence of bytes is replaced, which a checked query never holds for the values read here).
+fn decode_query_value(value: &str) -> String {
+    let mut bytes = Vec::with_capacity(value.len());
+    let mut rest = value.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        match (b, tail) {
+            (b'+', _) => bytes.push(b' '),
+            (b'%', [h, l, ..]) => match (hex_digit(*h), hex_digit(*l)) {
+                (Some(h), Some(l)) => {
+                    bytes.push(h << 4 | l);
+                    rest = &tail[2..];
+                    continue;
+                }
+                _ => bytes.push(b'%'),
+            },
+            (b, _) => bytes.push(b),
+        }
+        rest = tail;
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -662,6 +721,26 @@ mod tests {
             assert_eq!(code(r(Method::PUT, uri)), "bad_request", "{uri}");
         }
         assert_eq!(code(r(Method::POST, "/api/token/?x=1")), "bad_request");
+        // A `%` that starts no escape: new-api (Go) would drop the whole parameter.
+        for uri in [
+            "/api/token/search?keyword=auto%",
+            "/api/token/search?keyword=vic%zz",
+            "/api/token/search?keyword=a%2",
+            "/api/token/search?token=%&keyword=x",
+            "/api/token/?p=1%",
+        ] {
+            let error = r(Method::GET, uri).unwrap_err();
+            assert_eq!(error.code(), "bad_request", "{uri}");
+            assert!(error.to_string().contains("%25"), "{error}");
+        }
+        let route = r(
+            Method::GET,
+            "/api/token/search?keyword=auto%25&token=ab+c%2Bd",
+        )
+        .unwrap();
+        assert_eq!(route.query_param("keyword").as_deref(), Some("auto%"));
+        assert_eq!(route.query_param("token").as_deref(), Some("ab c+d"));
+        assert_eq!(route.query_param("p"), None);
         assert_eq!(
             code(r(Method::DELETE, "/api/token/5?force=1")),
             "bad_request"

@@ -282,3 +282,87 @@ async fn silent_connections_are_closed_after_the_header_timeout() {
     assert!(read.is_ok(), "a slow header is cut");
     assert!(upstream.emulator.seen().is_empty());
 }
+
+/// SPEC §2: a search by key is a key oracle. A caller that may not read keys cannot search by
+/// `token` at all; one that may (`reveal_key`) searches by exact key only. A `%` that starts no
+/// escape is refused, since new-api would drop the parameter and answer every token.
+#[tokio::test]
+async fn key_searches_and_malformed_escapes_are_refused_before_the_upstream() {
+    use tokengate::emulator::NewToken;
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let key = "AbCdEfGh0123456789abcdefghijklmnopqrstuvwxyzABCD";
+    upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            name: "victim".into(),
+            key: Some(key.into()),
+            ..NewToken::default()
+        },
+    );
+    upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            name: "other".into(),
+            ..NewToken::default()
+        },
+    );
+    let reader = format!("Bearer {READER_KEY}");
+    let search = |auth: String, query: &'static str| {
+        let addr = gateway.addr;
+        async move {
+            send(
+                addr,
+                "GET",
+                &format!("/api/token/search?{query}"),
+                &[("authorization", &auth)],
+                None,
+            )
+            .await
+        }
+    };
+
+    // The oracle: a search-only caller probing the key a character at a time.
+    upstream.emulator.clear_seen();
+    for query in [
+        "keyword=victim&token=AbCd%25",
+        "token=AbCdE%25",
+        "keyword=&token=x",
+    ] {
+        let reply = search(reader.clone(), query).await;
+        reply.assert_envelope(403, "forbidden");
+        assert!(reply.text().contains("reveal_key"), "{}", reply.text());
+    }
+    // A caller allowed reveal_key: exact key searches only.
+    let admin_auth = format!("Bearer {ADMIN_KEY}");
+    let reply = search(admin_auth.clone(), "token=AbCd%25").await;
+    reply.assert_envelope(400, "bad_request");
+    assert!(reply.text().contains("exact match"), "{}", reply.text());
+    assert!(upstream.emulator.seen().is_empty(), "nothing was forwarded");
+    let reply = search(
+        admin_auth.clone(),
+        "token=AbCdEfGh0123456789abcdefghijklmnopqrstuvwxyzABCD",
+    )
+    .await;
+    let items = reply.json()["data"]["items"].clone();
+    assert_eq!(items.as_array().unwrap().len(), 1, "{}", reply.text());
+    assert_eq!(items[0]["name"], "victim");
+    // An empty `token` is no key search: the reader may send it (new-api applies no filter).
+    let reply = search(reader.clone(), "keyword=victim&token=").await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+
+    // Malformed escapes: refused with the hint, nothing forwarded; the escaped form is served.
+    upstream.emulator.clear_seen();
+    for query in ["keyword=vic%", "keyword=vic%zz", "keyword=v%2"] {
+        let reply = search(reader.clone(), query).await;
+        reply.assert_envelope(400, "bad_request");
+        assert!(reply.text().contains("%25"), "{}", reply.text());
+    }
+    assert!(upstream.emulator.seen().is_empty());
+    let reply = search(reader.clone(), "keyword=vic%25").await;
+    let items = reply.json()["data"]["items"].clone();
+    assert_eq!(items.as_array().unwrap().len(), 1, "{}", reply.text());
+    assert_eq!(
+        upstream.emulator.seen()[0].uri.query(),
+        Some("keyword=vic%25")
+    );
+}
