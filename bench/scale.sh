@@ -213,9 +213,12 @@ study_soak() {
 study_identities() {
   local total=${IDENTITIES:-1000000} bound=100000 step=10
   echo; echo "### Pass-through identities: GET, each request a new upstream token, max_identities = $bound"
+  echo "(reads_per_minute = 1: every identity's bucket takes a minute to refill, so none is dropped"
+  echo "as full within the run and the table fills to its bound: the worst case for memory)"
   tokengate_config ids - always
   # Pass-through mode: no held credential; every caller token is an identity with its own buckets.
   sed -i -e '/^access_token_file/d' -e 's/^url = .*/&\nmode = "passthrough"/' \
+    -e 's/^reads_per_minute = .*/reads_per_minute = 1/' \
     -e "s/^upstream_requests_per_second = .*/&\nmax_identities = $bound/" "$work/ids/tokengate.toml"
   start_tokengate ids
   echo "| distinct tokens seen | identities tracked | RSS MiB | requests/s |"

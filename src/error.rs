@@ -75,6 +75,9 @@ pub enum GatewayError {
     /// A write body without `Content-Type: application/json`.
     #[error("a request body must be JSON: send `Content-Type: application/json` (with `charset=utf-8` or no charset)")]
     UnsupportedMediaType,
+    /// A request with a `Content-Encoding` other than `identity` (SPEC §3).
+    #[error("the request body must not be encoded: send plain JSON without Content-Encoding (the gateway checks every body and never forwards an encoded one)")]
+    EncodedBody,
     /// Not one strict JSON object (SPEC §4.1).
     #[error("{0}")]
     InvalidJson(#[from] JsonError),
@@ -138,7 +141,9 @@ impl GatewayError {
             | GatewayError::Forbidden(_) => "forbidden",
             GatewayError::RateLimited { .. } => "rate_limited",
             GatewayError::TokenNotFound(_) => "not_found",
-            GatewayError::UnsupportedMediaType => "unsupported_media_type",
+            GatewayError::UnsupportedMediaType | GatewayError::EncodedBody => {
+                "unsupported_media_type"
+            }
             GatewayError::InvalidJson(_) => "invalid_json",
             GatewayError::InvalidBody(faults) => faults.code(),
             GatewayError::NotFound => "not_found",
@@ -167,7 +172,9 @@ impl GatewayError {
             | GatewayError::Forbidden(_) => StatusCode::FORBIDDEN,
             GatewayError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::TokenNotFound(_) => StatusCode::NOT_FOUND,
-            GatewayError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            GatewayError::UnsupportedMediaType | GatewayError::EncodedBody => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             GatewayError::InvalidJson(_) | GatewayError::InvalidBody(_) => StatusCode::BAD_REQUEST,
             GatewayError::NotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,

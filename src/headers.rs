@@ -68,6 +68,8 @@ pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId
             || name == NEW_API_USER
             || name == header::COOKIE
             || name == header::ACCEPT_ENCODING
+            // The body sent is the gateway's own plain serialisation (an encoded one is refused).
+            || name == header::CONTENT_ENCODING
             || name == header::EXPECT
             || name == X_REQUEST_ID
             || name == X_ONEAPI_REQUEST_ID
@@ -77,6 +79,12 @@ pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId
             out.append(name.clone(), value.clone());
         }
     }
+    // The gateway reads upstream answers (envelopes, tokens to merge), and a caller must get the
+    // bytes it can read: never a compressed answer (new-api compresses when asked to).
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     // An IP address in text is always a valid header value.
     if let Ok(ip) = HeaderValue::from_str(&source.ip.to_string()) {
         out.insert(X_FORWARDED_FOR, ip);
@@ -179,6 +187,7 @@ mod tests {
             ("new-api-user", "99"),
             ("cookie", "session=abc"),
             ("accept-encoding", "gzip"),
+            ("content-encoding", "gzip"),
             ("connection", "keep-alive, x-custom-hop"),
             ("x-custom-hop", "1"),
             ("keep-alive", "timeout=5"),
@@ -207,11 +216,13 @@ mod tests {
                 "accept-language",
                 "content-type",
                 "user-agent",
+                "accept-encoding",
                 "x-forwarded-for",
                 "x-oneapi-request-id",
                 "x-request-id"
             ]
         );
+        assert_eq!(out["accept-encoding"], "identity");
         assert_eq!(out["x-forwarded-for"], "10.1.1.1");
         assert_eq!(out["x-request-id"], "gw-id");
         assert_eq!(out["x-oneapi-request-id"], "gw-id");

@@ -226,7 +226,8 @@ impl Endpoint {
         }
     }
 
-    /// Whether the route carries a request body (the others refuse one).
+    /// Whether the route carries a request body (the others refuse one, whatever its type: a
+    /// single key reveal takes none, and a body there would be forwarded unchecked).
     pub fn takes_body(&self) -> bool {
         !matches!(
             self,
@@ -235,6 +236,7 @@ impl Endpoint {
                 | Endpoint::Get(_)
                 | Endpoint::AutoGroups
                 | Endpoint::Delete(_)
+                | Endpoint::RevealKey(_)
         )
     }
 

@@ -366,3 +366,83 @@ async fn key_searches_and_malformed_escapes_are_refused_before_the_upstream() {
         Some("keyword=vic%25")
     );
 }
+
+/// SPEC §3: an encoded request body is refused (the gateway checks plain JSON only and never
+/// forwards an encoded body), the upstream is always asked for `identity`, and a single key reveal
+/// takes no body of any type.
+#[tokio::test]
+async fn encoded_bodies_and_reveal_bodies_are_refused_and_the_upstream_answers_plain() {
+    use tokengate::emulator::NewToken;
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let id = upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            name: "k".into(),
+            ..NewToken::default()
+        },
+    );
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let body = r#"{"name":"plain"}"#;
+    for encoding in ["gzip", "br", "identity, gzip", "deflate"] {
+        let reply = send(
+            gateway.addr,
+            "POST",
+            "/api/token/",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+                ("content-encoding", encoding),
+            ],
+            Some(body),
+        )
+        .await;
+        reply.assert_envelope(415, "unsupported_media_type");
+        assert!(
+            reply.text().contains("Content-Encoding"),
+            "{}",
+            reply.text()
+        );
+    }
+    assert!(upstream.emulator.seen().is_empty());
+    // `identity` is no encoding; and the caller's Accept-Encoding never reaches the upstream.
+    let reply = send(
+        gateway.addr,
+        "POST",
+        "/api/token/",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+            ("content-encoding", "identity"),
+            ("accept-encoding", "gzip, br"),
+        ],
+        Some(body),
+    )
+    .await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    let seen = upstream.emulator.seen();
+    assert_eq!(seen[0].headers["accept-encoding"], "identity");
+    assert!(seen[0].headers.get("content-encoding").is_none());
+    assert!(reply.headers.get("content-encoding").is_none());
+
+    // A single key reveal takes no body, whatever its type.
+    upstream.emulator.clear_seen();
+    let path = format!("/api/token/{id}/key");
+    for (content_type, body) in [("application/json", "{}"), ("text/plain", "x")] {
+        let reply = send(
+            gateway.addr,
+            "POST",
+            &path,
+            &[("authorization", &auth), ("content-type", content_type)],
+            Some(body),
+        )
+        .await;
+        reply.assert_envelope(400, "bad_request");
+    }
+    assert!(upstream.emulator.seen().is_empty());
+    let reply = admin(gateway.addr, "POST", &path, None).await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    assert_eq!(
+        upstream.emulator.seen()[0].headers["accept-encoding"],
+        "identity"
+    );
+}

@@ -5,7 +5,8 @@
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH};
+use http::HeaderMap;
 use http::{Request, Response};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::{Layer, Service};
@@ -75,6 +76,7 @@ where
                 .extensions()
                 .get::<Route>()
                 .is_some_and(|route| route.endpoint.takes_body());
+            encoding_is_identity(request.headers())?;
             let declared = request
                 .headers()
                 .get(CONTENT_LENGTH)
@@ -110,4 +112,20 @@ where
             inner.call(Request::from_parts(parts, bytes)).await
         })
     }
+}
+
+/// SPEC §3: the gateway checks plain JSON only, so a body with a `Content-Encoding` other than
+/// `identity` is refused (415) before it is read; it is never forwarded.
+fn encoding_is_identity(headers: &HeaderMap) -> Result<(), GatewayError> {
+    let encoded = headers.get_all(CONTENT_ENCODING).iter().any(|value| {
+        value
+            .as_bytes()
+            .split(|b| *b == b',')
+            .map(<[u8]>::trim_ascii)
+            .any(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"))
+    });
+    if encoded {
+        return Err(GatewayError::EncodedBody);
+    }
+    Ok(())
 }
