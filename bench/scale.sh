@@ -19,6 +19,8 @@
 #   soak         steady audited PUT load for SOAK_SECONDS; resident size every 30 s
 #   identities   pass-through mode, every request a new token (IDENTITIES of them, default
 #                1 000 000): identities tracked and resident size stay flat past max_identities
+#   addresses    refusals before authentication from ADDRESSES source addresses (default
+#                100 000) over 127.0.0.0/8: addresses tracked and resident size stay bounded
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_PER_RUN:-8}
@@ -239,6 +241,53 @@ LUA
     seen=$(( seen + $(field 7 "$r") ))
     buckets=$(metric "$tg_admin" tokengate_rate_limit_buckets)
     printf '| %s | %s | %s | %s |\n' "$seen" "$(( (buckets - 1) / 2 ))" "$(mib "$(rss_kib "$tg_pid")")" "$(field 1 "$r")"
+  done
+  stop_pid "$tg_pid"
+}
+
+study_addresses() {
+  local total=${ADDRESSES:-100000} bound=100000 step=20000
+  echo; echo "### Refusals before authentication from $total source addresses (127.0.0.0/8), max_identities = $bound"
+  echo "(each address sends 25 requests with an unknown key: 20 are recorded, 5 are 429s counted in"
+  echo "the address's summary; the trail goes to standard output, read by nothing)"
+  tokengate_config addrs - always
+  sed -i -e "s/^upstream_requests_per_second = .*/&\nmax_identities = $bound/" "$work/addrs/tokengate.toml"
+  start_tokengate addrs
+  echo "| addresses seen | addresses tracked | RSS MiB | requests/s |"
+  echo "|---:|---:|---:|---:|"
+  printf '| 0 | 0 | %s | |\n' "$(mib "$(rss_kib "$tg_pid")")"
+  local from=0 t0 t1 tracked
+  while [ "$from" -lt "$total" ]; do
+    t0=$(date +%s%N)
+    python3 - "$tg_port" "$from" "$step" <<'PY'
+import asyncio, sys
+port, start, count = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+request = b"DELETE /api/token/1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tg_unknown\r\n\r\n"
+async def address(n):
+    ip = f"127.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(ip, 0))
+    for _ in range(25):
+        writer.write(request)
+        await writer.drain()
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+        await reader.readexactly(length)
+    writer.close()
+async def main():
+    queue = asyncio.Queue()
+    for n in range(start + 1, start + count + 1):
+        queue.put_nowait(n)
+    async def worker():
+        while not queue.empty():
+            await address(queue.get_nowait())
+    await asyncio.gather(*(worker() for _ in range(32)))
+asyncio.run(main())
+PY
+    t1=$(date +%s%N)
+    from=$(( from + step ))
+    tracked=$(metric "$tg_admin" tokengate_unauthenticated_addresses)
+    printf '| %s | %s | %s | %s |\n' "$from" "$tracked" "$(mib "$(rss_kib "$tg_pid")")" \
+      "$(( step * 25 * 1000000000 / (t1 - t0) ))"
   done
   stop_pid "$tg_pid"
 }

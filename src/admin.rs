@@ -73,6 +73,9 @@ async fn answer(gateway: &Gateway, method: &Method, path: &str, id: &RequestId) 
             gateway
                 .metrics
                 .set_rate_limit_buckets(gateway.authenticator.buckets() + 1);
+            gateway
+                .metrics
+                .set_unauthenticated_addresses(gateway.unauthenticated.len());
             let mut response = Response::new(Full::new(Bytes::from(gateway.metrics.render())));
             response.headers_mut().insert(
                 CONTENT_TYPE,

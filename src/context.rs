@@ -198,6 +198,12 @@ impl RequestContext {
         self.itemized.store(true, Ordering::Relaxed);
     }
 
+    /// Marks a refusal that is counted in its address's summary record (SPEC §5) instead of
+    /// recorded on its own: like an itemized request, it writes no outcome record.
+    pub fn set_unrecorded(&self) {
+        self.itemized.store(true, Ordering::Relaxed);
+    }
+
     /// Whether the request is audited part by part.
     pub fn itemized(&self) -> bool {
         self.itemized.load(Ordering::Relaxed)

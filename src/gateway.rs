@@ -13,6 +13,7 @@ use crate::caller::Authenticator;
 use crate::config::{AuditConfig, Config, ConfigError, ConfigErrors, Mode, DEFAULT_TOKEN_ENV};
 use crate::locks::TokenLocks;
 use crate::metrics::Metrics;
+use crate::ratelimit::unauthenticated::Unauthenticated;
 use crate::secret::{self, Secret};
 use crate::token::edit::Limits;
 use crate::upstream::{Credential, Upstream};
@@ -57,6 +58,9 @@ pub struct Gateway {
     /// Per-token serialisation of changes, shared across reloads so in-flight and new requests
     /// for one token still take turns.
     pub locks: Arc<TokenLocks>,
+    /// Refusals before authentication, counted per source address (SPEC §5); kept across a
+    /// reload while its rate and bound stay.
+    pub unauthenticated: Arc<Unauthenticated>,
     /// What only a restart changes (SPEC §7), to report a reload that asks for more.
     pub restart_only: RestartOnly,
     /// What the upstream client was built from: a reload keeps the client when they are equal.
@@ -152,6 +156,10 @@ impl Gateway {
             audit_reads: audit.reads,
             rate_limit_dry_run: config.rate_limit.dry_run,
             locks: Arc::new(TokenLocks::default()),
+            unauthenticated: Arc::new(Unauthenticated::new(
+                config.rate_limit.unauthenticated_per_minute,
+                config.rate_limit.max_identities,
+            )),
             restart_only: RestartOnly::of(config),
             upstream_settings: upstream_settings(config),
             metrics,
@@ -190,6 +198,9 @@ impl Gateway {
         next.trail = self.trail.clone();
         next.audit_key = self.audit_key.clone();
         next.locks = self.locks.clone();
+        if next.unauthenticated.settings() == self.unauthenticated.settings() {
+            next.unauthenticated = self.unauthenticated.clone();
+        }
         next.restart_only = self.restart_only.clone();
         Ok(next)
     }

@@ -64,6 +64,7 @@ pub struct Metrics {
     rate_limited: Family<ClientClass, Counter>,
     rate_limited_dry_run: Family<ClientClass, Counter>,
     rate_limit_buckets: Gauge,
+    unauthenticated_addresses: Gauge,
     policy_refusals: Family<ClientRule, Counter>,
     audit_records: Counter,
     audit_failures: Counter,
@@ -121,6 +122,7 @@ impl Metrics {
         let rate_limited = Family::<ClientClass, Counter>::default();
         let rate_limited_dry_run = Family::<ClientClass, Counter>::default();
         let rate_limit_buckets = Gauge::default();
+        let unauthenticated_addresses = Gauge::default();
         let policy_refusals = Family::<ClientRule, Counter>::default();
         let audit_records = Counter::default();
         let audit_failures = Counter::default();
@@ -199,6 +201,11 @@ impl Metrics {
             rate_limit_buckets.clone(),
         );
         registry.register(
+            "tokengate_unauthenticated_addresses",
+            "Source addresses whose refusals before authentication are being counted (at most rate_limit.max_identities)",
+            unauthenticated_addresses.clone(),
+        );
+        registry.register(
             "tokengate_policy_refusals",
             "Requests refused by a client policy rule, by client and rule",
             policy_refusals.clone(),
@@ -218,6 +225,7 @@ impl Metrics {
             rate_limited,
             rate_limited_dry_run,
             rate_limit_buckets,
+            unauthenticated_addresses,
             policy_refusals,
             audit_records,
             audit_failures,
@@ -280,6 +288,12 @@ impl Metrics {
     pub fn set_rate_limit_buckets(&self, buckets: usize) {
         self.rate_limit_buckets
             .set(i64::try_from(buckets).unwrap_or(i64::MAX));
+    }
+
+    /// Sets how many source addresses the unauthenticated limit tracks.
+    pub fn set_unauthenticated_addresses(&self, addresses: usize) {
+        self.unauthenticated_addresses
+            .set(i64::try_from(addresses).unwrap_or(i64::MAX));
     }
 
     /// Counts a policy refusal by one rule.

@@ -22,11 +22,14 @@ use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
 use crate::admin;
+use crate::audit::record;
+use crate::audit::writer::Trail;
 use crate::config::MIN_HEADER_BYTES;
 use crate::connections::Connections;
 use crate::context::PeerAddr;
 use crate::error::Body;
 use crate::gateway::Gateway;
+use crate::ratelimit::unauthenticated::Summary;
 use crate::reload::Live;
 use crate::tls::PeerIdentity;
 
@@ -66,6 +69,7 @@ pub async fn run_reloading(
     gateway.metrics.set_serving(true);
     let header_timeout = HEADER_READ_TIMEOUT.min(gateway.request_timeout);
     let reloads = reload_from.map(|path| tokio::spawn(reload_on_hangup(live.clone(), path)));
+    let summaries = tokio::spawn(write_summaries(live.clone(), trail.clone()));
     let api = tokio::spawn(serve(
         api,
         live.service(),
@@ -93,10 +97,49 @@ pub async fn run_reloading(
     gateway.metrics.set_serving(false);
     let _ = stop.send(true);
     let _ = tokio::join!(api, admin);
+    summaries.abort();
+    // The refusals counted since the last summaries, whatever their window, before the trail
+    // closes.
+    let unauthenticated = live.current().gateway.unauthenticated.clone();
+    append_summaries(&trail, unauthenticated.drain()).await;
     if let Err(error) = trail.flush().await {
         tracing::error!("the audit trail could not be flushed: {error}");
     }
     tracing::info!("stopped");
+}
+
+/// How often the closed windows of refusals before authentication are written up.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Writes the summary record of each address whose window of refusals past the unauthenticated
+/// limit has closed (SPEC §5), until aborted at shutdown. A reload that replaces the table (a new
+/// rate or bound) has the old one's pending counts written at once.
+async fn write_summaries(live: Arc<Live>, trail: Arc<Trail>) {
+    let mut table = live.current().gateway.unauthenticated.clone();
+    let mut ticks = tokio::time::interval(SUMMARY_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let current = live.current().gateway.unauthenticated.clone();
+        if !Arc::ptr_eq(&current, &table) {
+            append_summaries(&trail, table.drain()).await;
+            table = current;
+        }
+        append_summaries(&trail, table.due()).await;
+    }
+}
+
+/// Appends one summary record each; a record that cannot be written is logged with its count.
+async fn append_summaries(trail: &Trail, summaries: Vec<Summary>) {
+    for summary in summaries {
+        if let Err(error) = trail.append(record::suppressed(&summary)).await {
+            tracing::error!(
+                source_ip = %summary.ip,
+                suppressed = summary.suppressed,
+                "the summary of refusals before authentication was not recorded: {error}"
+            );
+        }
+    }
 }
 
 /// Accepts connections on `listener` (TLS first, when `live` has a TLS configuration) and

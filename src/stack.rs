@@ -87,6 +87,9 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         // Identify the caller by its key (or its own token in pass-through mode): 401 otherwise.
         .layer(CheckLayer::new(Authenticate::new(
             gateway.authenticator.clone(),
+            gateway.unauthenticated.clone(),
+            gateway.metrics.clone(),
+            gateway.rate_limit_dry_run,
         )))
         // Map the request to a SPEC §2 route; nothing else is ever forwarded.
         .layer(CheckLayer::new(Route))

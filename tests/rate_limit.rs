@@ -479,14 +479,17 @@ async fn passthrough_callers_meet_the_upstream_cap_too() {
 }
 
 /// Memory and limiter state stay flat however many unknown keys are tried: no bucket, metric
-/// label or cache entry is made before a caller is known.
+/// label or cache entry is made for a key before a caller is known (the one state kept is the
+/// source address's, for the limit on refusals before authentication).
 #[tokio::test]
 async fn ten_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged() {
     let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
         .await
         .unwrap();
     let mut options = Options::new(emulator.addr);
-    options.rate_limit = "reads_per_minute = 60\nburst = 5\n".into();
+    // The limit on refusals per address is out of reach here: every refusal takes the same path.
+    options.rate_limit =
+        "reads_per_minute = 60\nburst = 5\nunauthenticated_per_minute = 60000000\n".into();
     let gateway = Process::serve(&options, &[]);
     let rss = |pid: u32| -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -545,8 +548,12 @@ async fn ten_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged() {
     assert_eq!(buckets(&after_text), before);
     assert_eq!(before.as_deref(), Some("tokengate_rate_limit_buckets 5"));
     assert!(
-        !after_text.contains("tokengate_rate_limited_total{"),
+        !after_text.contains("tokengate_rate_limited_total{client=\"reader\""),
         "{after_text}"
+    );
+    assert!(
+        after_text.contains("tokengate_unauthenticated_addresses 1"),
+        "one address, however many keys: {after_text}"
     );
     // Per-key state of even 100 bytes would be 1 MB here; allow for allocator noise below that.
     let growth = after_rss.saturating_sub(before_rss);

@@ -7,7 +7,8 @@
 
 use super::canonical;
 use super::chain::AuditKey;
-use crate::context::RequestContext;
+use crate::context::{RequestContext, RequestId};
+use crate::ratelimit::unauthenticated::Summary;
 use crate::route::Operation;
 use crate::upstream::Envelope;
 
@@ -210,6 +211,38 @@ pub fn intent(context: &RequestContext, op: Operation) -> Draft {
 /// when the gateway made the answer).
 pub fn outcome(context: &RequestContext, op: Operation, status: u16, code: Option<&str>) -> Draft {
     draft(context, op, "outcome", Some(Answer { status, code }))
+}
+
+/// The one `outcome` record of an address's refusals before authentication past
+/// `rate_limit.unauthenticated_per_minute` in a window (SPEC §5): `client` null, `reason`
+/// `rate_limited`, `status` 429, `suppressed` the number of refusals not recorded one by one,
+/// and the method, path and operation of the first of them; a request id of its own, and the time
+/// from the first to the last of them as `duration_ms`.
+pub fn suppressed(summary: &Summary) -> Draft {
+    let mut m = Members::new();
+    m.name("caller_request_id").extend_from_slice(b"null");
+    m.name("client").extend_from_slice(b"null");
+    m.integer("duration_ms", summary.span.as_millis() as u64);
+    m.end_run(); // hash
+    m.string("method", summary.method.as_str());
+    m.string("op", summary.op.as_str());
+    m.string("outcome", Outcome::Rejected.as_str());
+    m.string("path", &summary.path);
+    m.string("phase", "outcome");
+    m.end_run(); // prev
+    m.string("reason", "rate_limited");
+    m.name("request").extend_from_slice(b"null");
+    m.string("request_id", RequestId::next().as_str());
+    m.end_run(); // seq
+    m.string("source_ip", &summary.ip.to_string());
+    m.integer("status", 429);
+    m.integer("suppressed", summary.suppressed);
+    m.name("token_ids").extend_from_slice(b"[]");
+    m.end_run(); // ts
+    m.name("upstream_message").extend_from_slice(b"null");
+    m.name("upstream_status").extend_from_slice(b"null");
+    m.name("upstream_success").extend_from_slice(b"null");
+    m.finish() // v
 }
 
 /// Every member, in canonical order: `caller_request_id client duration_ms` | hash | `method op

@@ -245,8 +245,12 @@ pub struct RateLimitConfig {
     pub upstream_requests_per_second: u32,
     /// Count and log would-be refusals, refuse nothing (to try limits on live traffic).
     pub dry_run: bool,
-    /// The most pass-through identities whose buckets are kept (the longest idle go first).
+    /// The most pass-through identities whose buckets are kept (the longest idle go first), and
+    /// the most source addresses tracked for refusals before authentication.
     pub max_identities: usize,
+    /// Refusals before a caller is known (missing or unknown key), per source address and minute,
+    /// recorded one by one (burst 20); past it a 429 and one summary record a minute.
+    pub unauthenticated_per_minute: u32,
 }
 
 impl Default for RateLimitConfig {
@@ -258,6 +262,7 @@ impl Default for RateLimitConfig {
             upstream_requests_per_second: 50,
             dry_run: false,
             max_identities: 100_000,
+            unauthenticated_per_minute: 60,
         }
     }
 }
@@ -533,6 +538,10 @@ impl Config {
             (
                 "rate_limit.upstream_requests_per_second",
                 Some(rates.upstream_requests_per_second),
+            ),
+            (
+                "rate_limit.unauthenticated_per_minute",
+                Some(rates.unauthenticated_per_minute),
             ),
         ] {
             rate_rule(key.into(), value, &mut fault);

@@ -8,6 +8,7 @@
 //! name, get theirs from a bounded table ([`identities`]).
 
 pub mod identities;
+pub mod unauthenticated;
 
 use std::fmt;
 use std::num::NonZeroU32;
