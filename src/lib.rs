@@ -27,6 +27,7 @@
 //! locks.rs        per-token serialisation of changes (SPEC §4.5)
 //! headers.rs      SPEC §3: which headers cross, caller IP
 //! upstream.rs     the upstream client: credential injection, timeouts, status mapping
+//! upstream/       refusals.rs: new-api's HTTP-200 credential refusals, in each language it ships
 //! forward.rs      the innermost service
 //! token/          SPEC §4: strict JSON, one type per field rule, the typed edit of each operation,
 //!                 the PATCH merge, the batch update body

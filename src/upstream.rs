@@ -30,6 +30,8 @@ use crate::ratelimit::UpstreamLimit;
 use crate::route::Operation;
 use crate::secret::{strip_bearer, Secret};
 
+mod refusals;
+
 /// `New-Api-User`, the header new-api compares with the user who owns the access token.
 pub const NEW_API_USER: HeaderName = HeaderName::from_static("new-api-user");
 
@@ -332,12 +334,17 @@ impl Upstream {
                 source: None,
             });
         }
-        let refused = matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN)
-            || (status == StatusCode::OK && refuses_credential(&body));
+        let refusal = (status == StatusCode::OK)
+            .then(|| refused_credential(&body))
+            .flatten();
+        let refused =
+            matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) || refusal.is_some();
         if refused && self.mode == Mode::Hold {
             self.metrics.upstream_auth_failure();
             tracing::error!(
                 status = status.as_u16(),
+                refusal = refusal.map(|r| r.key),
+                language = refusal.map(|r| r.locale),
                 "the upstream refused the gateway's own credential: check upstream.access_token_env/_file and upstream.user_id"
             );
             return Err(GatewayError::UpstreamAuthFailed);
@@ -400,32 +407,25 @@ impl Envelope<'_> {
     }
 }
 
-/// new-api's answers, in HTTP 200 envelopes, that refuse the credential itself (E1/E2
-/// `auth.access_token_invalid`, `user_info_invalid`, `user_banned`, `insufficient_privilege`, in
-/// English and Chinese: the language follows the caller's `Accept-Language`).
-const CREDENTIAL_REFUSALS: [&str; 8] = [
-    "Unauthorized, invalid access token",
-    "无权进行此操作，access token 无效",
-    "Unauthorized, invalid user info",
-    "无权进行此操作，用户信息无效",
-    "User has been banned",
-    "用户已被封禁",
-    "Unauthorized, insufficient privileges",
-    "无权进行此操作，权限不足",
-];
+/// The largest HTTP 200 body read for a credential refusal. new-api's refusal is a bare
+/// `{"message":…,"success":false}` (under 80 bytes in any shipped language, UTF-8); 512
+/// still holds the longest with every non-ASCII character `\uXXXX`-escaped and a `data` field
+/// (tested below), and keeps token pages and reveals from ever being parsed here.
+const MAX_REFUSAL_BODY: usize = 512;
 
-/// Whether an HTTP 200 body is new-api refusing the credential (it answers most auth failures
-/// with 200 and `success: false`); only small failure envelopes are parsed.
-fn refuses_credential(body: &[u8]) -> bool {
+/// Which credential refusal an HTTP 200 body is, if new-api refused the credential (it answers
+/// most auth failures with 200 and `success: false`, in the caller's language: see
+/// [`refusals`]); only small failure envelopes are parsed.
+fn refused_credential(body: &[u8]) -> Option<&'static refusals::Refusal> {
     // memmem: a byte-by-byte window compare cost a tenth of a pass-through GET (BENCHMARKS.md).
-    if body.len() > 512 || memchr::memmem::find(body, b"\"success\":false").is_none() {
-        return false;
+    if body.len() > MAX_REFUSAL_BODY || memchr::memmem::find(body, b"\"success\":false").is_none() {
+        return None;
     }
-    Envelope::parse(body).is_some_and(|e| {
-        e.success == Some(false)
-            && e.message
-                .is_some_and(|m| CREDENTIAL_REFUSALS.contains(&m.as_ref()))
-    })
+    let envelope = Envelope::parse(body)?;
+    if envelope.success != Some(false) {
+        return None;
+    }
+    refusals::credential_refusal(&envelope.message?)
 }
 
 /// Names what went wrong on the way to the upstream, from the error's cause chain.
@@ -518,19 +518,65 @@ mod tests {
 
     #[test]
     fn credential_refusals_in_200_envelopes_are_recognised() {
-        assert!(refuses_credential(
-            br#"{"message":"Unauthorized, invalid access token","success":false}"#
-        ));
-        assert!(refuses_credential(
-            "{\"success\":false,\"message\":\"用户已被封禁\"}".as_bytes()
-        ));
-        assert!(!refuses_credential(
-            br#"{"message":"record not found","success":false}"#
-        ));
-        assert!(!refuses_credential(
-            br#"{"message":"Unauthorized, invalid access token","success":true}"#
-        ));
-        assert!(!refuses_credential(b"not json"));
+        let key = |body: &[u8]| refused_credential(body).map(|r| (r.key, r.locale));
+        assert_eq!(
+            key(br#"{"message":"Unauthorized, invalid access token","success":false}"#),
+            Some(("auth.access_token_invalid", "en"))
+        );
+        assert_eq!(
+            key("{\"success\":false,\"message\":\"用户已被封禁\"}".as_bytes()),
+            Some(("auth.user_banned", "zh-CN"))
+        );
+        assert_eq!(
+            key("{\"message\":\"無權進行此操作，權限不足\",\"success\":false}".as_bytes()),
+            Some(("auth.insufficient_privilege", "zh-TW"))
+        );
+        for other in [
+            "{\"message\":\"令牌名稱過長\",\"success\":false}".as_bytes(),
+            br#"{"message":"record not found","success":false}"#,
+            br#"{"message":"Unauthorized, invalid access token","success":true}"#,
+            br#"{"success":false}"#,
+            b"not json",
+        ] {
+            assert_eq!(key(other), None, "{}", String::from_utf8_lossy(other));
+        }
+        // Over the cap, even a refusal is not parsed (a token page never is).
+        let padded = format!(
+            r#"{{"message":"User has been banned","success":false,"data":"{}"}}"#,
+            " ".repeat(MAX_REFUSAL_BODY)
+        );
+        assert_eq!(key(padded.as_bytes()), None);
+    }
+
+    #[test]
+    fn the_size_cap_holds_every_refusal_however_it_is_encoded() {
+        for refusal in refusals::CREDENTIAL_REFUSALS {
+            // new-api's own encoding: gin.H keys sorted, compact, raw UTF-8.
+            let plain = format!(r#"{{"message":"{}","success":false}}"#, refusal.text);
+            assert!(plain.len() < 80, "{refusal:?}");
+            // The most a JSON encoder could make of it: every non-ASCII character escaped,
+            // and a `data` field besides.
+            let escaped: String = refusal
+                .text
+                .chars()
+                .map(|c| {
+                    if c.is_ascii() {
+                        c.to_string()
+                    } else {
+                        format!("\\u{:04x}", c as u32)
+                    }
+                })
+                .collect();
+            let widest = format!(r#"{{"data":null,"message":"{escaped}","success":false}}"#);
+            assert!(widest.len() <= MAX_REFUSAL_BODY, "{refusal:?}");
+            for body in [plain, widest] {
+                assert_eq!(
+                    refused_credential(body.as_bytes()).map(|r| r.key),
+                    Some(refusal.key),
+                    "{body}"
+                );
+            }
+        }
     }
 
     #[test]

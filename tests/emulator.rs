@@ -287,15 +287,40 @@ async fn messages_follow_accept_language() {
     )
     .await;
     r.assert_fail(401, "无权进行此操作，未登录且未提供 access token");
-    let r = raw(
-        s.addr,
-        "GET",
-        "/api/token/",
-        &[("Accept-Language", "zh-TW")],
-        "",
-    )
-    .await;
-    assert_eq!(r.message(), "无权进行此操作，未登录且未提供 access token");
+    // new-api's normalizeLang: the first tag, by prefix, in any case: `zh-tw…` is zh-TW, any
+    // other `zh…` (even `zh-Hant-TW` or `zh_TW`) zh-CN.
+    for (language, message) in [
+        ("zh-TW", "無權進行此操作，未登入且未提供 access token"),
+        (
+            "ZH-tw;q=0.9, en",
+            "無權進行此操作，未登入且未提供 access token",
+        ),
+        (
+            " zh-TW-x-private",
+            "無權進行此操作，未登入且未提供 access token",
+        ),
+        ("zh-Hant-TW", "无权进行此操作，未登录且未提供 access token"),
+        ("zh_TW", "无权进行此操作，未登录且未提供 access token"),
+        ("zh-HK", "无权进行此操作，未登录且未提供 access token"),
+        (
+            "en-GB, zh-TW",
+            "Unauthorized, not logged in and no access token provided",
+        ),
+        (
+            "*",
+            "Unauthorized, not logged in and no access token provided",
+        ),
+    ] {
+        let r = raw(
+            s.addr,
+            "GET",
+            "/api/token/",
+            &[("Accept-Language", language)],
+            "",
+        )
+        .await;
+        assert_eq!(r.message(), message, "{language}");
+    }
     let r = raw(
         s.addr,
         "GET",
@@ -316,6 +341,12 @@ async fn messages_follow_accept_language() {
     ];
     let r = raw(s.addr, "POST", "/api/token/", &h, r#"{"remain_quota":-1}"#).await;
     r.assert_fail(200, "额度值不能为负数");
+    let h = [h[0], h[1], ("Accept-Language", "zh-TW")];
+    let r = raw(s.addr, "POST", "/api/token/", &h, r#"{"remain_quota":-1}"#).await;
+    r.assert_fail(200, "額度值不能為負數");
+    let long = format!(r#"{{"name":"{}"}}"#, "n".repeat(51));
+    let r = raw(s.addr, "POST", "/api/token/", &h, &long).await;
+    r.assert_fail(200, "令牌名稱過長");
 }
 
 // === auth (E3) ===

@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
-use tokengate::emulator::{Emulator, EmulatorConfig};
+use tokengate::emulator::{Emulator, EmulatorConfig, NewToken, User};
 
 async fn gateway_to(fake: Fake) -> TestGateway {
     let mut options = Options::new(fake_upstream(fake).await);
@@ -167,6 +167,174 @@ async fn a_refused_gateway_credential_is_502_upstream_auth_failed() {
     admin(gateway.addr, "GET", "/api/token/", None)
         .await
         .assert_envelope(502, "upstream_auth_failed");
+}
+
+/// The gateway's account as the emulator holds it, made to draw one of new-api's four HTTP-200
+/// credential refusals (`None`: the upstream token was rotated, so the gateway's is unknown).
+fn refused_account(role: i64, status: i64) -> Option<User> {
+    Some(User {
+        role,
+        status,
+        ..User::new(USER_ID, UPSTREAM_TOKEN)
+    })
+}
+
+#[tokio::test]
+async fn credential_refusals_in_every_shipped_language_are_502_upstream_auth_failed() {
+    // new-api ships en, zh-CN and zh-TW; the first Accept-Language tag picks one. For each refusal,
+    // the texts new-api's catalogue has in those three languages (upstream-new-api.md §2.1).
+    let refusals: [(&str, Option<User>, [&str; 3]); 4] = [
+        (
+            "access token invalid",
+            None,
+            [
+                "Unauthorized, invalid access token",
+                "无权进行此操作，access token 无效",
+                "無權進行此操作，access token 無效",
+            ],
+        ),
+        (
+            "user info invalid",
+            refused_account(5, 1),
+            [
+                "Unauthorized, invalid user info",
+                "无权进行此操作，用户信息无效",
+                "無權進行此操作，使用者資訊無效",
+            ],
+        ),
+        (
+            "user banned",
+            refused_account(1, 2),
+            ["User has been banned", "用户已被封禁", "使用者已被封禁"],
+        ),
+        (
+            "insufficient privilege",
+            refused_account(0, 1),
+            [
+                "Unauthorized, insufficient privileges",
+                "无权进行此操作，权限不足",
+                "無權進行此操作，權限不足",
+            ],
+        ),
+    ];
+    // (Accept-Language, which of the three texts new-api answers with)
+    let languages = [
+        ("en-US", 0),
+        ("zh-CN,zh;q=0.9", 1),
+        ("zh-TW", 2),
+        ("zh-tw;q=0.8, en;q=0.5", 2),
+        ("ZH-TW,zh-CN", 2),
+    ];
+    for (refusal, account, texts) in &refusals {
+        let token = if account.is_some() {
+            UPSTREAM_TOKEN
+        } else {
+            "the-rotated-token"
+        };
+        let upstream = Emulator::spawn(EmulatorConfig::new(token, USER_ID))
+            .await
+            .unwrap();
+        if let Some(account) = account {
+            upstream.emulator.add_user(account.clone());
+        }
+        let gateway = TestGateway::start(Options::new(upstream.addr)).await;
+        let user = USER_ID.to_string();
+        for (language, text) in languages {
+            let text = texts[text];
+            // What new-api answers the gateway's own request in that language...
+            let direct = send(
+                upstream.addr,
+                "GET",
+                "/api/token/",
+                &[
+                    ("authorization", UPSTREAM_TOKEN),
+                    ("new-api-user", &user),
+                    ("accept-language", language),
+                ],
+                None,
+            )
+            .await;
+            assert_eq!(
+                (direct.status, direct.json()["success"].as_bool()),
+                (200, Some(false)),
+                "{refusal}, {language}"
+            );
+            assert_eq!(direct.json()["message"], *text, "{refusal}, {language}");
+            // ...reaches the caller as the gateway's fault, without the upstream's words.
+            let auth = format!("Bearer {ADMIN_KEY}");
+            let reply = send(
+                gateway.addr,
+                "GET",
+                "/api/token/",
+                &[("authorization", &auth), ("accept-language", language)],
+                None,
+            )
+            .await;
+            reply.assert_envelope(502, "upstream_auth_failed");
+            assert!(
+                !reply.text().contains(text),
+                "{refusal}, {language}: {}",
+                reply.text()
+            );
+        }
+        let metrics = send(gateway.admin, "GET", "/metrics", &[], None)
+            .await
+            .text();
+        let counted = format!("tokengate_upstream_auth_failures_total {}", languages.len());
+        assert!(metrics.contains(&counted), "{refusal}: {metrics}");
+    }
+}
+
+#[tokio::test]
+async fn ordinary_failures_in_every_shipped_language_pass_through() {
+    // new-api refusing the caller's own request (here: enabling an expired token) is not the
+    // gateway's credential, in any language.
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let id = upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            name: "old".into(),
+            status: 3,
+            expired_time: 1,
+            remain_quota: 10,
+            ..NewToken::default()
+        },
+    );
+    let auth = format!("Bearer {ADMIN_KEY}");
+    let body = format!(r#"{{"id":{id},"status":1}}"#);
+    for (language, message) in [
+        (
+            "en",
+            "Token has expired and cannot be enabled. Please modify the expiration time or set it to never expire",
+        ),
+        (
+            "zh-CN",
+            "令牌已过期，无法启用，请先修改令牌过期时间，或者设置为永不过期",
+        ),
+        (
+            "zh-TW",
+            "令牌已過期，無法啟用，請先修改令牌過期時間，或者設定為永不過期",
+        ),
+    ] {
+        let reply = send(
+            gateway.addr,
+            "PUT",
+            "/api/token/?status_only=true",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+                ("accept-language", language),
+            ],
+            Some(&body),
+        )
+        .await;
+        assert_eq!(
+            (reply.status, reply.json()["message"].as_str()),
+            (200, Some(message)),
+            "{language}: {}",
+            reply.text()
+        );
+    }
 }
 
 #[tokio::test]

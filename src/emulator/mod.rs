@@ -22,8 +22,9 @@
 //! - **Headers** of §7: `X-Oneapi-Request-Id` (unless the request has one), `X-New-Api-Version`;
 //!   HTTP/1 header names are written in Go's canonical case.
 //! - **Rate limits** (opt-in, [`EmulatorConfig::rate_limits`]) keyed by gin's `ClientIP()`.
-//! - **Messages** in English, or zh-CN when the first `Accept-Language` tag starts with `zh`
-//!   (zh-TW included).
+//! - **Messages** in every language new-api ships: zh-TW when the first `Accept-Language` tag
+//!   starts with `zh-tw`, zh-CN when it starts with any other `zh`, English otherwise (any case;
+//!   `;q=` ignored; see `messages.rs`).
 //!
 //! # Public API
 //!
@@ -45,10 +46,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Not modelled: session cookies and dashboard JWTs (only access tokens authenticate), the
-//! language cookie and users' saved language, gzip responses, database errors (500), the
-//! 10 000-level JSON nesting limit (1 000 here), the `DeletedAt` field of request bodies, routes
-//! outside `/api/token` (404 here), and E3 audit logs.
+//! Not modelled: session cookies and dashboard JWTs (only access tokens authenticate), users'
+//! saved language (and the language cookie some forks read), gzip responses, database errors
+//! (500), the 10 000-level JSON nesting limit (1 000 here), the `DeletedAt` field of request
+//! bodies, routes outside `/api/token` (404 here), and E3 audit logs.
 
 // Early answers travel as `Err(Response)`: a cold path, not worth boxing.
 #![allow(clippy::result_large_err)]
