@@ -11,7 +11,8 @@
 //! ```text
 //! cli.rs          the command line: serve, check, keys new, audit verify, emulator, demo, health
 //! demo.rs         `tokengate demo`: emulator + gateway on loopback, a printed walk-through
-//! config.rs       the TOML file: serde structs refusing unknown keys, checked at load
+//! config/         the TOML file: serde structs refusing unknown keys, checked at load (mod.rs),
+//!                 read with every fault collected (read.rs)
 //! gateway.rs      the running state built from a config (secrets and files resolved)
 //! server.rs       listeners, HTTP/1.1 + HTTP/2, graceful drain
 //! connections.rs  SPEC §7 server.max_connections: the open-connection count, the wait at the cap
@@ -22,7 +23,9 @@
 //! route.rs        SPEC §2: (method, path, query) → Endpoint, canonical upstream path
 //! caller.rs       SPEC §3: keys, digests, the Caller of a request
 //! policy.rs       SPEC §5: a client's rules, judged on the token as it would be stored
-//! ratelimit.rs    SPEC §5: GCRA buckets per client and class, the global upstream cap
+//! ratelimit/      SPEC §5: GCRA buckets per client and class, the global upstream cap (mod.rs),
+//!                 pass-through identities (identities.rs), refusals before authentication per
+//!                 source address (unauthenticated.rs)
 //! read_token.rs   reading a token upstream for a check (name_prefix) or a merge (PATCH)
 //! locks.rs        per-token serialisation of changes (SPEC §4.5)
 //! headers.rs      SPEC §3: which headers cross, caller IP

@@ -9,20 +9,20 @@ use tokengate::token::edit::{Edit, EditKind, Limits};
 /// A fixed clock (2027-01-15), so a run is reproducible.
 const NOW: i64 = 1_800_000_000;
 
-const KINDS: [EditKind; 4] = [
+const KINDS: [EditKind; 6] = [
     EditKind::Create,
     EditKind::Update,
     EditKind::StatusOnly,
     EditKind::Ids,
+    EditKind::Patch,
+    EditKind::BatchUpdate,
 ];
 
 fuzz_target!(|data: &[u8]| {
     // The gateway's defaults, plus one fork field so the pass-through path is exercised too.
     let limits = Limits {
-        name_max_bytes: 50,
-        max_batch: 100,
-        require_complete_updates: true,
         extra_fields: vec!["billing_type".to_string()],
+        ..Limits::default()
     };
     for kind in KINDS {
         if let Ok(edit) = Edit::parse(kind, data, &limits, NOW) {
