@@ -120,7 +120,7 @@ fn record(seq: u64, prev: &str) -> Map<String, Value> {
         "request": {"id": 40 + seq, "name": "ci-bot — 夜間", "remain_quota": 500000, "unlimited_quota": false, "expired_time": -1},
         "prev": prev,
     });
-    if seq % 2 == 0 {
+    if seq.is_multiple_of(2) {
         let fields = record.as_object_mut().unwrap();
         fields.insert("outcome".into(), json!("forwarded"));
         fields.insert("reason".into(), Value::Null);
