@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::time::Instant;
@@ -135,6 +135,13 @@ pub struct RequestContext {
     itemized: AtomicBool,
     upstream: Mutex<Option<UpstreamFacts>>,
     rate: Mutex<Vec<RateStatus>>,
+    /// Upstream requests whose room under the global cap was taken in advance (a PATCH takes
+    /// its read's and its writes' before the read, so nothing waits between read and write).
+    prepaid: AtomicU32,
+    /// When a PATCH's read was answered: its write measures the read-to-write window.
+    read_at: Mutex<Option<Instant>>,
+    /// The fields a PATCH's full `PUT` wrote when a later step failed (SPEC §4.5 "partial").
+    partial: OnceLock<Vec<String>>,
 }
 
 impl RequestContext {
@@ -164,6 +171,9 @@ impl RequestContext {
             itemized: AtomicBool::new(false),
             upstream: Mutex::new(None),
             rate: Mutex::new(Vec::new()),
+            prepaid: AtomicU32::new(0),
+            read_at: Mutex::new(None),
+            partial: OnceLock::new(),
         }
     }
 
@@ -187,6 +197,9 @@ impl RequestContext {
             itemized: AtomicBool::new(false),
             upstream: Mutex::new(None),
             rate: Mutex::new(Vec::new()),
+            prepaid: AtomicU32::new(0),
+            read_at: Mutex::new(None),
+            partial: OnceLock::new(),
         };
         part.set_token_ids(vec![token_id]);
         part
@@ -279,6 +292,41 @@ impl RequestContext {
     /// once, for the answer.
     pub fn take_rates(&self) -> Vec<RateStatus> {
         std::mem::take(&mut *self.rate.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Records that the room of `n` upstream requests under the global cap was taken in advance.
+    pub fn prepay(&self, n: u32) {
+        self.prepaid.store(n, Ordering::Relaxed);
+    }
+
+    /// Takes one prepaid upstream request, if any is left.
+    pub fn take_prepaid(&self) -> bool {
+        self.prepaid
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// Records that a PATCH's read was answered now.
+    pub fn set_read_at(&self, at: Instant) {
+        *self.read_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    /// When the PATCH's read was answered, taken once (by its first write).
+    pub fn take_read_at(&self) -> Option<Instant> {
+        self.read_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
+    /// Records the fields a PATCH's full `PUT` wrote before a later step failed.
+    pub fn set_partial(&self, written: Vec<String>) {
+        let _ = self.partial.set(written);
+    }
+
+    /// The fields written when the request was applied only in part.
+    pub fn partial(&self) -> Option<&[String]> {
+        self.partial.get().map(Vec::as_slice)
     }
 
     /// The context of `request`, which the request-context layer inserts first of all.

@@ -122,6 +122,15 @@ pub enum GatewayError {
     /// The upstream refused the gateway's own credential (401/403).
     #[error("the upstream refused the gateway's credential; the operator must check the upstream access token and user id")]
     UpstreamAuthFailed,
+    /// A PATCH (or one id of a fan-out batch) whose full `PUT` was applied before a later step
+    /// failed (SPEC §4.5, §6): the answer says what was applied, and why the rest was not.
+    #[error("the full update was applied ({}); then {cause}", written.join(", "))]
+    Partial {
+        /// The fields the full `PUT` wrote.
+        written: Vec<String>,
+        /// What failed after it.
+        cause: Box<GatewayError>,
+    },
     /// No upstream answer within `upstream.timeout_ms` (or the request's deadline).
     #[error("the upstream did not answer within {0} ms")]
     UpstreamTimeout(u64),
@@ -156,6 +165,7 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
             GatewayError::UpstreamAuthFailed => "upstream_auth_failed",
             GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::Partial { cause, .. } => cause.code(),
         }
     }
 
@@ -187,6 +197,7 @@ impl GatewayError {
                 StatusCode::BAD_GATEWAY
             }
             GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Partial { cause, .. } => cause.status(),
         }
     }
 
@@ -200,6 +211,10 @@ impl GatewayError {
     pub fn into_response(self, request_id: &RequestId) -> Response<Body> {
         let fields: Option<Vec<&str>> = match &self {
             GatewayError::InvalidBody(faults) => Some(faults.fields()),
+            GatewayError::Partial { cause, .. } => match &**cause {
+                GatewayError::InvalidBody(faults) => Some(faults.fields()),
+                _ => None,
+            },
             GatewayError::Forbidden(refusal) => {
                 let mut fields: Vec<&str> = Vec::new();
                 for violation in &refusal.violations {
@@ -211,9 +226,15 @@ impl GatewayError {
             }
             _ => None,
         };
+        let written = match &self {
+            GatewayError::Partial { written, .. } => Some(written.as_slice()),
+            _ => None,
+        };
         let envelope = Envelope {
             success: false,
             message: &self.to_string(),
+            partial: written.map(|_| true),
+            written,
             error: EnvelopeError {
                 code: self.code(),
                 field: fields.as_ref().and_then(|f| f.first().copied()),
@@ -266,6 +287,12 @@ impl From<BodyError> for GatewayError {
 struct Envelope<'a> {
     success: bool,
     message: &'a str,
+    /// `true` when part of the request was applied (SPEC §4.5): a PATCH's full `PUT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partial: Option<bool>,
+    /// The fields that part wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    written: Option<&'a [String]>,
     error: EnvelopeError<'a>,
 }
 

@@ -59,6 +59,7 @@ pub struct Metrics {
     requests: Family<OpStatus, Counter>,
     request_duration: Latency,
     upstream_duration: Latency,
+    patch_window: Histogram,
     upstream_auth_failures: Counter,
     validation_refusals: Family<OpCode, Counter>,
     rate_limited: Family<ClientClass, Counter>,
@@ -116,6 +117,8 @@ impl Metrics {
         let requests = Family::<OpStatus, Counter>::default();
         let request_duration = Latency::new_with_constructor(latency);
         let upstream_duration = Latency::new_with_constructor(latency);
+        // From 10 µs: the window is the gateway's own work plus one fsync'd intent record.
+        let patch_window = Histogram::new(exponential_buckets(0.000_010, 2.0, 20));
         let upstream_auth_failures = Counter::default();
         let ready = Gauge::default();
         let validation_refusals = Family::<OpCode, Counter>::default();
@@ -201,6 +204,11 @@ impl Metrics {
             rate_limit_buckets.clone(),
         );
         registry.register(
+            "tokengate_patch_window_seconds",
+            "Time from a PATCH's read of the token being answered to its full PUT being sent (usage in between is undone by the PUT)",
+            patch_window.clone(),
+        );
+        registry.register(
             "tokengate_unauthenticated_addresses",
             "Source addresses whose refusals before authentication are being counted (at most rate_limit.max_identities)",
             unauthenticated_addresses.clone(),
@@ -220,6 +228,7 @@ impl Metrics {
             requests,
             request_duration,
             upstream_duration,
+            patch_window,
             upstream_auth_failures,
             validation_refusals,
             rate_limited,
@@ -252,6 +261,11 @@ impl Metrics {
         self.upstream_duration
             .get_or_create(&Op { op: op.as_str() })
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// Records the read-to-write window of one PATCH (or fan-out id).
+    pub fn patch_window(&self, elapsed: Duration) {
+        self.patch_window.observe(elapsed.as_secs_f64());
     }
 
     /// Counts an upstream refusal of the gateway's credential.

@@ -266,6 +266,9 @@ impl Upstream {
         {
             // From here the change may reach the upstream: its outcome is no longer `rejected`.
             context.set_forwarded();
+            if let Some(read_at) = context.take_read_at() {
+                self.metrics.patch_window(read_at.elapsed());
+            }
         }
         let mut outbound = http::Request::new(Full::new(request.body));
         *outbound.method_mut() = request.method;
@@ -364,6 +367,24 @@ impl Upstream {
     /// Waits for room under `rate_limit.upstream_requests_per_second` (at most a second), or
     /// refuses with 429 `rate_limited`; in dry run, counts and logs instead of waiting.
     async fn admit(&self, served: Served<'_>) -> Result<(), GatewayError> {
+        if served.context.take_prepaid() {
+            return Ok(());
+        }
+        self.take_room(served).await
+    }
+
+    /// Takes the room of `n` upstream requests of `served` at once under the global cap, before
+    /// the first of them is sent (a PATCH: its read and its writes), so that nothing waits for the
+    /// cap between its read and its write (SPEC §4.5, the quota race).
+    pub async fn prepay(&self, served: Served<'_>, n: u32) -> Result<(), GatewayError> {
+        for _ in 0..n {
+            self.take_room(served).await?;
+        }
+        served.context.prepay(n);
+        Ok(())
+    }
+
+    async fn take_room(&self, served: Served<'_>) -> Result<(), GatewayError> {
         let refused = match self.limit.acquire().await {
             Ok(false) => return Ok(()),
             Ok(true) => {

@@ -270,6 +270,24 @@ fn optional_fields(now: i64, earliest: i64) -> impl Strategy<Value = Map<String,
         })
 }
 
+/// Leaves out what new-api would silently not apply on a token whose group is not `auto` (SPEC
+/// §4.2: refused): a `cross_group_retry` true and a non-empty `auto_groups`.
+fn keep_what_new_api_applies(fields: &mut Map<String, Value>) {
+    if fields.get("group").and_then(Value::as_str) == Some("auto") {
+        return;
+    }
+    if fields.get("cross_group_retry") == Some(&json!(true)) {
+        fields.insert("cross_group_retry".into(), json!(false));
+    }
+    if fields
+        .get("auto_groups")
+        .and_then(Value::as_array)
+        .is_some_and(|groups| !groups.is_empty())
+    {
+        fields.insert("auto_groups".into(), Value::Null);
+    }
+}
+
 /// A valid body of `kind` and the object it must be forwarded as (the body less its read-only
 /// fields). `earliest` is the earliest expiry generated.
 fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, Value)> {
@@ -285,10 +303,11 @@ fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, 
         EditKind::Patch | EditKind::BatchUpdate => {
             unreachable!("not in KINDS: tests/patch.rs and tests/batch_update.rs test them")
         }
+        // new-api creates every token enabled: any other status is refused (SPEC §4.2).
         EditKind::Create => (
             valid_name(50),
             optional_fields(now, earliest),
-            proptest::option::of(1..=4i64),
+            proptest::option::of(Just(1i64)),
             read_only_fields(),
         )
             .prop_map(move |(name, mut fields, status, read_only)| {
@@ -296,6 +315,7 @@ fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, 
                 if let Some(status) = status {
                     fields.insert("status".into(), json!(status));
                 }
+                keep_what_new_api_applies(&mut fields);
                 with_read_only(fields, read_only)
             })
             .boxed(),
@@ -312,10 +332,11 @@ fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, 
                 valid_allow_ips(),
                 comma_list(group_name()),
             ),
-            proptest::option::of(1..=4i64),
             read_only_fields(),
         )
-            .prop_map(move |(id, name, mut fields, complete, status, read_only)| {
+            // No `status`: a full update's must be the stored one (SPEC §4.2), which only a read
+            // of the token can tell (the rig's upstream holds no token).
+            .prop_map(move |(id, name, mut fields, complete, read_only)| {
                 let (quota, unlimited, expiry, mle, models, ips, group) = complete;
                 fields.insert("id".into(), json!(id));
                 fields.insert("name".into(), json!(name));
@@ -326,9 +347,7 @@ fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, 
                 fields.insert("model_limits".into(), json!(models));
                 fields.insert("allow_ips".into(), ips);
                 fields.insert("group".into(), json!(group));
-                if let Some(status) = status {
-                    fields.insert("status".into(), json!(status));
-                }
+                keep_what_new_api_applies(&mut fields);
                 with_read_only(fields, read_only)
             })
             .boxed(),
@@ -727,6 +746,31 @@ impl Rig {
         let seen = self.upstream.emulator.seen();
         let shown = String::from_utf8_lossy(body);
         match expected {
+            // Values only the stored token can judge: the token is read first, and since the
+            // rig's upstream holds no token, none of them is a stored one: refused after the read.
+            Ok(edit) if !edit.unconfirmed().is_empty() => {
+                prop_assert!(
+                    seen.len() == 1 && seen[0].method == "GET",
+                    "{} {} {}: only the read: {:?}",
+                    method,
+                    path,
+                    shown,
+                    seen
+                );
+                reply.assert_envelope(400, "invalid_field");
+                let field = reply.json()["error"]["field"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
+                prop_assert!(
+                    edit.unconfirmed().iter().any(|u| u.field == field),
+                    "{} {} {}: {}",
+                    method,
+                    path,
+                    shown,
+                    reply.text()
+                );
+            }
             Ok(edit) => {
                 prop_assert_eq!(
                     seen.len(),

@@ -117,8 +117,9 @@ type Part = (TokenId, Result<(), Failure>);
 enum Failure {
     /// The gateway refused or could not finish it (policy, a stored value, the trail, a timeout).
     Gateway(GatewayError),
-    /// The upstream answered without `success: true`: its message.
-    Upstream(String),
+    /// The upstream answered without `success: true`: its message, and what the id's full
+    /// `PUT` had written when it was the status-only `PUT` after it that failed.
+    Upstream(String, Option<Vec<String>>),
 }
 
 async fn fan_out<S>(
@@ -208,12 +209,16 @@ where
                         .and_then(|e| e.message)
                         .filter(|m| !m.is_empty())
                         .map(|m| m.into_owned());
-                    Err(Failure::Upstream(message.unwrap_or_else(|| {
+                    let message = message.unwrap_or_else(|| {
                         format!(
                             "the upstream answered HTTP {} without success",
                             status.as_u16()
                         )
-                    })))
+                    });
+                    Err(Failure::Upstream(
+                        message,
+                        part.partial().map(<[_]>::to_vec),
+                    ))
                 }
             };
             (status, None, result)
@@ -271,6 +276,12 @@ struct Failed {
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
     message: String,
+    /// `true` when the id's full `PUT` was applied before its status-only `PUT` failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    partial: Option<bool>,
+    /// The fields that full `PUT` wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    written: Option<Vec<String>>,
 }
 
 fn answer(batch: &BatchUpdate, results: &[Part]) -> Response<Body> {
@@ -279,15 +290,25 @@ fn answer(batch: &BatchUpdate, results: &[Part]) -> Response<Body> {
     for (id, result) in results {
         match result {
             Ok(()) => updated.push(id.get()),
-            Err(Failure::Gateway(error)) => failed.push(Failed {
-                id: id.get(),
-                code: Some(error.code()),
-                message: error.to_string(),
-            }),
-            Err(Failure::Upstream(message)) => failed.push(Failed {
+            Err(Failure::Gateway(error)) => {
+                let written = match error {
+                    GatewayError::Partial { written, .. } => Some(written.clone()),
+                    _ => None,
+                };
+                failed.push(Failed {
+                    id: id.get(),
+                    code: Some(error.code()),
+                    message: error.to_string(),
+                    partial: written.as_ref().map(|_| true),
+                    written,
+                })
+            }
+            Err(Failure::Upstream(message, written)) => failed.push(Failed {
                 id: id.get(),
                 code: None,
                 message: message.clone(),
+                partial: written.as_ref().map(|_| true),
+                written: written.clone(),
             }),
         }
     }

@@ -14,7 +14,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::future::Either;
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
 use super::audit::AuditPolicy;
@@ -29,7 +31,7 @@ use crate::route::{Endpoint, Route, TokenId};
 use crate::token::edit::{Edit, Limits, TokenFields};
 use crate::token::fields::Status;
 use crate::token::patch::merge;
-use crate::upstream::Upstream;
+use crate::upstream::{Served, Upstream};
 
 /// A token as the gateway read it under its lock for this request (or, for the status-only
 /// `PUT` that follows a PATCH's full one, as that full `PUT` wrote it), so a later check does not
@@ -112,9 +114,11 @@ where
             let Some(&Endpoint::Patch(id)) =
                 request.extensions().get::<Route>().map(|r| &r.endpoint)
             else {
+                confirm_stored_values(&layer, &mut request).await?;
                 return inner.call(request).await;
             };
-            let Some(status_after) = to_full_update(&layer, &mut request, id).await? else {
+            let Some((status_after, written)) = to_full_update(&layer, &mut request, id).await?
+            else {
                 return inner.call(request).await;
             };
             // A full PUT never changes `status` (SPEC §4.5): once it succeeded, a status-only PUT
@@ -144,9 +148,76 @@ where
                 .outcome_of(&context, first.status().as_u16(), None)
                 .await;
             context.next_change(status_only(id, status_after).to_value());
-            inner.clone().oneshot(follow_up).await
+            // From here the full PUT is applied: a failure of the status-only one says so (SPEC
+            // §4.5, §6 "truthful partial answers"), never "not forwarded".
+            match inner.clone().oneshot(follow_up).await {
+                Ok(answer) if context.upstream().is_some_and(|a| a.succeeded()) => Ok(answer),
+                Ok(answer) => {
+                    context.set_partial(written.clone());
+                    Ok(mark_partial(answer, &written).await)
+                }
+                Err(cause) => {
+                    context.set_partial(written.clone());
+                    Err(GatewayError::Partial {
+                        written,
+                        cause: Box::new(cause),
+                    })
+                }
+            }
         }))
     }
+}
+
+/// The upstream's refusal of a PATCH's status-only `PUT`, with what its full `PUT` applied:
+/// `"partial": true` and the fields written, beside new-api's own members.
+async fn mark_partial(answer: Response<Body>, written: &[String]) -> Response<Body> {
+    let (mut parts, body) = answer.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let Ok(Value::Object(mut envelope)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(parts, Body::from(bytes));
+    };
+    envelope.insert("partial".into(), Value::Bool(true));
+    envelope.insert("written".into(), Value::from(written.to_vec()));
+    let bytes = serde_json::to_vec(&envelope).unwrap_or_default();
+    parts.headers.remove(http::header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+/// A full or status-only update whose values only the stored token can judge (SPEC §4.2: a value
+/// new-api wrote itself, a full update's `status`): the token is read under its lock and each
+/// such value passes when it is the stored one.
+async fn confirm_stored_values(
+    layer: &PatchLayer,
+    request: &mut Request<Bytes>,
+) -> Result<(), GatewayError> {
+    let Some(edit) = request.extensions().get::<Edit>() else {
+        return Ok(());
+    };
+    let (Some(&id), false) = (edit.token_ids().first(), edit.unconfirmed().is_empty()) else {
+        return Ok(());
+    };
+    let mut edit = edit.clone();
+    let context = RequestContext::of(request)?.clone();
+    let Some(caller) = request.extensions().get::<Caller>() else {
+        return Err(GatewayError::Internal(
+            "the patch layer runs after authenticate".into(),
+        ));
+    };
+    let stored = match read_token(&layer.upstream, caller, &context, id).await {
+        Ok(stored) => stored,
+        // Nothing is stored: no value is a stored one.
+        Err(GatewayError::TokenNotFound(_)) => Map::new(),
+        Err(other) => return Err(other),
+    };
+    edit.confirm(&stored).map_err(GatewayError::from)?;
+    let extensions = request.extensions_mut();
+    extensions.insert(KnownToken(id, Arc::new(stored)));
+    extensions.insert(edit);
+    Ok(())
 }
 
 /// The tokens a request changes, whose changes take turns (SPEC §4.5): a PATCH's or a delete's
@@ -167,13 +238,17 @@ fn changed_tokens(request: &Request<Bytes>) -> Vec<TokenId> {
 }
 
 /// Reads token `id`, merges the PATCH into it and rewrites the request as the update to send.
-/// Returns the `status` a status-only PUT must set afterwards, when the PATCH changes it along
-/// with other fields.
+/// Returns the `status` a status-only PUT must set afterwards, with the fields the full PUT
+/// writes, when the PATCH changes `status` along with other fields.
+///
+/// The global cap's room for every upstream request of the PATCH is taken before the read, so
+/// that between the read and the write there is nothing but the merge and the intent record:
+/// usage of the token in that window is undone by the full `PUT` (SPEC §4.5, the quota race).
 async fn to_full_update(
     layer: &PatchLayer,
     request: &mut Request<Bytes>,
     id: TokenId,
-) -> Result<Option<Status>, GatewayError> {
+) -> Result<Option<(Status, Vec<String>)>, GatewayError> {
     let context = RequestContext::of(request)?.clone();
     let (Some(caller), Some(Edit::Patch(patch))) = (
         request.extensions().get::<Caller>(),
@@ -184,22 +259,43 @@ async fn to_full_update(
         ));
     };
     let patch = patch.clone();
-    let stored = read_token(&layer.upstream, caller, &context, id).await?;
-    request
-        .extensions_mut()
-        .insert(KnownToken(id, Arc::new(stored.clone())));
     let status_alone = patch.status.is_some() && {
         let mut rest = patch.clone();
         rest.status = None;
         rest == TokenFields::default()
     };
+    // The read, the full PUT, and the status-only PUT when `status` comes with other fields.
+    let requests = if patch.status.is_some() && !status_alone {
+        3
+    } else {
+        2
+    };
+    let served = Served {
+        context: &context,
+        caller_label: caller.metric_label(),
+        records_answer: false,
+    };
+    layer.upstream.prepay(served, requests).await?;
+    let stored = read_token(&layer.upstream, caller, &context, id).await?;
+    context.set_read_at(Instant::now());
+    request
+        .extensions_mut()
+        .insert(KnownToken(id, Arc::new(stored.clone())));
     if let (true, Some(status)) = (status_alone, patch.status) {
         set_edit(request, &context, status_only(id, status));
         return Ok(None);
     }
     let merged = merge(&stored, id, &patch, &layer.limits, unix_now())?;
     set_edit(request, &context, Edit::Update(merged));
-    Ok(patch.status)
+    let written = match serde_json::to_value(&patch) {
+        Ok(Value::Object(fields)) => fields
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| k != "status")
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok(patch.status.map(|status| (status, written)))
 }
 
 /// The status-only update of token `id`.

@@ -155,6 +155,38 @@ pub struct TokenFields {
     /// `upstream.extra_fields`, as sent.
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+    /// Values equal to the token as the upstream stores it that the rules would refuse (SPEC §4.2
+    /// "stored values": new-api wrote them itself, as a used unlimited token's negative
+    /// `remain_quota`): carried unchanged.
+    #[serde(flatten)]
+    pub carried: Map<String, Value>,
+    /// Values of a full or status-only update that only the stored token can judge: each passes
+    /// if the stored token holds the same value ([`Edit::confirm`], under the token's lock).
+    #[serde(skip)]
+    pub unconfirmed: Vec<Unconfirmed>,
+}
+
+/// A value that passes only if the stored token holds the same one, with the fault to report if
+/// it does not.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Unconfirmed {
+    /// The field.
+    pub field: String,
+    /// The value sent.
+    pub value: Value,
+    /// Why it fails when the stored value differs.
+    pub fault: Fault,
+}
+
+/// The token as the upstream stores it, when a value that breaks a rule may be a stored one.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Stored<'a> {
+    /// No stored token applies (a create, a PATCH's own fields, a batch's).
+    None,
+    /// Known: a PATCH or a batch read it; values equal to it are carried.
+    Known(&'a Map<String, Value>),
+    /// Not read yet (a full or status-only update): such values wait for the read.
+    Later,
 }
 
 fn serialize_id<S: serde::Serializer>(
@@ -170,6 +202,9 @@ fn serialize_id<S: serde::Serializer>(
 impl TokenFields {
     /// Whether the named field is present.
     pub(super) fn has(&self, field: &str) -> bool {
+        if self.carried.contains_key(field) {
+            return true;
+        }
         match field {
             "id" => self.id.is_some(),
             "name" => self.name.is_some(),
@@ -186,6 +221,16 @@ impl TokenFields {
             "mj_image_mode" => self.mj_image_mode.is_some(),
             "mj_custom_proxy" => self.mj_custom_proxy.is_some(),
             other => self.extra.contains_key(other),
+        }
+    }
+
+    /// Removes a field set by [`TokenFields::set`] (a value that is then carried or refused).
+    fn set_none(&mut self, key: &str) {
+        match key {
+            "status" => self.status = None,
+            "cross_group_retry" => self.cross_group_retry = None,
+            "auto_groups" => self.auto_groups = None,
+            _ => {}
         }
     }
 
@@ -253,7 +298,11 @@ impl Edit {
                 Edit::BatchUpdate(batch::parse(map, limits, &rules, &mut faults))
             }
             _ => {
-                let fields = token_fields(kind, map, limits, &rules, &mut faults);
+                let stored = match kind {
+                    EditKind::Update | EditKind::StatusOnly => Stored::Later,
+                    _ => Stored::None,
+                };
+                let fields = token_fields(kind, map, limits, &rules, stored, &mut faults);
                 match kind {
                     EditKind::Create => Edit::Create(fields),
                     EditKind::Update => Edit::Update(fields),
@@ -276,6 +325,32 @@ impl Edit {
             Edit::Update(fields) | Edit::StatusOnly(fields) => fields.id.into_iter().collect(),
             Edit::Ids(ids) => ids.clone(),
             Edit::BatchUpdate(batch) => batch.ids.clone(),
+        }
+    }
+
+    /// The values of a full or status-only update that wait for the stored token.
+    pub fn unconfirmed(&self) -> &[Unconfirmed] {
+        match self {
+            Edit::Update(fields) | Edit::StatusOnly(fields) => &fields.unconfirmed,
+            _ => &[],
+        }
+    }
+
+    /// Judges the values that wait for the stored token (SPEC §4.2): each passes when `stored`
+    /// holds the same value, and every other is refused with its fault.
+    pub fn confirm(&mut self, stored: &Map<String, Value>) -> Result<(), BodyError> {
+        let (Edit::Update(fields) | Edit::StatusOnly(fields)) = self else {
+            return Ok(());
+        };
+        let faults: Vec<Fault> = std::mem::take(&mut fields.unconfirmed)
+            .into_iter()
+            .filter(|u| !same_value(stored.get(&u.field), &u.value))
+            .map(|u| u.fault)
+            .collect();
+        if faults.is_empty() {
+            Ok(())
+        } else {
+            Err(BodyError::Fields(Faults(faults)))
         }
     }
 
@@ -330,9 +405,28 @@ impl IdsBody {
     }
 }
 
-/// Checks `map` as the body of a full update (a PATCH merged into the stored token).
+/// Whether `sent` is the `stored` value (numbers by value: `-0` is 0).
+fn same_value(stored: Option<&Value>, sent: &Value) -> bool {
+    let number = |v: &Value| match v {
+        Value::Number(n) if n.as_f64() == Some(0.0) => Some(0.0),
+        Value::Number(n) => n.as_f64(),
+        _ => None,
+    };
+    match (stored, sent) {
+        (Some(Value::Number(a)), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+            (Some(a), Some(b)) => a == b,
+            _ => number(&Value::Number(a.clone())) == number(sent),
+        },
+        (Some(stored), sent) => stored == sent,
+        (None, _) => false,
+    }
+}
+
+/// Checks `map` as the body of a full update: a PATCH merged into `stored`, the token as the
+/// upstream stores it (values equal to it are carried as they are).
 pub(super) fn full_update(
     map: Map<String, Value>,
+    stored: &Map<String, Value>,
     limits: &Limits,
     now: i64,
 ) -> Result<TokenFields, BodyError> {
@@ -341,7 +435,14 @@ pub(super) fn full_update(
         now,
     };
     let mut faults = Vec::new();
-    let fields = token_fields(EditKind::Update, map, limits, &rules, &mut faults);
+    let fields = token_fields(
+        EditKind::Update,
+        map,
+        limits,
+        &rules,
+        Stored::Known(stored),
+        &mut faults,
+    );
     if faults.is_empty() {
         Ok(fields)
     } else {
@@ -349,15 +450,39 @@ pub(super) fn full_update(
     }
 }
 
-/// Reads the token fields of a create, update or status-only body.
+/// Reads the token fields of a create, update, status-only or PATCH body. A value that breaks a
+/// rule but may be the stored one (SPEC §4.2) is carried when it equals `stored`, or, for a
+/// full or status-only update, waits for the read when every other field passes.
 fn token_fields(
     kind: EditKind,
     map: Map<String, Value>,
     limits: &Limits,
     rules: &Rules,
+    stored: Stored<'_>,
     faults: &mut Vec<Fault>,
 ) -> TokenFields {
     let mut fields = TokenFields::default();
+    let mut waiting: Vec<Unconfirmed> = Vec::new();
+    // A refused value: carried when it is the stored one, waiting for the read, or a fault.
+    let mut refused = |fields: &mut TokenFields,
+                       faults: &mut Vec<Fault>,
+                       key: String,
+                       value: Value,
+                       fault: Fault| {
+        // `id` names the token and `status` is what a status change sets: never stored values.
+        let storable = key != "id" && key != "status";
+        match stored {
+            Stored::Known(stored) if storable && same_value(stored.get(&key), &value) => {
+                fields.carried.insert(key, value);
+            }
+            Stored::Later if storable => waiting.push(Unconfirmed {
+                field: key,
+                value,
+                fault,
+            }),
+            _ => faults.push(fault),
+        }
+    };
     for (key, value) in map {
         if kind == EditKind::Patch && key == "id" {
             faults.push(Fault {
@@ -369,12 +494,21 @@ fn token_fields(
         }
         match fields.set(&key, &value, rules) {
             Ok(true) => {}
-            Err(message) => faults.push(Fault::invalid(&key, message)),
+            Err(message) => {
+                let fault = Fault::invalid(&key, message);
+                refused(&mut fields, faults, key, value, fault);
+            }
             Ok(false) if READ_ONLY_FIELDS.contains(&key.as_str()) => {}
             Ok(false) if limits.extra_fields.contains(&key) => {
                 fields.extra.insert(key, value);
             }
             Ok(false) => faults.push(Fault::unknown(&key, &TOKEN_FIELDS)),
+        }
+    }
+    if matches!(kind, EditKind::Create | EditKind::Update) {
+        for (key, value, fault) in ignored_by_new_api(kind, &fields) {
+            fields.set_none(&key);
+            refused(&mut fields, faults, key, value, fault);
         }
     }
     let required: &[&str] = match kind {
@@ -396,7 +530,8 @@ fn token_fields(
     }
     if kind == EditKind::Update && limits.require_complete_updates {
         for field in COMPLETE_UPDATE_FIELDS {
-            if !fields.has(field) && !faults.iter().any(|f| f.field == field) {
+            let waits = waiting.iter().any(|w| w.field == field);
+            if !fields.has(field) && !waits && !faults.iter().any(|f| f.field == field) {
                 faults.push(Fault {
                     field: field.into(),
                     code: FaultCode::IncompleteUpdate,
@@ -405,7 +540,95 @@ fn token_fields(
             }
         }
     }
+    // A full update's `status` is never applied by new-api (SPEC §4.2): it must be the stored one.
+    if let (EditKind::Update, Stored::Later, Some(status)) = (kind, stored, fields.status) {
+        waiting.push(Unconfirmed {
+            field: "status".into(),
+            value: Value::from(status.get()),
+            fault: Fault::invalid(
+                "status",
+                format!("{} differs from the token's stored status, and new-api's full update never changes status: change it with a status-only update (PUT /api/token/?status_only=true) or PATCH, or send the stored value", status.get()),
+            ),
+        });
+    }
+    if faults.is_empty() {
+        for waiting in waiting {
+            if waiting.field != "status" {
+                fields
+                    .carried
+                    .insert(waiting.field.clone(), waiting.value.clone());
+            }
+            fields.unconfirmed.push(waiting);
+        }
+    } else if waiting.iter().any(|w| w.field != "status") {
+        // Another fault refuses the body anyway: every fault is reported at once, those of the
+        // body's fields in key order, then the missing ones.
+        faults.extend(
+            waiting
+                .into_iter()
+                .filter(|w| w.field != "status")
+                .map(|w| w.fault),
+        );
+        let missing =
+            |f: &Fault| f.code == FaultCode::IncompleteUpdate || f.message == "is required";
+        faults.sort_by(|a, b| (missing(a), &a.field).cmp(&(missing(b), &b.field)));
+    }
     fields
+}
+
+/// What new-api would silently not apply (SPEC §4.2), as the value sent and the fault: a
+/// `status` other than 1 on a create (new-api creates every token enabled), and a
+/// `cross_group_retry` true or a non-empty `auto_groups` on a token whose group is not `auto`
+/// (new-api clears them then).
+fn ignored_by_new_api(kind: EditKind, fields: &TokenFields) -> Vec<(String, Value, Fault)> {
+    let mut ignored = Vec::new();
+    if let (EditKind::Create, Some(status)) = (kind, fields.status) {
+        if status.get() != 1 {
+            ignored.push((
+                "status".to_string(),
+                Value::from(status.get()),
+                Fault::invalid(
+                    "status",
+                    format!("{} is not applied on a create: new-api creates every token enabled; create it, then change its status with a status-only update or PATCH", status.get()),
+                ),
+            ));
+        }
+    }
+    // The group as new-api will store it: what the body says, else the zero value "".
+    let group = fields
+        .group
+        .as_ref()
+        .map(|g| g.as_str())
+        .or_else(|| fields.carried.get("group").and_then(Value::as_str))
+        .unwrap_or("");
+    if group == "auto" {
+        return ignored;
+    }
+    if fields.cross_group_retry == Some(true) {
+        ignored.push((
+            "cross_group_retry".to_string(),
+            Value::Bool(true),
+            Fault::invalid(
+                "cross_group_retry",
+                format!("true is cleared by new-api on a token whose group is not `auto` (it is `{}`): send false, or set group to auto", group.escape_debug()),
+            ),
+        ));
+    }
+    if let Some(auto) = fields
+        .auto_groups
+        .as_ref()
+        .filter(|a| a.groups().next().is_some())
+    {
+        ignored.push((
+            "auto_groups".to_string(),
+            serde_json::to_value(auto).unwrap_or(Value::Null),
+            Fault::invalid(
+                "auto_groups",
+                format!("is cleared by new-api on a token whose group is not `auto` (it is `{}`): send null or [], or set group to auto", group.escape_debug()),
+            ),
+        ));
+    }
+    ignored
 }
 
 /// Reads `{"ids": [..]}`.

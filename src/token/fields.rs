@@ -33,9 +33,11 @@ pub struct Rules {
 /// A field rule's refusal: what is wrong, for a person.
 pub type Refusal = String;
 
-/// A JSON integer (not a string, not `1.0`) that fits in an i64.
+/// A JSON integer (not a string, not `1.0`) that fits in an i64. `-0` is 0 (serde_json reads it
+/// as the float -0.0, since no integer type has a negative zero).
 fn integer(value: &Value) -> Result<i64, Refusal> {
     match value {
+        Value::Number(n) if n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative()) => Ok(0),
         Value::Number(n) => n.as_i64().ok_or_else(|| {
             if n.is_f64() {
                 format!("must be a whole number, not {n}")
