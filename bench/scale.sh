@@ -246,7 +246,7 @@ LUA
 }
 
 study_addresses() {
-  local total=${ADDRESSES:-100000} bound=100000 step=20000
+  local total=${ADDRESSES:-100000} bound=${ADDRESS_BOUND:-100000} step=20000
   echo; echo "### Refusals before authentication from $total source addresses (127.0.0.0/8), max_identities = $bound"
   echo "(each address sends 25 requests with an unknown key: 20 are recorded, 5 are 429s counted in"
   echo "the address's summary; the trail goes to standard output, read by nothing)"

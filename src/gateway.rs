@@ -11,6 +11,7 @@ use crate::audit::chain::AuditKey;
 use crate::audit::writer::Trail;
 use crate::caller::Authenticator;
 use crate::config::{AuditConfig, Config, ConfigError, ConfigErrors, Mode, DEFAULT_TOKEN_ENV};
+use crate::layers::detach::InFlight;
 use crate::locks::TokenLocks;
 use crate::metrics::Metrics;
 use crate::ratelimit::unauthenticated::Unauthenticated;
@@ -58,6 +59,11 @@ pub struct Gateway {
     /// Per-token serialisation of changes, shared across reloads so in-flight and new requests
     /// for one token still take turns.
     pub locks: Arc<TokenLocks>,
+    /// The requests that run on after their caller is gone (SPEC §6), for shutdown to wait for;
+    /// shared across reloads.
+    pub in_flight: Arc<InFlight>,
+    /// `upstream.timeout_ms`: the longest shutdown waits for them.
+    pub upstream_timeout: Duration,
     /// Refusals before authentication, counted per source address (SPEC §5); kept across a
     /// reload while its rate and bound stay.
     pub unauthenticated: Arc<Unauthenticated>,
@@ -156,6 +162,8 @@ impl Gateway {
             audit_reads: audit.reads,
             rate_limit_dry_run: config.rate_limit.dry_run,
             locks: Arc::new(TokenLocks::default()),
+            in_flight: Arc::new(InFlight::default()),
+            upstream_timeout: Duration::from_millis(config.upstream.timeout_ms),
             unauthenticated: Arc::new(Unauthenticated::new(
                 config.rate_limit.unauthenticated_per_minute,
                 config.rate_limit.max_identities,
@@ -198,6 +206,7 @@ impl Gateway {
         next.trail = self.trail.clone();
         next.audit_key = self.audit_key.clone();
         next.locks = self.locks.clone();
+        next.in_flight = self.in_flight.clone();
         if next.unauthenticated.settings() == self.unauthenticated.settings() {
             next.unauthenticated = self.unauthenticated.clone();
         }

@@ -42,7 +42,8 @@
 //! # Request stack
 //!
 //! ```text
-//! request context (id, deadline) → access log + metrics → rescue (errors → envelope)
+//! detach (changes run on without their caller) → request context (id, deadline)
+//!   → access log + metrics → rescue (errors → envelope)
 //!   → audit outcome → source ip → authenticate → route → rate limit → authorize → read body
 //!   → validate → batch cost → batch fan-out (each id on as a PATCH) → per-token lock + PATCH
 //!   merge → policy → audit intent → forward

@@ -97,6 +97,21 @@ pub async fn run_reloading(
     gateway.metrics.set_serving(false);
     let _ = stop.send(true);
     let _ = tokio::join!(api, admin);
+    // Changes whose callers are gone (or were cut at the grace) run to their outcome records;
+    // every upstream exchange ends within upstream.timeout_ms, so that bounds the wait.
+    let in_flight = gateway.in_flight.clone();
+    if in_flight.running() > 0 {
+        tracing::info!(
+            running = in_flight.running(),
+            "waiting for forwarded changes to get their outcome records"
+        );
+        if !in_flight.wait(gateway.upstream_timeout).await {
+            tracing::error!(
+                running = in_flight.running(),
+                "forwarded changes still without an outcome at exit"
+            );
+        }
+    }
     summaries.abort();
     // The refusals counted since the last summaries, whatever their window, before the trail
     // closes.

@@ -21,6 +21,7 @@ use crate::layers::authenticate::Authenticate;
 use crate::layers::authorize::Authorize;
 use crate::layers::batch_update::BatchFanoutLayer;
 use crate::layers::check::CheckLayer;
+use crate::layers::detach::DetachLayer;
 use crate::layers::patch::PatchLayer;
 use crate::layers::policy::PolicyLayer;
 use crate::layers::rate_limit::{ChargeBatch, RateLimit};
@@ -110,6 +111,8 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
             PROXY_AUTHORIZATION,
             COOKIE,
         ]))
+        // A change runs to its outcome record even if its caller goes away.
+        .layer(DetachLayer::new(gateway.in_flight.clone()))
         // Give the request its id and deadline; echo the id to the caller.
         .layer(RequestContextLayer::new(gateway.request_timeout))
         // One access-log line and the request metrics, whatever happened below.

@@ -7,6 +7,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod batch_update;
 pub mod check;
+pub mod detach;
 pub mod patch;
 pub mod policy;
 pub mod rate_limit;

@@ -1,0 +1,161 @@
+//! SPEC §6, "a forwarded change always gets its outcome": once its intent is durable, a change
+//! runs to its outcome record whatever its caller does (hangs up, times out) and whatever the
+//! gateway's shutdown grace; shutdown waits for it, bounded by `upstream.timeout_ms`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+use tokengate::emulator::{Emulator, EmulatorConfig, NewToken};
+
+fn seed(emulator: &Emulator, name: &str) -> i64 {
+    emulator.insert_token(
+        USER_ID,
+        NewToken {
+            name: name.into(),
+            ..NewToken::default()
+        },
+    )
+}
+
+/// The records of `op`, grouped: (intents, outcomes).
+fn records_of(path: &std::path::Path, op: &str) -> (Vec<Value>, Vec<Value>) {
+    let records: Vec<Value> = audit_records(path)
+        .into_iter()
+        .filter(|r| r["op"] == op)
+        .collect();
+    let (intents, outcomes) = records.into_iter().partition(|r| r["phase"] == "intent");
+    (intents, outcomes)
+}
+
+/// Waits until the trail at `path` holds `n` outcome records of `op`, for at most 10 s.
+async fn outcomes_appear(path: &std::path::Path, op: &str, n: usize) -> (Vec<Value>, Vec<Value>) {
+    for _ in 0..500 {
+        let (intents, outcomes) = records_of(path, op);
+        if outcomes.len() >= n {
+            return (intents, outcomes);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    records_of(path, op)
+}
+
+#[tokio::test]
+async fn a_caller_that_hangs_up_mid_exchange_still_leaves_the_outcome() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let id = seed(&upstream.emulator, "slow");
+    upstream.emulator.set_delay(Duration::from_millis(800));
+    let body = format!(r#"{{"id":{id},"status":2}}"#);
+    let call = admin(
+        gateway.addr,
+        "PUT",
+        "/api/token/?status_only=true",
+        Some(&body),
+    );
+    // The caller gives up long before the upstream answers.
+    assert!(tokio::time::timeout(Duration::from_millis(200), call)
+        .await
+        .is_err());
+    let (intents, outcomes) = outcomes_appear(&gateway.audit_path, "update", 1).await;
+    assert_eq!((intents.len(), outcomes.len()), (1, 1), "{outcomes:#?}");
+    assert_eq!(intents[0]["request_id"], outcomes[0]["request_id"]);
+    assert_eq!(outcomes[0]["outcome"], "forwarded");
+    assert_eq!(outcomes[0]["upstream_success"], true);
+    let token = upstream
+        .emulator
+        .tokens()
+        .into_iter()
+        .find(|t| t.id == id)
+        .unwrap();
+    assert_eq!(token.status, 2, "applied upstream");
+}
+
+#[tokio::test]
+async fn a_fan_out_batch_cancelled_mid_way_records_every_id() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let ids: Vec<i64> = (0..8)
+        .map(|i| seed(&upstream.emulator, &format!("t{i}")))
+        .collect();
+    upstream.emulator.set_delay(Duration::from_millis(150));
+    let body = format!(
+        r#"{{"ids":{},"update_fields":["remain_quota"],"remain_quota":77}}"#,
+        serde_json::to_string(&ids).unwrap()
+    );
+    // Four ids at a time, a read and a write each of 150 ms: about 600 ms in all.
+    let call = admin(gateway.addr, "PUT", "/api/token/batch", Some(&body));
+    assert!(tokio::time::timeout(Duration::from_millis(250), call)
+        .await
+        .is_err());
+    let (intents, outcomes) = outcomes_appear(&gateway.audit_path, "batch_update", 8).await;
+    assert_eq!((intents.len(), outcomes.len()), (8, 8), "{outcomes:#?}");
+    for outcome in &outcomes {
+        assert_eq!(outcome["outcome"], "forwarded", "{outcome}");
+    }
+    let mut recorded: Vec<i64> = outcomes
+        .iter()
+        .map(|o| o["token_ids"][0].as_i64().unwrap())
+        .collect();
+    recorded.sort_unstable();
+    assert_eq!(recorded, ids);
+    assert!(upstream
+        .emulator
+        .tokens()
+        .iter()
+        .all(|t| t.remain_quota == 77));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_forwarded_change_past_the_grace() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let id = seed(&upstream.emulator, "late");
+    upstream.emulator.set_delay(Duration::from_millis(1500));
+    let mut options = Options::new(upstream.addr);
+    options.shutdown_grace_ms = 200;
+    let mut gateway = Process::serve(&options, &[]);
+    // Kept past the process, whose end would otherwise remove the directory with the trail.
+    let dir = gateway.take_dir();
+    let trail = dir.path().join("audit").join("trail.jsonl");
+    let addr = gateway.addr;
+    let body = format!(r#"{{"id":{id},"status":2}}"#);
+    let request = format!(
+        "PUT /api/token/?status_only=true HTTP/1.1\r\nHost: x\r\nAuthorization: {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let in_flight = tokio::spawn(async move { raw(addr, request.as_bytes()).await });
+    for _ in 0..200 {
+        if !upstream.emulator.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.signal("TERM");
+    let status = tokio::task::spawn_blocking(move || {
+        let status = gateway.wait(Duration::from_secs(8));
+        (status, gateway.output())
+    })
+    .await
+    .unwrap();
+    let (status, output) = status;
+    assert_eq!(status.code(), Some(0), "{output}");
+    let _ = in_flight.await;
+    let (intents, outcomes) = records_of(&trail, "update");
+    assert_eq!((intents.len(), outcomes.len()), (1, 1), "{output}");
+    assert_eq!(outcomes[0]["outcome"], "forwarded");
+    assert_eq!(outcomes[0]["upstream_success"], true);
+    let request_id = outcomes[0]["request_id"].as_str().unwrap();
+    assert!(
+        output.contains(request_id),
+        "the access-log line was written too:\n{output}"
+    );
+    let token = upstream
+        .emulator
+        .tokens()
+        .into_iter()
+        .find(|t| t.id == id)
+        .unwrap();
+    assert_eq!(token.status, 2);
+}
