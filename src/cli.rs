@@ -124,6 +124,10 @@ pub struct EmulatorArgs {
     /// Emulate new-api's own rate limits (bare 429 with an empty body when exceeded).
     #[arg(long)]
     rate_limits: bool,
+    /// Emulate a fork whose tokens carry a `billing_type` string, which a full update resets
+    /// to "" when the body lacks it.
+    #[arg(long)]
+    fork_billing_type: bool,
 }
 
 /// `health` arguments.
@@ -521,6 +525,7 @@ fn emulator(args: EmulatorArgs) -> ExitCode {
     let mut config = EmulatorConfig::new(args.access_token.expose(), args.user_id);
     config.era = args.era;
     config.rate_limits = args.rate_limits;
+    config.fork_billing_type = args.fork_billing_type;
     let result = runtime().and_then(|runtime| {
         runtime.block_on(async {
             let listener = TcpListener::bind(args.listen).await?;

@@ -1,5 +1,6 @@
 //! The built-in new-api emulator over real sockets: routing, auth, envelope, binding, handlers,
-//! pagination, search, key reveal, rate limits and the test hooks.
+//! pagination, search, key reveal, rate limits, the `billing_type` fork field and the test hooks
+//! (relay usage among them).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -1396,4 +1397,340 @@ async fn e3_auto_groups_rules_on_create_and_update() {
     assert_eq!(r.json()["data"]["auto_groups"], json!(["default"]));
     let r = raw(s.addr, "PUT", "/api/token/", &h, r#"{"id":1,"group":""}"#).await;
     assert_eq!(r.json()["data"]["auto_groups"], Value::Null);
+}
+
+// === fork field: billing_type ===
+
+/// The `billing_type` of token `id` as `GET /api/token/{id}` shows it.
+async fn shown_billing_type(addr: SocketAddr, id: i64) -> Value {
+    let r = api(addr, "GET", &format!("/api/token/{id}"), "").await;
+    assert_eq!(r.json()["success"], true, "{}", r.body);
+    r.json()["data"]["billing_type"].clone()
+}
+
+#[tokio::test]
+async fn fork_billing_type_is_bound_shown_and_reset_by_a_full_update_without_it() {
+    let s = start_with(|c| c.fork_billing_type = true).await;
+    let r = api(
+        s.addr,
+        "POST",
+        "/api/token/",
+        r#"{"name":"b","billing_type":"per_request"}"#,
+    )
+    .await;
+    assert_eq!(r.body, r#"{"message":"","success":true}"#);
+    let id = s.emulator.tokens()[0].id;
+    assert_eq!(stored(&s.emulator, id).billing_type, "per_request");
+    // Go struct order: after cross_group_retry, before DeletedAt.
+    let r = api(s.addr, "GET", &format!("/api/token/{id}"), "").await;
+    assert!(
+        r.body
+            .contains(r#""cross_group_retry":false,"billing_type":"per_request","DeletedAt":null"#),
+        "{}",
+        r.body
+    );
+    // Every view shows it: list, search.
+    let r = api(s.addr, "GET", "/api/token/", "").await;
+    assert_eq!(r.json()["data"]["items"][0]["billing_type"], "per_request");
+    let r = api(s.addr, "GET", "/api/token/search?keyword=b", "").await;
+    assert_eq!(r.json()["data"]["items"][0]["billing_type"], "per_request");
+    // A wrong type is Go's binding error, like the other string fields.
+    api(s.addr, "POST", "/api/token/", r#"{"billing_type":1}"#)
+        .await
+        .assert_fail(
+            200,
+            "json: cannot unmarshal number into Go struct field Token.billing_type of type string",
+        );
+    assert_eq!(s.emulator.tokens().len(), 1);
+
+    // Status-only leaves it.
+    let r = api(
+        s.addr,
+        "PUT",
+        "/api/token/?status_only=true",
+        &format!(r#"{{"id":{id},"status":2}}"#),
+    )
+    .await;
+    assert_eq!(r.json()["data"]["billing_type"], "per_request");
+    assert_eq!(stored(&s.emulator, id).status, 2);
+    assert_eq!(stored(&s.emulator, id).billing_type, "per_request");
+
+    // A full update with it writes the new value.
+    let r = api(
+        s.addr,
+        "PUT",
+        "/api/token/",
+        &format!(r#"{{"id":{id},"name":"b","billing_type":"tiered"}}"#),
+    )
+    .await;
+    assert_eq!(r.json()["data"]["billing_type"], "tiered");
+    assert_eq!(stored(&s.emulator, id).billing_type, "tiered");
+    assert_eq!(shown_billing_type(s.addr, id).await, "tiered");
+
+    // A full update without it (a client that does not know the field) resets it to "".
+    let r = api(
+        s.addr,
+        "PUT",
+        "/api/token/",
+        &format!(r#"{{"id":{id},"name":"b","remain_quota":5}}"#),
+    )
+    .await;
+    assert_eq!(r.json()["data"]["billing_type"], "");
+    assert_eq!(stored(&s.emulator, id).billing_type, "");
+    assert_eq!(shown_billing_type(s.addr, id).await, "");
+
+    // null is Go's "leave the zero value": "" as well.
+    api(
+        s.addr,
+        "PUT",
+        "/api/token/",
+        &format!(r#"{{"id":{id},"billing_type":"x"}}"#),
+    )
+    .await;
+    api(
+        s.addr,
+        "PUT",
+        "/api/token/",
+        &format!(r#"{{"id":{id},"billing_type":null}}"#),
+    )
+    .await;
+    assert_eq!(stored(&s.emulator, id).billing_type, "");
+
+    // Seeding sets it; a token created without it has "".
+    let seeded = s.emulator.insert_token(
+        UID,
+        NewToken {
+            billing_type: "seeded".into(),
+            ..Default::default()
+        },
+    );
+    assert_eq!(shown_billing_type(s.addr, seeded).await, "seeded");
+    api(s.addr, "POST", "/api/token/", r#"{"name":"plain"}"#).await;
+    let plain = s.emulator.tokens().last().unwrap().id;
+    assert_eq!(shown_billing_type(s.addr, plain).await, "");
+}
+
+#[tokio::test]
+async fn fork_billing_type_in_e3_comes_before_auto_groups() {
+    let s = start_with(|c| {
+        c.era = Era::E3;
+        c.fork_billing_type = true;
+    })
+    .await;
+    let h = [("Authorization", TOKEN)];
+    raw(s.addr, "POST", "/api/token/", &h, r#"{"billing_type":"x"}"#).await;
+    let r = raw(s.addr, "GET", "/api/token/1", &h, "").await;
+    assert!(
+        r.body.contains(
+            r#""cross_group_retry":false,"billing_type":"x","auto_groups":null,"DeletedAt":null"#
+        ),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test]
+async fn billing_type_is_off_by_default_and_then_nowhere_in_the_api() {
+    let s = start().await;
+    assert!(!s.emulator.config().fork_billing_type);
+    let id = s.emulator.insert_token(
+        UID,
+        NewToken {
+            name: "n".into(),
+            billing_type: "seeded".into(),
+            ..Default::default()
+        },
+    );
+    let r = api(s.addr, "GET", &format!("/api/token/{id}"), "").await;
+    assert!(!r.body.contains("billing_type"), "{}", r.body);
+    let r = api(s.addr, "GET", "/api/token/", "").await;
+    assert!(!r.body.contains("billing_type"), "{}", r.body);
+    let r = api(s.addr, "GET", "/api/token/search?keyword=n", "").await;
+    assert!(!r.body.contains("billing_type"), "{}", r.body);
+    // An unknown key to Go: ignored whatever its type, and a full update leaves the column.
+    let r = api(s.addr, "POST", "/api/token/", r#"{"billing_type":1}"#).await;
+    assert_eq!(r.body, r#"{"message":"","success":true}"#);
+    let r = api(
+        s.addr,
+        "PUT",
+        "/api/token/",
+        &format!(r#"{{"id":{id},"name":"n","billing_type":"other"}}"#),
+    )
+    .await;
+    assert_eq!(r.json()["success"], true);
+    assert!(!r.body.contains("billing_type"), "{}", r.body);
+    assert_eq!(stored(&s.emulator, id).billing_type, "seeded");
+    let created = s.emulator.tokens().last().unwrap().clone();
+    assert_eq!(created.billing_type, "");
+}
+
+// === relay usage ===
+
+#[tokio::test]
+async fn use_quota_bills_limited_and_unlimited_tokens_like_new_api() {
+    let s = start().await;
+    let e = &s.emulator;
+    let limited = e.insert_token(
+        UID,
+        NewToken {
+            remain_quota: 100,
+            accessed_time: Some(1),
+            ..Default::default()
+        },
+    );
+    assert!(e.use_quota(limited, 30));
+    let t = stored(e, limited);
+    assert_eq!((t.remain_quota, t.used_quota, t.status), (70, 30, 1));
+    assert!(t.accessed_time > 1, "billing sets accessed_time");
+    let r = api(s.addr, "GET", &format!("/api/token/{limited}"), "").await;
+    assert_eq!(r.json()["data"]["remain_quota"], 70);
+    assert_eq!(r.json()["data"]["used_quota"], 30);
+    // Run out: status 4 (exhausted), and enabling it again is refused on that stored state.
+    assert!(e.use_quota(limited, 75));
+    let t = stored(e, limited);
+    assert_eq!((t.remain_quota, t.used_quota, t.status), (-5, 105, 4));
+    api(
+        s.addr,
+        "PUT",
+        "/api/token/?status_only=1",
+        &format!(r#"{{"id":{limited},"status":1}}"#),
+    )
+    .await
+    .assert_fail(
+        200,
+        "Token quota is exhausted and cannot be enabled. Please modify the remaining quota or set it to unlimited",
+    );
+
+    // Exactly 0 left is exhausted too.
+    let exact = e.insert_token(
+        UID,
+        NewToken {
+            remain_quota: 10,
+            ..Default::default()
+        },
+    );
+    assert!(e.use_quota(exact, 10));
+    assert_eq!(
+        (stored(e, exact).remain_quota, stored(e, exact).status),
+        (0, 4)
+    );
+
+    // Unlimited: remain_quota goes negative, the status stays.
+    let unlimited = e.insert_token(
+        UID,
+        NewToken {
+            unlimited_quota: true,
+            ..Default::default()
+        },
+    );
+    assert!(e.use_quota(unlimited, 50));
+    assert!(e.use_quota(unlimited, 25));
+    let t = stored(e, unlimited);
+    assert_eq!((t.remain_quota, t.used_quota, t.status), (-75, 75, 1));
+    let r = api(s.addr, "GET", &format!("/api/token/{unlimited}"), "").await;
+    assert_eq!(r.json()["data"]["remain_quota"], -75);
+
+    // A disabled token is billed but keeps status 2 (relay auth never reaches the quota check).
+    let disabled = e.insert_token(
+        UID,
+        NewToken {
+            status: 2,
+            remain_quota: 5,
+            ..Default::default()
+        },
+    );
+    assert!(e.use_quota(disabled, 5));
+    assert_eq!(
+        (stored(e, disabled).remain_quota, stored(e, disabled).status),
+        (0, 2)
+    );
+
+    // Any owner's live token; not a missing or soft-deleted one.
+    let other = e.insert_token(
+        7,
+        NewToken {
+            remain_quota: 9,
+            ..Default::default()
+        },
+    );
+    assert!(e.use_quota(other, 1));
+    assert_eq!(stored(e, other).remain_quota, 8);
+    assert!(!e.use_quota(9_999, 1));
+    api(s.addr, "DELETE", &format!("/api/token/{exact}"), "").await;
+    let before = stored(e, exact);
+    assert!(!e.use_quota(exact, 1));
+    assert_eq!(stored(e, exact), before);
+}
+
+#[tokio::test]
+async fn usage_armed_for_the_next_read_lands_right_after_it_once() {
+    let s = start().await;
+    let e = &s.emulator;
+    let id = e.insert_token(
+        UID,
+        NewToken {
+            name: "raced".into(),
+            remain_quota: 1_000,
+            ..Default::default()
+        },
+    );
+    let neighbour = seed(e, "neighbour");
+    let foreign = e.insert_token(
+        7,
+        NewToken {
+            remain_quota: 1_000,
+            ..Default::default()
+        },
+    );
+    e.use_quota_after_next_read(id, 300);
+    e.use_quota_after_next_read(foreign, 300);
+
+    // Neither list, search, key reveal, another token's read nor a failed read fires it.
+    api(s.addr, "GET", "/api/token/", "").await;
+    api(s.addr, "GET", "/api/token/search?keyword=raced", "").await;
+    api(s.addr, "POST", &format!("/api/token/{id}/key"), "").await;
+    api(s.addr, "GET", &format!("/api/token/{neighbour}"), "").await;
+    api(s.addr, "GET", &format!("/api/token/{foreign}"), "")
+        .await
+        .assert_fail(200, "record not found");
+    assert_eq!(stored(e, id).remain_quota, 1_000);
+    assert_eq!(stored(e, foreign).remain_quota, 1_000);
+
+    // The read answers the values before the usage; the row has it right after.
+    let r = api(s.addr, "GET", &format!("/api/token/{id}"), "").await;
+    assert_eq!(r.json()["data"]["remain_quota"], 1_000);
+    assert_eq!(r.json()["data"]["used_quota"], 0);
+    let t = stored(e, id);
+    assert_eq!((t.remain_quota, t.used_quota), (700, 300));
+
+    // Once only.
+    let r = api(s.addr, "GET", &format!("/api/token/{id}"), "").await;
+    assert_eq!(r.json()["data"]["remain_quota"], 700);
+    assert_eq!(stored(e, id).remain_quota, 700);
+
+    // What it is for: a read-merge-write writes back the remain_quota it read, so usage between
+    // the read and the write is overwritten (used_quota keeps it: no full update writes that).
+    e.use_quota_after_next_read(id, 200);
+    let read = api(s.addr, "GET", &format!("/api/token/{id}"), "")
+        .await
+        .json()["data"]
+        .clone();
+    assert_eq!(read["remain_quota"], 700);
+    assert_eq!(stored(e, id).remain_quota, 500);
+    let mut body = read.clone();
+    body["name"] = json!("renamed");
+    body["expired_time"] = json!(-1);
+    api(s.addr, "PUT", "/api/token/", &body.to_string()).await;
+    let t = stored(e, id);
+    assert_eq!((t.remain_quota, t.used_quota), (700, 500));
+
+    // Armed twice: one per read, oldest first (a client that re-reads races again).
+    e.use_quota_after_next_read(id, 10);
+    e.use_quota_after_next_read(id, 20);
+    api(s.addr, "GET", &format!("/api/token/{id}"), "").await;
+    assert_eq!(stored(e, id).remain_quota, 690);
+    api(s.addr, "GET", &format!("/api/token/{id}"), "").await;
+    assert_eq!(stored(e, id).remain_quota, 670);
+    api(s.addr, "GET", &format!("/api/token/{id}"), "").await;
+    assert_eq!(stored(e, id).remain_quota, 670);
 }

@@ -29,6 +29,9 @@ pub(crate) struct TokenInput {
     pub(crate) used_quota: i64,
     pub(crate) group: String,
     pub(crate) cross_group_retry: bool,
+    /// The fork field of
+    /// [`EmulatorConfig::fork_billing_type`](super::EmulatorConfig::fork_billing_type).
+    pub(crate) billing_type: String,
     /// E3 only.
     pub(crate) auto_groups: Option<Vec<String>>,
     /// Whether the body named `auto_groups` at all (E3 update keeps the stored list otherwise).
@@ -158,23 +161,30 @@ const TOKEN_FIELDS: &[&str] = &[
     "used_quota",
     "group",
     "cross_group_retry",
+    "billing_type",
     "DeletedAt",
     "auto_groups",
 ];
 
-/// `c.ShouldBindJSON(&token)` for create and update.
-pub(crate) fn bind_token(body: &[u8], era: Era) -> Result<TokenInput, String> {
-    let fields = match era {
-        Era::E2 => &TOKEN_FIELDS[..TOKEN_FIELDS.len() - 1],
-        Era::E3 => TOKEN_FIELDS,
-    };
+/// `c.ShouldBindJSON(&token)` for create and update. `billing_type` is a field only when the
+/// fork switch is on (otherwise Go would ignore the key as unknown), `auto_groups` only in E3.
+pub(crate) fn bind_token(body: &[u8], era: Era, billing_type: bool) -> Result<TokenInput, String> {
+    let fields: Vec<&str> = TOKEN_FIELDS
+        .iter()
+        .copied()
+        .filter(|name| match *name {
+            "billing_type" => billing_type,
+            "auto_groups" => era == Era::E3,
+            _ => true,
+        })
+        .collect();
     let mut t = TokenInput::default();
     let mut e = Errors {
         first: None,
         structure: "Token",
     };
     for (key, v) in members(body, "model.Token")? {
-        let Some(name) = field_name(&key, fields) else {
+        let Some(name) = field_name(&key, &fields) else {
             continue;
         };
         match name {
@@ -194,6 +204,7 @@ pub(crate) fn bind_token(body: &[u8], era: Era) -> Result<TokenInput, String> {
             "used_quota" => e.int(&v, name, "int", &mut t.used_quota),
             "group" => e.string(&v, name, &mut t.group),
             "cross_group_retry" => e.boolean(&v, name, &mut t.cross_group_retry),
+            "billing_type" => e.string(&v, name, &mut t.billing_type),
             "auto_groups" => {
                 t.auto_groups_present = true;
                 e.strings(&v, name, &mut t.auto_groups);
@@ -242,26 +253,37 @@ mod tests {
         let t = bind_token(
             br#"{"NAME":"a","name":"b","x":[1,{}],"remain_quota":5}"#,
             Era::E2,
+            false,
         )
         .unwrap();
         assert_eq!(t.name, "b");
         assert_eq!(t.remain_quota, 5);
         assert_eq!(
-            bind_token(br#"{"remain_quota":"5"}"#, Era::E2).unwrap_err(),
+            bind_token(br#"{"remain_quota":"5"}"#, Era::E2, false).unwrap_err(),
             "json: cannot unmarshal string into Go struct field Token.remain_quota of type int"
         );
         assert_eq!(
-            bind_token(br#"{"expired_time":1.5}"#, Era::E2).unwrap_err(),
+            bind_token(br#"{"expired_time":1.5}"#, Era::E2, false).unwrap_err(),
             "json: cannot unmarshal number 1.5 into Go struct field Token.expired_time of type int64"
         );
         assert_eq!(
-            bind_token(br#"{"name":5}"#, Era::E2).unwrap_err(),
+            bind_token(br#"{"name":5}"#, Era::E2, false).unwrap_err(),
             "json: cannot unmarshal number into Go struct field Token.name of type string"
         );
         assert_eq!(
-            bind_token(b"[]", Era::E2).unwrap_err(),
+            bind_token(b"[]", Era::E2, false).unwrap_err(),
             "json: cannot unmarshal array into Go value of type model.Token"
         );
+        // The fork field binds like the other strings, and only when switched on.
+        let t = bind_token(br#"{"Billing_Type":"tiered"}"#, Era::E2, true).unwrap();
+        assert_eq!(t.billing_type, "tiered");
+        let t = bind_token(br#"{"billing_type":"tiered"}"#, Era::E2, false).unwrap();
+        assert_eq!(t.billing_type, "");
+        assert_eq!(
+            bind_token(br#"{"billing_type":1}"#, Era::E3, true).unwrap_err(),
+            "json: cannot unmarshal number into Go struct field Token.billing_type of type string"
+        );
+        assert!(bind_token(br#"{"billing_type":1}"#, Era::E3, false).is_ok());
         assert_eq!(bind_ids(br#"{"ids":[1,2,2]}"#).unwrap(), vec![1, 2, 2]);
         assert!(bind_ids(br#"{"ids":["1"]}"#).is_err());
     }

@@ -56,16 +56,25 @@ pub struct EmulatorConfig {
     /// GlobalWebRateLimit (60 per 180 s per IP on unknown routes), SearchRateLimit (10 per 60 s
     /// per user), CriticalRateLimit (20 per 1200 s per IP on key reveals). Blocked → bare 429.
     pub rate_limits: bool,
+    /// Imitate a version or fork whose token model has a `billing_type` string (default `""`;
+    /// `upstream-new-api.md` §3, "others"). On: every token view shows it after
+    /// `cross_group_retry` (before E3's `auto_groups` and `DeletedAt`), create and update bind it
+    /// like the other string fields, and a full update writes it unconditionally, `""` when the
+    /// body lacks it, like every other editable field (§4.2 step 7). That is why the switch
+    /// exists: a client that rebuilds the full PUT from a field list without `billing_type`
+    /// resets it, and a test can see that. Off (the default): the field exists nowhere in the API.
+    pub fork_billing_type: bool,
 }
 
 impl EmulatorConfig {
-    /// A common-user account in era E2, rate limits off.
+    /// A common-user account in era E2, rate limits off, no fork fields.
     pub fn new(access_token: impl Into<String>, user_id: i64) -> Self {
         EmulatorConfig {
             access_token: access_token.into(),
             user_id,
             era: Era::E2,
             rate_limits: false,
+            fork_billing_type: false,
         }
     }
 }

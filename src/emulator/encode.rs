@@ -163,7 +163,8 @@ pub(crate) fn redirect(is_get: bool, location: &str) -> Reply {
     resp
 }
 
-/// A token as the API shows it (Go struct order; E3 adds `auto_groups`).
+/// A token as the API shows it (Go struct order; the `billing_type` fork field, when on, after
+/// `cross_group_retry` where such a fork declares it; E3 adds `auto_groups`).
 #[derive(Serialize)]
 pub(crate) struct TokenView<'a> {
     id: i64,
@@ -183,14 +184,17 @@ pub(crate) struct TokenView<'a> {
     group: &'a str,
     cross_group_retry: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
+    billing_type: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     auto_groups: Option<&'a Option<Vec<String>>>,
     #[serde(rename = "DeletedAt")]
     deleted_at: (),
 }
 
 impl<'a> TokenView<'a> {
-    /// The masked view of `t` (`buildMaskedTokenResponse`).
-    pub(crate) fn masked(t: &'a StoredToken, era: Era) -> Self {
+    /// The masked view of `t` (`buildMaskedTokenResponse`); `billing_type` is
+    /// [`EmulatorConfig::fork_billing_type`](super::EmulatorConfig::fork_billing_type).
+    pub(crate) fn masked(t: &'a StoredToken, era: Era, billing_type: bool) -> Self {
         TokenView {
             id: t.id,
             user_id: t.user_id,
@@ -208,6 +212,7 @@ impl<'a> TokenView<'a> {
             used_quota: t.used_quota,
             group: &t.group,
             cross_group_retry: t.cross_group_retry,
+            billing_type: billing_type.then_some(t.billing_type.as_str()),
             auto_groups: (era == Era::E3).then_some(&t.auto_groups),
             deleted_at: (),
         }

@@ -15,7 +15,7 @@ use super::messages::{
 };
 use super::routes::Route;
 use super::search;
-use super::store::{NewToken, Store};
+use super::store::{NewToken, Store, StoredToken};
 
 /// `token_setting.max_user_tokens` (default).
 pub(crate) const MAX_USER_TOKENS: usize = 1000;
@@ -29,6 +29,8 @@ const SELECTABLE_GROUPS: &[&str] = &["default"];
 /// Everything a handler needs besides the store.
 pub(crate) struct Ctx<'a> {
     pub(crate) era: Era,
+    /// [`EmulatorConfig::fork_billing_type`](super::EmulatorConfig::fork_billing_type).
+    pub(crate) billing_type: bool,
     pub(crate) caller: Caller,
     pub(crate) lang: Lang,
     pub(crate) query: Option<&'a str>,
@@ -61,6 +63,11 @@ impl Ctx<'_> {
 
     pub(crate) fn query(&self, name: &str) -> String {
         query_value(self.query, name)
+    }
+
+    /// How this era (and fork) shows `t`.
+    pub(crate) fn view<'t>(&self, t: &'t StoredToken) -> TokenView<'t> {
+        TokenView::masked(t, self.era, self.billing_type)
     }
 }
 
@@ -107,11 +114,14 @@ fn get(store: &mut Store, ctx: &Ctx<'_>, raw_id: &str, reveal: bool) -> Reply {
     if id == 0 || owner == Some(0) {
         return fail(StatusCode::OK, ID_EMPTY);
     }
-    match store.find_mut(id, owner) {
-        None => fail(StatusCode::OK, RECORD_NOT_FOUND),
-        Some(t) if reveal => ok_data(&KeyData { key: &t.key }),
-        Some(t) => ok_data(&TokenView::masked(t, ctx.era)),
-    }
+    let reply = match store.find_mut(id, owner) {
+        None => return fail(StatusCode::OK, RECORD_NOT_FOUND),
+        Some(t) if reveal => return ok_data(&KeyData { key: &t.key }),
+        Some(t) => ok_data(&ctx.view(t)),
+    };
+    // The answer is already written: usage armed for this read lands after it (a test hook).
+    store.read_happened(id, ctx.now);
+    reply
 }
 
 /// The checks create and update share: name length, then quota unless unlimited.
@@ -153,7 +163,7 @@ fn check_auto_groups(t: &mut TokenInput, ctx: &Ctx<'_>) -> Result<(), Reply> {
 }
 
 fn create(store: &mut Store, ctx: &Ctx<'_>) -> Reply {
-    let mut t = match bind_token(ctx.body, ctx.era) {
+    let mut t = match bind_token(ctx.body, ctx.era, ctx.billing_type) {
         Ok(t) => t,
         Err(e) => return fail(StatusCode::OK, &e),
     };
@@ -193,6 +203,7 @@ fn create(store: &mut Store, ctx: &Ctx<'_>) -> Reply {
         used_quota: 0,
         group: t.group,
         cross_group_retry: t.cross_group_retry,
+        billing_type: t.billing_type,
         auto_groups: t.auto_groups,
         deleted: false,
     };
@@ -201,7 +212,7 @@ fn create(store: &mut Store, ctx: &Ctx<'_>) -> Reply {
 }
 
 fn update(store: &mut Store, ctx: &Ctx<'_>) -> Reply {
-    let mut t = match bind_token(ctx.body, ctx.era) {
+    let mut t = match bind_token(ctx.body, ctx.era, ctx.billing_type) {
         Ok(t) => t,
         Err(e) => return fail(StatusCode::OK, &e),
     };
@@ -241,11 +252,15 @@ fn update(store: &mut Store, ctx: &Ctx<'_>) -> Reply {
         stored.allow_ips = t.allow_ips;
         stored.group = t.group;
         stored.cross_group_retry = t.cross_group_retry;
+        if ctx.billing_type {
+            // Unconditional like the rest: a body without it writes "".
+            stored.billing_type = t.billing_type;
+        }
         if ctx.era == Era::E3 && (stored.group != "auto" || t.auto_groups_present) {
             stored.auto_groups = t.auto_groups;
         }
     }
-    ok_data(&TokenView::masked(stored, ctx.era))
+    ok_data(&ctx.view(stored))
 }
 
 fn delete(store: &mut Store, ctx: &Ctx<'_>, raw_id: &str) -> Reply {

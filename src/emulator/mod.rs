@@ -34,7 +34,11 @@
 //! - Test hooks: [`Emulator::seen`] / [`Emulator::clear_seen`] (last [`SEEN_CAPACITY`]
 //!   requests as [`SeenRequest`]), [`Emulator::tokens`] (the whole table as [`StoredToken`]),
 //!   [`Emulator::add_user`] ([`User`]), [`Emulator::insert_token`] ([`NewToken`]),
-//!   [`Emulator::set_delay`], [`Emulator::config`].
+//!   [`Emulator::set_delay`], [`Emulator::config`]; relay usage, which the emulator has no
+//!   route for: [`Emulator::use_quota`], and [`Emulator::use_quota_after_next_read`] to land it
+//!   between a client's read and write.
+//! - Fork fields: [`EmulatorConfig::fork_billing_type`] (a `billing_type` string in the token
+//!   model, overwritten by full updates like the other editable fields).
 //! - [`Era`] (`FromStr`, error [`UnknownEra`]), [`EmulatorConfig`], and the header values
 //!   [`AUTH_VERSION`] and [`NEW_API_VERSION`].
 //!

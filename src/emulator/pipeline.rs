@@ -69,6 +69,7 @@ pub(crate) fn respond(emu: &Emulator, parts: &Parts, body: &[u8], peer: SocketAd
                     } else {
                         let ctx = Ctx {
                             era: config.era,
+                            billing_type: config.fork_billing_type,
                             caller,
                             lang,
                             query: parts.uri.query(),

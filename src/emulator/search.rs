@@ -6,7 +6,7 @@
 
 use http::StatusCode;
 
-use super::encode::{fail, ok_data, Page, Reply, TokenView};
+use super::encode::{fail, ok_data, Page, Reply};
 use super::gostr::atoi_ok;
 use super::handlers::{Ctx, MAX_USER_TOKENS};
 use super::messages::{
@@ -44,7 +44,7 @@ fn paginate(ctx: &Ctx<'_>, mut matches: Vec<&StoredToken>) -> Reply {
         .into_iter()
         .skip(start)
         .take(usize::try_from(page_size).unwrap_or(0))
-        .map(|t| TokenView::masked(t, ctx.era))
+        .map(|t| ctx.view(t))
         .collect();
     ok_data(&Page {
         page,

@@ -179,6 +179,30 @@ impl Emulator {
         self.store().insert(user_id, token, unix_now())
     }
 
+    /// Simulate relay usage of token `id` as new-api bills it: `remain_quota -= amount` and
+    /// `used_quota += amount` for limited and unlimited tokens alike (an unlimited token's
+    /// `remain_quota` goes below 0, as new-api's does), `accessed_time` set to now. A limited,
+    /// enabled, unexpired token left with `remain_quota <= 0` gets status 4 (exhausted) at once:
+    /// new-api's relay auth does that on the next relay request with Redis off
+    /// (`upstream-new-api.md` §3), and the emulator has no relay. A negative `amount` is a
+    /// refund. Returns whether a live (not soft-deleted) token with that id exists, whoever owns
+    /// it; nothing changes otherwise.
+    pub fn use_quota(&self, id: i64, amount: i64) -> bool {
+        self.store().use_quota(id, amount, unix_now())
+    }
+
+    /// Arm a one-shot [`use_quota`](Self::use_quota)`(id, amount)` that runs right after the next
+    /// successful `GET /api/token/{id}` has been answered: that answer still shows the values
+    /// before the usage, the stored row has it applied from then on. This puts relay usage
+    /// between a client's read and its write-back, the race a read-merge-write (a PATCH turned
+    /// into a full PUT) has against real traffic. Only a single-token read that finds the token
+    /// fires it (not list, search, key reveal, or a failed read). Each call arms one hook and
+    /// each such read fires the oldest one armed for `id`, so arming twice puts usage after the
+    /// first read and after the second (a client that re-reads and retries races again).
+    pub fn use_quota_after_next_read(&self, id: i64, amount: i64) {
+        self.store().usage_after_read.push((id, amount));
+    }
+
     /// Sleep this long before handling every request (default zero). The request is recorded in
     /// [`seen`](Self::seen) first; if the client goes away during the delay it is not applied.
     pub fn set_delay(&self, delay: Duration) {

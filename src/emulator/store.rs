@@ -39,6 +39,11 @@ pub struct StoredToken {
     pub group: String,
     /// Only meaningful with group "auto".
     pub cross_group_retry: bool,
+    /// The fork column of
+    /// [`EmulatorConfig::fork_billing_type`](super::EmulatorConfig::fork_billing_type). With that
+    /// switch off the API neither shows nor writes it, so it keeps what was seeded
+    /// (`""` for tokens created through the API).
+    pub billing_type: String,
     /// E3: the groups of an "auto" token (`None` is JSON `null`).
     pub auto_groups: Option<Vec<String>>,
     /// gorm soft delete: the row stays, every query skips it.
@@ -76,6 +81,9 @@ pub struct NewToken {
     pub group: String,
     /// Default false.
     pub cross_group_retry: bool,
+    /// Default "". Only visible through the API with
+    /// [`EmulatorConfig::fork_billing_type`](super::EmulatorConfig::fork_billing_type) on.
+    pub billing_type: String,
     /// Default `None`.
     pub auto_groups: Option<Vec<String>>,
     /// Seed an already soft-deleted row.
@@ -99,17 +107,26 @@ impl Default for NewToken {
             used_quota: 0,
             group: String::new(),
             cross_group_retry: false,
+            billing_type: String::new(),
             auto_groups: None,
             deleted: false,
         }
     }
 }
 
-/// The database: users and tokens.
+/// `common.TokenStatusEnabled`.
+const STATUS_ENABLED: i64 = 1;
+/// `common.TokenStatusExhausted`.
+const STATUS_EXHAUSTED: i64 = 4;
+
+/// The database: users and tokens, plus usage waiting for a read (a test hook).
 #[derive(Debug, Default)]
 pub(crate) struct Store {
     pub(crate) users: Vec<User>,
     pub(crate) tokens: Vec<StoredToken>,
+    /// `(token id, amount)` to apply with [`use_quota`](Self::use_quota) right after a
+    /// successful single-token read of that id, one per read, oldest first.
+    pub(crate) usage_after_read: Vec<(i64, i64)>,
 }
 
 impl Store {
@@ -165,10 +182,48 @@ impl Store {
             used_quota: new.used_quota,
             group: new.group,
             cross_group_retry: new.cross_group_retry,
+            billing_type: new.billing_type,
             auto_groups: new.auto_groups,
             deleted: new.deleted,
         });
         id
+    }
+
+    /// Relay usage of a live token, as new-api records it; `false` when there is no such token.
+    ///
+    /// Billing (`decreaseTokenQuota`) subtracts from `remain_quota`, adds to `used_quota` and
+    /// sets `accessed_time`, for unlimited tokens too (so theirs goes negative,
+    /// `upstream-new-api.md` §3); a negative `amount` is a refund (`increaseTokenQuota`, the same
+    /// columns the other way). new-api marks a limited token exhausted (status 4) when relay auth
+    /// (`ValidateUserToken`, Redis off) next finds `remain_quota <= 0` on it; the emulator has no
+    /// relay, so it does that here at once, as if the next relay request had already come. Relay
+    /// auth only gets that far for an enabled, unexpired token (a disabled one is refused
+    /// earlier, an expired one gets status 3, which this does not model), so other tokens keep
+    /// their status. Arithmetic saturates rather than overflowing.
+    pub(crate) fn use_quota(&mut self, id: i64, amount: i64, now: i64) -> bool {
+        let Some(t) = self.find_mut(id, None) else {
+            return false;
+        };
+        t.remain_quota = t.remain_quota.saturating_sub(amount);
+        t.used_quota = t.used_quota.saturating_add(amount);
+        t.accessed_time = now;
+        let unexpired = t.expired_time == -1 || t.expired_time >= now;
+        if t.status == STATUS_ENABLED && unexpired && !t.unlimited_quota && t.remain_quota <= 0 {
+            t.status = STATUS_EXHAUSTED;
+        }
+        true
+    }
+
+    /// Apply (and disarm) the oldest usage waiting for a read of token `id`, if any.
+    pub(crate) fn read_happened(&mut self, id: i64, now: i64) {
+        let due = self
+            .usage_after_read
+            .iter()
+            .position(|(armed, _)| *armed == id);
+        if let Some(index) = due {
+            let (_, amount) = self.usage_after_read.remove(index);
+            self.use_quota(id, amount, now);
+        }
     }
 
     /// A key not used by any row (the column has a unique index).
