@@ -19,6 +19,8 @@
 #   soak         steady audited PUT load for SOAK_SECONDS; resident size every 30 s
 #   identities   pass-through mode, every request a new token (IDENTITIES of them, default
 #                1 000 000): identities tracked and resident size stay flat past max_identities
+#   window       the read-to-write window of a PATCH (tokengate_patch_window_seconds) at 1, 16
+#                and 64 connections
 #   addresses    refusals before authentication from ADDRESSES source addresses (default
 #                100 000) over 127.0.0.0/8: addresses tracked and resident size stay bounded
 set -euo pipefail
@@ -288,6 +290,41 @@ PY
     tracked=$(metric "$tg_admin" tokengate_unauthenticated_addresses)
     printf '| %s | %s | %s | %s |\n' "$from" "$tracked" "$(mib "$(rss_kib "$tg_pid")")" \
       "$(( step * 25 * 1000000000 / (t1 - t0) ))"
+  done
+  stop_pid "$tg_pid"
+}
+
+study_window() {
+  echo; echo "### PATCH read-to-write window (tokengate_patch_window_seconds), trail on disk, fsync = \"always\""
+  echo "(from the read of the token being answered to the full PUT being sent: the merge, the"
+  echo "policy check and the intent record; usage of the token in that window is undone by the PUT)"
+  tokengate_config window "$work/window/trail.jsonl" always
+  start_tokengate window
+  echo "| connections | requests/s | p50 window µs | p99 window µs | windows measured |"
+  echo "|---:|---:|---:|---:|---:|"
+  local c r before after
+  for c in 1 16 64; do
+    before=$(curl -sf "http://127.0.0.1:$tg_admin/metrics")
+    r=$(measure "http://127.0.0.1:$tg_port" "$c" "$secs" "$work/patch.lua" "$tg_pid")
+    after=$(curl -sf "http://127.0.0.1:$tg_admin/metrics")
+    printf '| %s | %s | %s |\n' "$c" "$(field 1 "$r")" "$(BEFORE="$before" AFTER="$after" python3 - <<'PY'
+import os, re
+def buckets(text):
+    out = {}
+    for le, n in re.findall(r'^tokengate_patch_window_seconds_bucket\{le="([^"]+)"\} (\d+)', text, re.M):
+        out[float("inf") if le == "+Inf" else float(le)] = int(n)
+    return out
+b, a = buckets(os.environ["BEFORE"]), buckets(os.environ["AFTER"])
+counts = sorted((le, a[le] - b.get(le, 0)) for le in a)
+total = counts[-1][1] if counts else 0
+def quantile(q):
+    for le, n in counts:
+        if n >= q * total:
+            return "≤ %.0f" % (le * 1e6) if le != float("inf") else "> last bucket"
+    return "?"
+print(f"{quantile(0.5)} | {quantile(0.99)} | {total}")
+PY
+)"
   done
   stop_pid "$tg_pid"
 }
