@@ -124,7 +124,7 @@ pub enum GatewayError {
     UpstreamAuthFailed,
     /// A PATCH (or one id of a fan-out batch) whose full `PUT` was applied before a later step
     /// failed (SPEC §4.5, §6): the answer says what was applied, and why the rest was not.
-    #[error("the full update was applied ({}); then {cause}", written.join(", "))]
+    #[error("the full update was applied ({}), but the status-only update after it failed: {cause}", written.join(", "))]
     Partial {
         /// The fields the full `PUT` wrote.
         written: Vec<String>,
