@@ -35,6 +35,18 @@ fn stored(upstream: &RunningEmulator, id: i64) -> tokengate::emulator::StoredTok
         .unwrap()
 }
 
+/// A GET-edit-PUT: token `id` as `GET` shows it, `field` set to `value`, sent back as a full update.
+async fn get_edit_put(
+    gateway: &TestGateway,
+    id: i64,
+    field: &str,
+    value: serde_json::Value,
+) -> Reply {
+    let mut token = get_token(gateway, id).await;
+    token[field] = value;
+    admin(gateway.addr, "PUT", "/api/token/", Some(&token.to_string())).await
+}
+
 fn methods(upstream: &RunningEmulator) -> Vec<String> {
     upstream
         .emulator
@@ -96,15 +108,7 @@ async fn a_fork_field_survives_a_patch_and_a_batch_only_when_listed() {
         (5, "tokens")
     );
     // A GET-edit-PUT carries it too when listed.
-    let mut edited = get_token(&gateway, id).await;
-    edited["name"] = json!("edited");
-    let reply = admin(
-        gateway.addr,
-        "PUT",
-        "/api/token/",
-        Some(&edited.to_string()),
-    )
-    .await;
+    let reply = get_edit_put(&gateway, id, "name", json!("edited")).await;
     assert_eq!(reply.json()["success"], true, "{}", reply.text());
     assert_eq!(stored(&upstream, id).billing_type, "tokens");
 }
@@ -162,15 +166,7 @@ async fn a_used_unlimited_token_stays_editable_every_way() {
     let reply = admin(gateway.addr, "PUT", "/api/token/batch", Some(&body)).await;
     assert_eq!(reply.json()["success"], true, "{}", reply.text());
     // A GET-edit-PUT (the stored status comes along and is the stored one).
-    let mut edited = get_token(&gateway, id).await;
-    edited["name"] = json!("edited");
-    let reply = admin(
-        gateway.addr,
-        "PUT",
-        "/api/token/",
-        Some(&edited.to_string()),
-    )
-    .await;
+    let reply = get_edit_put(&gateway, id, "name", json!("edited")).await;
     assert_eq!(reply.json()["success"], true, "{}", reply.text());
     // A whole-token status-only body.
     let mut whole = get_token(&gateway, id).await;
