@@ -100,8 +100,8 @@ pub struct AuditVerifyArgs {
     /// The environment variable holding the audit key (instead of the configuration's).
     #[arg(long, value_name = "VAR")]
     pub key_env: Option<String>,
-    /// The trail files, oldest first; by default `<audit.path>.1 … <audit.path>.n` then
-    /// `<audit.path>`.
+    /// The trail files, oldest first; by default `<audit.path>.k … <audit.path>.n` then
+    /// `<audit.path>` (k the oldest rotated file left: older ones may have been archived).
     #[arg(value_name = "FILES")]
     pub files: Vec<PathBuf>,
 }
@@ -506,6 +506,14 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
                 plural(summary.files as u64, "file"),
                 summary.last_seq
             );
+            // Older files may be archived or deleted (SPEC §6): say so, so that an auditor who
+            // expects the whole trail sees that its beginning is not here.
+            if summary.first_seq > 1 {
+                println!(
+                    "starts at seq {}; earlier files are not present",
+                    summary.first_seq
+                );
+            }
             println!("head {}", summary.head);
             ExitCode::SUCCESS
         }

@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -350,6 +351,85 @@ async fn rotation_and_restart_keep_one_chain() {
     let (code, stdout, stderr) = audit_verify_trail(&path);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("60 records"), "{stdout}");
+}
+
+/// SPEC §6, retention: the oldest rotated files may be archived. `serve` needs only the newest
+/// record, so it starts and rotates on past the highest file (never onto an existing one);
+/// `verify` over what remains says where the trail starts, and a gap in the middle stays a break.
+#[tokio::test]
+async fn archived_rotated_files_leave_a_trail_that_serves_and_verifies() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trail.jsonl");
+    let mut options = Options::new(upstream.addr);
+    options.audit_path = Some(path.clone());
+    options.audit_extra = "rotate_bytes = 4096".into();
+    let write = |gateway: &TestGateway, round: usize| {
+        let addr = gateway.addr;
+        async move {
+            for i in 0..15 {
+                let body = format!(r#"{{"name":"r{round}-{i}"}}"#);
+                let reply = admin(addr, "POST", "/api/token/", Some(&body)).await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+            }
+        }
+    };
+    let mut gateway = TestGateway::start(options.clone()).await;
+    write(&gateway, 0).await;
+    gateway.shutdown().await.unwrap();
+    let files = tokengate::audit::verify::trail_files(&path).unwrap();
+    assert!(files.len() >= 4, "rotated into several files: {files:?}");
+    let rotated_file = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
+
+    // The oldest file goes to an archive.
+    let archive = dir.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let archived = std::fs::read_to_string(rotated_file(1)).unwrap();
+    let archived_records = archived.lines().count() as u64;
+    std::fs::rename(rotated_file(1), archive.join("trail.jsonl.1")).unwrap();
+    let highest_before = files.len() - 1;
+    let newest_rotated = std::fs::read(rotated_file(highest_before)).unwrap();
+
+    // serve starts on what remains and goes on rotating.
+    let mut gateway = TestGateway::start(options.clone()).await;
+    write(&gateway, 1).await;
+    gateway.shutdown().await.unwrap();
+    assert_eq!(
+        std::fs::read(rotated_file(highest_before)).unwrap(),
+        newest_rotated,
+        "no rotation was renamed onto an existing file"
+    );
+    let records = audit_records(&path);
+    assert_eq!(records.len() as u64, 60 - archived_records);
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record["seq"], archived_records + 1 + i as u64);
+    }
+    let (code, stdout, stderr) = audit_verify_trail(&path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "starts at seq {}; earlier files are not present",
+            archived_records + 1
+        )),
+        "{stdout}"
+    );
+    // With the archived file put back in front, the whole trail verifies from seq 1.
+    let mut whole = vec![archive.join("trail.jsonl.1")];
+    whole.extend(tokengate::audit::verify::trail_files(&path).unwrap());
+    let (code, stdout, stderr) = audit_verify(&whole);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("60 records") && !stdout.contains("starts at"));
+
+    // A file missing in the middle is still a break for verify; serve starts all the same.
+    std::fs::remove_file(rotated_file(3)).unwrap();
+    let (code, stdout, stderr) = audit_verify_trail_cli(&path);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stderr.contains("trail.jsonl.3 is missing"), "{stderr}");
+    let mut gateway = TestGateway::start(options).await;
+    write(&gateway, 2).await;
+    gateway.shutdown().await.unwrap();
 }
 
 #[tokio::test]

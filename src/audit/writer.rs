@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use super::chain::{AuditKey, GENESIS};
 use super::record::Draft;
-use super::verify::{tail, trail_files};
+use super::verify::{present_files, tail};
 use crate::config::{AuditConfig, Fsync};
 use crate::metrics::Metrics;
 
@@ -183,7 +183,8 @@ struct FileSink {
     /// The open live file and its (device, inode), or none after a failure.
     file: Option<(File, (u64, u64))>,
     size: u64,
-    /// The highest `<path>.<n>` on disk.
+    /// The highest `<path>.<n>` on disk: the next rotation is to `n + 1`, whatever older files
+    /// were archived (counting the files instead would rename onto the newest one).
     rotated: u64,
     seq: u64,
     prev: String,
@@ -202,7 +203,9 @@ impl Sink {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let files = trail_files(&path)
+        // Only the newest record is needed to resume (SPEC §6, retention): older rotated files
+        // may have been archived or deleted, and a gap among them is for `verify` to report.
+        let (files, rotated) = present_files(&path)
             .map_err(|e| format!("cannot read the trail at {}: {e}", path.display()))?;
         let (seq, prev) = match tail(&files, key) {
             Ok(Some((seq, hash))) => (seq, hash),
@@ -214,7 +217,6 @@ impl Sink {
                 ))
             }
         };
-        let rotated = files.iter().filter(|f| **f != path).count() as u64;
         let mut sink = FileSink {
             path,
             rotate_bytes: config.rotate_bytes,

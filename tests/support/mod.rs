@@ -51,6 +51,33 @@ pub fn audit_verify(files: &[std::path::PathBuf]) -> (i32, String, String) {
     run_cli(&args, &[])
 }
 
+/// Runs `tokengate audit (verb) --config C` (and `extra` arguments), where C is a configuration
+/// whose `[audit]` names the trail at `path` and a file with the tests' audit key: the binary
+/// lists the trail's files itself. Returns (exit code, stdout, stderr).
+pub fn audit_cli(verb: &str, path: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit-key");
+    std::fs::write(&key, AUDIT_KEY).unwrap();
+    let config = dir.path().join("tokengate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\npath = {:?}\nhmac_key_file = {:?}\n",
+            path.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut args = vec!["audit", verb, "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_cli(&args, &[])
+}
+
+/// `tokengate audit verify --config` over the trail at `path` (the binary lists its files).
+pub fn audit_verify_trail_cli(path: &std::path::Path) -> (i32, String, String) {
+    audit_cli("verify", path, &[])
+}
+
 /// `audit_verify` over every file of the trail at `path`.
 pub fn audit_verify_trail(path: &std::path::Path) -> (i32, String, String) {
     audit_verify(&tokengate::audit::verify::trail_files(path).unwrap())
