@@ -1,4 +1,5 @@
-//! The command line (SPEC §7): `serve`, `check`, `keys new`, `audit verify`, `emulator`, `health`.
+//! The command line (SPEC §7): `serve`, `check`, `keys new`, `audit verify`, `audit repair`,
+//! `emulator`, `health`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::audit::chain::AuditKey;
+use crate::audit::repair::{repair, Repair, RepairError};
 use crate::audit::verify::{trail_files, verify};
 use crate::caller::{key_digest_hex, new_key};
 use crate::config::{valid_client_name, Config, ConfigErrors, Mode};
@@ -86,6 +88,11 @@ pub enum AuditCommand {
     /// hash (exit 0 only for an intact trail, 1 at the first bad record, 2 on a usage, config or
     /// key problem).
     Verify(AuditVerifyArgs),
+    /// Cut a torn last line (a crash in the middle of a write) off the live file, keeping the
+    /// bytes in `<audit.path>.torn`, so that `serve` resumes the chain; nothing else is ever
+    /// rewritten (exit 0 when the trail then ends in a record that verifies, or nothing was torn;
+    /// 1 when it does not; 2 on a usage, config or key problem).
+    Repair(ConfigArg),
 }
 
 /// `audit verify` arguments.
@@ -147,6 +154,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => audit_verify(&args),
+        Command::Audit {
+            command: AuditCommand::Repair(args),
+        } => audit_repair(&args.config),
         Command::Emulator(args) => emulator(args),
         Command::Demo => demo(),
         Command::Health(args) => health(args),
@@ -520,6 +530,71 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
         Err(failure) => {
             eprintln!("tokengate: audit trail broken at {failure}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn audit_repair(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            report(path, &errors);
+            return ExitCode::from(2);
+        }
+    };
+    let audit = &config.audit;
+    if audit.path.as_os_str() == "-" {
+        eprintln!("tokengate: audit.path is `-` (standard output): there is no file to repair");
+        return ExitCode::from(2);
+    }
+    let key = match AuditKey::load(
+        audit.hmac_key_env.as_deref(),
+        audit.hmac_key_file.as_deref(),
+    ) {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("tokengate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let live = audit.path.display();
+    match repair(&audit.path, &key) {
+        Ok(Repair::NoLiveFile) => {
+            println!("nothing to repair: {live} is missing or empty");
+            ExitCode::SUCCESS
+        }
+        Ok(Repair::Intact { seq }) => {
+            println!(
+                "nothing to repair: the last line of {live} is a whole record (seq {seq}) that verifies"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Repair::Cut {
+            bytes,
+            line,
+            why,
+            kept_in,
+            resumes_after,
+        }) => {
+            println!(
+                "cut {bytes} bytes off {live}: line {line}, a torn write ({why}); kept in {}",
+                kept_in.display()
+            );
+            match resumes_after {
+                Some((seq, hash)) => println!(
+                    "the trail now ends at seq {seq} (hash {hash}), which verifies: serve resumes the chain at seq {}",
+                    seq + 1
+                ),
+                None => println!("the trail now holds no record: serve starts it at seq 1"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tokengate: {error}");
+            match error {
+                RepairError::Io(_) => ExitCode::from(2),
+                RepairError::NotTorn(_) | RepairError::StillBroken { .. } => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -361,3 +361,118 @@ async fn a_killed_gateway_leaves_a_trail_that_covers_every_change() {
     let (code, stdout, stderr) = audit_verify(&files);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
+
+/// A crash in the middle of a write leaves a torn last line: `serve` refuses to extend it and
+/// says to run `tokengate audit repair`, which cuts that line off (keeping its bytes in
+/// `<path>.torn`) and nothing else; then `verify` passes and `serve` resumes the chain at the
+/// next seq, so no seq is used twice and no complete record is left out.
+#[tokio::test]
+async fn audit_repair_cuts_a_torn_last_line_and_serve_resumes_the_chain() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let options = Options::new(upstream.addr);
+    let mut gateway = Process::serve(&options, &[]);
+    for i in 0..3 {
+        let body = format!(r#"{{"name":"before-{i}"}}"#);
+        let reply = admin(gateway.addr, "POST", "/api/token/", Some(&body)).await;
+        assert_eq!(reply.status, 200);
+    }
+    gateway.signal("TERM");
+    let mut gateway = tokio::task::spawn_blocking(move || {
+        gateway.wait(Duration::from_secs(10));
+        gateway
+    })
+    .await
+    .unwrap();
+    let dir = gateway.take_dir();
+    let config = dir.path().join("tokengate.toml");
+    let config_arg = config.to_str().unwrap();
+    let trail = dir.path().join("audit").join("trail.jsonl");
+    let whole = std::fs::read(&trail).unwrap();
+    assert_eq!(audit_records(&trail).len(), 6);
+
+    // The crash: the first 100 bytes of a seventh record, no newline.
+    let torn: Vec<u8> = whole[..100].to_vec();
+    let mut damaged = whole.clone();
+    damaged.extend_from_slice(&torn);
+    std::fs::write(&trail, &damaged).unwrap();
+    let (code, _, stderr) = run_cli(&["serve", "--config", config_arg], &[]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("tokengate audit repair") && stderr.contains("torn"),
+        "serve advises the repair: {stderr}"
+    );
+    assert!(!stderr.contains("aside"), "{stderr}");
+    let (code, _, stderr) = audit_verify(std::slice::from_ref(&trail));
+    assert_eq!(code, 1, "{stderr}");
+
+    let (code, stdout, stderr) = run_cli(&["audit", "repair", "--config", config_arg], &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("cut 100 bytes") && stdout.contains("line 7"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("serve resumes the chain at seq 7"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(&trail).unwrap(),
+        whole,
+        "only the torn bytes were cut"
+    );
+    let kept = std::fs::read(dir.path().join("audit").join("trail.jsonl.torn")).unwrap();
+    assert_eq!(
+        kept,
+        [torn.as_slice(), b"\n"].concat(),
+        "the cut bytes are kept"
+    );
+    let (code, stdout, stderr) = audit_verify(std::slice::from_ref(&trail));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // A second repair finds nothing to cut and changes nothing.
+    let (code, stdout, _) = run_cli(&["audit", "repair", "--config", config_arg], &[]);
+    assert_eq!(code, 0);
+    assert!(stdout.contains("nothing to repair"), "{stdout}");
+    assert_eq!(std::fs::read(&trail).unwrap(), whole);
+
+    // serve resumes the chain where it was.
+    let mut restarted = Process::serve_in(&options, &[], dir);
+    let reply = admin(
+        restarted.addr,
+        "POST",
+        "/api/token/",
+        Some(r#"{"name":"after-repair"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    restarted.signal("TERM");
+    let mut restarted = tokio::task::spawn_blocking(move || {
+        restarted.wait(Duration::from_secs(10));
+        restarted
+    })
+    .await
+    .unwrap();
+    let dir = restarted.take_dir();
+    let trail = dir.path().join("audit").join("trail.jsonl");
+    let records = audit_records(&trail);
+    let seqs: Vec<u64> = records.iter().map(|r| r["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=8).collect::<Vec<u64>>());
+    let (code, stdout, stderr) = audit_verify(std::slice::from_ref(&trail));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("8 records"), "{stdout}");
+
+    // A whole last record that was changed is not a torn write: repair refuses and cuts nothing.
+    let text = std::fs::read_to_string(&trail).unwrap();
+    let changed = text.replace("\"name\":\"after-repair\"", "\"name\":\"after-REPAIR\"");
+    std::fs::write(&trail, &changed).unwrap();
+    let config = dir.path().join("tokengate.toml");
+    let (code, _, stderr) = run_cli(
+        &["audit", "repair", "--config", config.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("whole record"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&trail).unwrap(), changed);
+}

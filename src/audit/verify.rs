@@ -140,6 +140,10 @@ pub struct Failure {
     pub seq: Option<u64>,
     /// What is wrong.
     pub reason: String,
+    /// Whether it is the live file's last line left torn by a crash in the middle of a write (no
+    /// newline at its end, or not JSON at all), which `tokengate audit repair` cuts off. Only
+    /// [`tail`] says so: anywhere else such a line is damage, not a torn write.
+    pub torn: bool,
 }
 
 impl Failure {
@@ -149,7 +153,13 @@ impl Failure {
             line,
             seq,
             reason: reason.into(),
+            torn: false,
         }
+    }
+
+    fn torn(mut self) -> Failure {
+        self.torn = true;
+        self
     }
 }
 
@@ -353,7 +363,8 @@ pub fn tail(files: &[PathBuf], key: &AuditKey) -> Result<Option<(u64, String)>, 
                 number(),
                 None,
                 "the last line is incomplete (no newline at its end): a torn write",
-            ));
+            )
+            .torn());
         }
         if bytes.len() > MAX_LINE_BYTES + 1 {
             return Err(Failure::new(
@@ -363,12 +374,27 @@ pub fn tail(files: &[PathBuf], key: &AuditKey) -> Result<Option<(u64, String)>, 
                 format!("the last line is longer than {MAX_LINE_BYTES} bytes"),
             ));
         }
-        return match check_record(&bytes[..bytes.len() - 1], key) {
+        let line = &bytes[..bytes.len() - 1];
+        return match check_record(line, key) {
             Ok((_, seq, hash)) => Ok(Some((seq, hash))),
-            Err((seq, reason)) => Err(Failure::new(file, number(), seq, reason)),
+            Err((seq, reason)) => {
+                let failure = Failure::new(file, number(), seq, reason);
+                Err(if is_record(line) {
+                    failure
+                } else {
+                    failure.torn()
+                })
+            }
         };
     }
     Ok(None)
+}
+
+/// Whether `line` (without its `\n`) is a JSON object at all. A last line that is not is what a
+/// crash in the middle of a write leaves (part of a record, or zeros where the file system had
+/// already extended the file), never a line the writer wrote.
+pub(crate) fn is_record(line: &[u8]) -> bool {
+    serde_json::from_slice::<Map<String, Value>>(line).is_ok()
 }
 
 /// The last line of a non-empty file of `len` bytes (with its `\n` if it has one), and the offset

@@ -210,10 +210,21 @@ impl Sink {
         let (seq, prev) = match tail(&files, key) {
             Ok(Some((seq, hash))) => (seq, hash),
             Ok(None) => (0, GENESIS.to_string()),
+            // Moving the trail aside would restart it at seq 1 and hide the records before:
+            // a torn write is cut by `audit repair`, anything else needs a person.
+            Err(failure) if failure.torn => {
+                return Err(format!(
+                    "the audit trail ends in a torn write ({failure}); refusing to extend it: \
+                     run `tokengate audit repair` (with the same --config) to cut the torn line off \
+                     (its bytes are kept in {}), then start again",
+                    super::repair::torn_path(&path).display()
+                ))
+            }
             Err(failure) => {
                 return Err(format!(
                     "the audit trail's last record does not verify ({failure}); refusing to extend a broken chain: \
-                     check the key (audit.hmac_key_*), or move the damaged trail aside"
+                     check the key (audit.hmac_key_*); if the key is right the record was changed, \
+                     and `tokengate audit verify` shows where the trail breaks"
                 ))
             }
         };
