@@ -332,6 +332,10 @@ fn check(path: &Path) -> ExitCode {
             "not audited"
         },
     );
+    println!(
+        "                 records at most {} bytes (larger values omitted)",
+        audit.max_record_bytes
+    );
     match upstream.mode {
         Mode::Hold => {
             let source = match (&upstream.access_token_file, &upstream.access_token_env) {

@@ -258,6 +258,7 @@ pub struct RestartOnly {
     audit_path: std::path::PathBuf,
     audit_fsync: crate::config::Fsync,
     audit_rotate_bytes: u64,
+    audit_max_record_bytes: usize,
     audit_hmac_key_env: Option<String>,
     audit_hmac_key_file: Option<std::path::PathBuf>,
     log_format: crate::config::LogFormat,
@@ -275,6 +276,7 @@ impl RestartOnly {
             audit_path: config.audit.path.clone(),
             audit_fsync: config.audit.fsync,
             audit_rotate_bytes: config.audit.rotate_bytes,
+            audit_max_record_bytes: config.audit.max_record_bytes,
             audit_hmac_key_env: config.audit.hmac_key_env.clone(),
             audit_hmac_key_file: config.audit.hmac_key_file.clone(),
             log_format: config.log.format,
@@ -302,6 +304,10 @@ impl RestartOnly {
         differs(
             "audit.rotate_bytes",
             self.audit_rotate_bytes != next.audit_rotate_bytes,
+        );
+        differs(
+            "audit.max_record_bytes",
+            self.audit_max_record_bytes != next.audit_max_record_bytes,
         );
         differs(
             "audit.hmac_key_env",

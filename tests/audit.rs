@@ -495,3 +495,78 @@ async fn reads_are_audited_when_asked_and_interval_sync_keeps_the_chain() {
     let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
+
+/// SPEC §6, format: no line longer than `audit.max_record_bytes`, whatever the body. The largest
+/// body the configuration allows (16 MiB, of `1e20` values in a pass-through field, each written
+/// as 21 digits in canonical form: a 70 MB record before) is recorded with that value omitted, its
+/// size and SHA-256 kept, and the trail verifies and serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_allowed_body_leaves_a_record_within_max_record_bytes() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trail.jsonl");
+    let mut options = Options::new(upstream.addr);
+    options.audit_path = Some(path.clone());
+    options.max_body_bytes = 16 << 20;
+    options.upstream_extra = "extra_fields = [\"blob\"]\n".into();
+    options.request_timeout_ms = 60_000;
+    options.upstream_timeout_ms = 60_000;
+    let mut gateway = TestGateway::start(options.clone()).await;
+    let head = r#"{"name":"big","blob":["#;
+    let count = ((16 << 20) - head.len() - 2) / 5;
+    let mut body = String::with_capacity(16 << 20);
+    body.push_str(head);
+    for i in 0..count {
+        body.push_str(if i == 0 { "1e20" } else { ",1e20" });
+    }
+    body.push_str("]}");
+    assert!(
+        body.len() <= 16 << 20 && body.len() > (16 << 20) - 8,
+        "{}",
+        body.len()
+    );
+    let reply = admin(gateway.addr, "POST", "/api/token/", Some(&body)).await;
+    assert!(reply.status < 500, "{}", reply.text());
+    gateway.shutdown().await.unwrap();
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in text.lines() {
+        assert!(line.len() < 102_400, "a line of {} bytes", line.len());
+    }
+    let records = audit_records(&path);
+    let intent = records
+        .iter()
+        .find(|r| r["phase"] == "intent")
+        .expect("the create was forwarded after its intent");
+    assert_eq!(intent["truncated"], true);
+    assert_eq!(intent["request"]["name"], "big", "what fits is kept");
+    let omitted = &intent["request"]["blob"];
+    assert_eq!(omitted["omitted"], true);
+    // Whoever holds the body can prove it is the one recorded.
+    let blob: Value = serde_json::from_str(&body[head.len() - 1..body.len() - 1]).unwrap();
+    let canonical = tokengate::audit::canonical::canonical(&blob);
+    assert_eq!(omitted["bytes"], canonical.len());
+    assert!(canonical.len() > 60 << 20, "{}", canonical.len());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &canonical);
+    assert_eq!(omitted["sha256"], hex::encode(digest.as_ref()));
+    for record in &records {
+        assert!(
+            !record.as_object().unwrap().contains_key("truncated") || record["truncated"] == true
+        );
+    }
+    let (code, stdout, stderr) = audit_verify_trail(&path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // And the gateway starts on this trail again.
+    let mut again = TestGateway::start(options).await;
+    let reply = admin(
+        again.addr,
+        "POST",
+        "/api/token/",
+        Some(r#"{"name":"after"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    again.shutdown().await.unwrap();
+}

@@ -71,6 +71,8 @@ pub struct Trail {
     queue: SyncSender<Job>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    /// `audit.max_record_bytes`: the request path renders records within it.
+    max_record_bytes: usize,
 }
 
 impl Trail {
@@ -103,7 +105,13 @@ impl Trail {
             queue,
             health,
             metrics,
+            max_record_bytes: config.max_record_bytes,
         })
+    }
+
+    /// The longest a record may be once sealed (`audit.max_record_bytes`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
     }
 
     /// Appends one record (without `v`, `seq`, `ts`, `prev`, `hash`, which the writer adds) and

@@ -47,7 +47,7 @@ impl AuditPolicy {
     /// Writes the intent record of `context`; the change must not be sent if this fails.
     async fn intent(&self, context: &RequestContext, op: Operation) -> Result<(), GatewayError> {
         self.trail
-            .append(record::intent(context, op))
+            .append(record::intent(context, op, self.trail.max_record_bytes()))
             .await
             .map_err(GatewayError::AuditUnavailable)
     }
@@ -63,7 +63,7 @@ impl AuditPolicy {
         status: u16,
         code: Option<&str>,
     ) {
-        let record = record::outcome(context, op, status, code);
+        let record = record::outcome(context, op, status, code, self.trail.max_record_bytes());
         if let Err(error) = self.trail.append(record).await {
             tracing::error!(request_id = %context.id, forwarded = context.forwarded(), "outcome record lost: {error}");
         }
