@@ -200,6 +200,13 @@ fn serve(path: &Path) -> ExitCode {
         report(path, &errors);
         return ExitCode::from(2);
     }
+    // A test hook (tests/audit_faults.rs): a stuck disk, without the privileges fsfreeze needs.
+    if let (Some(file), Some(trail)) = (
+        std::env::var_os("TOKENGATE_TEST_AUDIT_STALL_FILE"),
+        &gateway.trail,
+    ) {
+        trail.faults().stall_while_exists(file.into());
+    }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(error) => {

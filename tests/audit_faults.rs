@@ -476,3 +476,233 @@ async fn audit_repair_cuts_a_torn_last_line_and_serve_resumes_the_chain() {
     assert!(stderr.contains("whole record"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&trail).unwrap(), changed);
 }
+
+/// A full update of token `id` (every editable field).
+fn full_update(id: i64, quota: u64) -> String {
+    format!(
+        r#"{{"id":{id},"name":"busy","expired_time":-1,"remain_quota":{quota},"unlimited_quota":false,"model_limits_enabled":false,"model_limits":"","allow_ips":"","group":""}}"#
+    )
+}
+
+/// SPEC §6, bounded refusals: with the disk stuck (the writer stalled, as a frozen file system
+/// stalls it), a change gets its 503 once, within 3 s: not 3 s for its intent and 3 s more for
+/// the record of its refusal, which is queued and written when the trail can take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_disk_refuses_a_change_once_within_three_seconds() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let id = upstream.emulator.insert_token(
+        USER_ID,
+        tokengate::emulator::NewToken {
+            name: "busy".into(),
+            ..Default::default()
+        },
+    );
+    let gateway = TestGateway::start(Options::new(upstream.addr)).await;
+    gateway.trail.faults().stall(true);
+    upstream.emulator.clear_seen();
+    let started = Instant::now();
+    let reply = admin(
+        gateway.addr,
+        "PUT",
+        "/api/token/",
+        Some(&full_update(id, 7)),
+    )
+    .await;
+    let took = started.elapsed();
+    reply.assert_envelope(503, "audit_unavailable");
+    assert!(
+        took >= Duration::from_millis(2_500) && took < Duration::from_millis(4_500),
+        "answered after {took:?}: one wait of 3 s for the intent, none for the refusal's record"
+    );
+    assert!(upstream.emulator.seen().is_empty(), "nothing was forwarded");
+    until_ready(&gateway, 503).await;
+
+    // The disk thaws: the refusal's record, queued meanwhile, is written, and the trail verifies.
+    gateway.trail.faults().stall(false);
+    until_ready(&gateway, 200).await;
+    let request_id = reply.headers["x-request-id"].to_str().unwrap().to_owned();
+    let started = Instant::now();
+    let records = loop {
+        let records = audit_records(&gateway.audit_path);
+        if records
+            .iter()
+            .any(|r| r["request_id"] == request_id.as_str() && r["phase"] == "outcome")
+        {
+            break records;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the refusal was never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let outcome = records
+        .iter()
+        .find(|r| r["request_id"] == request_id.as_str() && r["phase"] == "outcome")
+        .unwrap();
+    assert_eq!(
+        (
+            outcome["outcome"].as_str(),
+            outcome["reason"].as_str(),
+            outcome["status"].as_u64()
+        ),
+        (Some("rejected"), Some("audit_unavailable"), Some(503))
+    );
+    let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// SPEC §6, bounded refusals: eight changes of one token on a stuck disk, with
+/// `server.request_timeout_ms = 2000`, are all answered by their deadline. Before, each waited
+/// for the token's lock with no deadline, then 6 s of its own: answers at 6, 9, … 27 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_of_one_token_on_a_stuck_disk_are_all_answered_by_their_deadline() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let id = upstream.emulator.insert_token(
+        USER_ID,
+        tokengate::emulator::NewToken {
+            name: "busy".into(),
+            ..Default::default()
+        },
+    );
+    let mut options = Options::new(upstream.addr);
+    options.request_timeout_ms = 2_000;
+    let gateway = TestGateway::start(options).await;
+    gateway.trail.faults().stall(true);
+    upstream.emulator.clear_seen();
+    let started = Instant::now();
+    let puts: Vec<_> = (0..8u64)
+        .map(|i| {
+            let addr = gateway.addr;
+            tokio::spawn(async move {
+                let reply = admin(addr, "PUT", "/api/token/", Some(&full_update(id, i))).await;
+                (reply, started.elapsed())
+            })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for put in puts {
+        let (reply, took) = put.await.unwrap();
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        let code = reply.code();
+        assert!(
+            code == "audit_unavailable" || code == "token_busy",
+            "{}",
+            reply.text()
+        );
+        assert!(
+            took < Duration::from_millis(3_200),
+            "answered after {took:?}, past the 2 s deadline"
+        );
+        ids.push(reply.headers["x-request-id"].to_str().unwrap().to_owned());
+    }
+    assert!(upstream.emulator.seen().is_empty(), "nothing was forwarded");
+    gateway.trail.faults().stall(false);
+    until_ready(&gateway, 200).await;
+    // Every refusal is in the trail once the disk thaws.
+    let started = Instant::now();
+    loop {
+        let records = audit_records(&gateway.audit_path);
+        let outcomes = records
+            .iter()
+            .filter(|r| {
+                r["phase"] == "outcome"
+                    && ids.contains(&r["request_id"].as_str().unwrap().to_owned())
+            })
+            .count();
+        if outcomes == 8 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{outcomes} of 8 refusals recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// Waiting for a token's lock ends at the request's deadline (SPEC §6): a change whose token is
+/// held by a slower one (here the upstream takes 4 s, and a reload has since cut
+/// `server.request_timeout_ms` to 1 s) is refused at its deadline with 503 `token_busy` and
+/// `Retry-After`, never forwarded, instead of waiting its turn past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_a_tokens_lock_ends_at_the_request_deadline() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let id = upstream.emulator.insert_token(
+        USER_ID,
+        tokengate::emulator::NewToken {
+            name: "busy".into(),
+            ..Default::default()
+        },
+    );
+    let mut options = Options::new(upstream.addr);
+    options.upstream_timeout_ms = 10_000;
+    let gateway = Process::serve(&options, &[]);
+    upstream.emulator.set_delay(Duration::from_secs(4));
+    let addr = gateway.addr;
+    let slow =
+        tokio::spawn(
+            async move { admin(addr, "PUT", "/api/token/", Some(&full_update(id, 1))).await },
+        );
+    // Until the slow change is at the upstream (holding the token's lock).
+    let started = Instant::now();
+    while upstream.emulator.seen().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(5));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    options.request_timeout_ms = 1_000;
+    let dir = gateway.config_path().parent().unwrap().to_path_buf();
+    std::fs::write(
+        gateway.config_path(),
+        options
+            .toml(&dir)
+            .replace("format = \"text\"", "format = \"json\""),
+    )
+    .unwrap();
+    gateway.signal("HUP");
+    let gateway = tokio::task::spawn_blocking(move || {
+        gateway.wait_for("configuration reloaded", 1);
+        gateway
+    })
+    .await
+    .unwrap();
+    let seen_before = upstream.emulator.seen().len();
+    let started = Instant::now();
+    let reply = admin(
+        gateway.addr,
+        "PUT",
+        "/api/token/",
+        Some(&full_update(id, 2)),
+    )
+    .await;
+    let took = started.elapsed();
+    reply.assert_envelope(503, "token_busy");
+    assert_eq!(reply.headers["retry-after"], "1");
+    assert!(
+        reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("token {id}")),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2_500),
+        "refused after {took:?}"
+    );
+    assert_eq!(upstream.emulator.seen().len(), seen_before, "not forwarded");
+    assert_eq!(
+        slow.await.unwrap().status,
+        200,
+        "the slow change went through"
+    );
+    drop(gateway);
+}

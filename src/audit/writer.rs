@@ -3,8 +3,11 @@
 //! durable with one `fdatasync` (group commit) before any request in the batch goes on.
 //!
 //! The request path never holds a lock across I/O: it hands its record to the queue and waits, at
-//! most [`WAIT`], for the writer's answer. A full queue, a failed write or a stuck writer are all
-//! refusals the request path turns into 503 `audit_unavailable` (fail closed). After a failure the
+//! most [`WAIT`] and never past its request's deadline, for the writer's answer. A full queue, a
+//! failed write or a stuck writer are all refusals the request path turns into 503
+//! `audit_unavailable` (fail closed). The record of such a refusal is only queued
+//! ([`Trail::enqueue`]): the caller already waited once, and gets its answer at once (SPEC §6,
+//! bounded, truthful refusals). After a failure the
 //! writer probes the file system every half second and reopens the file, so writing resumes by
 //! itself when the fault clears. A live file that was removed or replaced under the gateway is
 //! noticed before the next batch, reported, and a new file is started (the gap shows in `verify`).
@@ -15,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
+use tokio::time::Instant as Deadline;
 
 use super::chain::{AuditKey, GENESIS};
 use super::record::Draft;
@@ -45,7 +50,8 @@ pub struct AuditError(pub String);
 enum Job {
     Append {
         record: Draft,
-        done: oneshot::Sender<Result<(), AuditError>>,
+        /// Where to say whether it is durable; `None` when no one waits ([`Trail::enqueue`]).
+        done: Option<oneshot::Sender<Result<(), AuditError>>>,
     },
     Flush {
         done: oneshot::Sender<Result<(), AuditError>>,
@@ -65,12 +71,55 @@ struct Health {
     problem: std::sync::Mutex<Option<String>>,
 }
 
+/// Faults a test injects into the writer, to show what the request path does when the disk is
+/// stuck without the privileges `fsfreeze` needs. Nothing in the gateway sets them; `serve` reads
+/// `TOKENGATE_TEST_AUDIT_STALL_FILE` (a test of the binary stalls its writer by creating that
+/// file, and releases it by removing it).
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// While set, the writer stalls before writing each batch, as in a frozen file system.
+    stall: AtomicBool,
+    /// While this file exists, the same.
+    stall_file: Mutex<Option<PathBuf>>,
+}
+
+impl Faults {
+    /// Stalls the writer before its next write (`true`) until released (`false`).
+    pub fn stall(&self, on: bool) {
+        self.stall.store(on, Ordering::Relaxed);
+    }
+
+    /// Stalls the writer before each write while `file` exists.
+    pub fn stall_while_exists(&self, file: PathBuf) {
+        *self.stall_file.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    }
+
+    fn stalled(&self) -> bool {
+        self.stall.load(Ordering::Relaxed)
+            || self
+                .stall_file
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_deref()
+                .is_some_and(Path::exists)
+    }
+
+    /// Blocks the writer thread while stalled.
+    fn wait_while_stalled(&self) {
+        while self.stalled() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// The handle the request path holds: cheap to clone, never blocks.
 #[derive(Clone, Debug)]
 pub struct Trail {
     queue: SyncSender<Job>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
     /// `audit.max_record_bytes`: the request path renders records within it.
     max_record_bytes: usize,
 }
@@ -87,6 +136,7 @@ impl Trail {
         let (queue, jobs) = sync_channel(QUEUE);
         let health = Arc::new(Health::default());
         health.healthy.store(true, Ordering::Relaxed);
+        let faults = Arc::new(Faults::default());
         let writer = Writer {
             sink,
             key,
@@ -94,6 +144,7 @@ impl Trail {
             jobs,
             health: health.clone(),
             metrics: metrics.clone(),
+            faults: faults.clone(),
             dirty: false,
         };
         std::thread::Builder::new()
@@ -105,8 +156,15 @@ impl Trail {
             queue,
             health,
             metrics,
+            faults,
             max_record_bytes: config.max_record_bytes,
         })
+    }
+
+    /// The writer's injectable faults (tests only).
+    #[doc(hidden)]
+    pub fn faults(&self) -> &Faults {
+        &self.faults
     }
 
     /// The longest a record may be once sealed (`audit.max_record_bytes`).
@@ -115,45 +173,82 @@ impl Trail {
     }
 
     /// Appends one record (without `v`, `seq`, `ts`, `prev`, `hash`, which the writer adds) and
-    /// waits until it is durable (`fsync = "always"`) or written (`"interval"`).
+    /// waits until it is durable (`fsync = "always"`) or written (`"interval"`), at most
+    /// [`WAIT`].
     pub async fn append(&self, record: Draft) -> Result<(), AuditError> {
+        self.append_until(record, Deadline::now() + WAIT).await
+    }
+
+    /// [`Trail::append`], waiting no later than `deadline` (a request's: SPEC §6 bounds a
+    /// refusal by `min(3 s, what is left of server.request_timeout_ms)`). When the wait ends
+    /// first the record stays queued, and is written when the trail can take it.
+    pub async fn append_until(&self, record: Draft, deadline: Deadline) -> Result<(), AuditError> {
         let (done, answer) = oneshot::channel();
-        self.submit(Job::Append { record, done }, answer).await
+        let job = Job::Append {
+            record,
+            done: Some(done),
+        };
+        self.submit(job, answer, deadline).await
+    }
+
+    /// Queues one record without waiting for it: the refusal of a request whose own record
+    /// could not be made durable, whose caller must not wait a second time (SPEC §6). Fails only
+    /// when the queue cannot take it.
+    pub fn enqueue(&self, record: Draft) -> Result<(), AuditError> {
+        let result = self.send(Job::Append { record, done: None });
+        if result.is_err() {
+            self.metrics.audit_failure();
+        }
+        result
     }
 
     /// Waits until everything appended so far is on disk (at shutdown).
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (done, answer) = oneshot::channel();
-        self.submit(Job::Flush { done }, answer).await
+        self.submit(Job::Flush { done }, answer, Deadline::now() + WAIT)
+            .await
     }
 
     async fn submit(
         &self,
         job: Job,
         answer: oneshot::Receiver<Result<(), AuditError>>,
+        deadline: Deadline,
     ) -> Result<(), AuditError> {
-        let result = match self.queue.try_send(job) {
+        let result = match self.send(job) {
             Ok(()) => {
-                let depth = self.health.queued.fetch_add(1, Ordering::Relaxed) + 1;
-                self.metrics.set_audit_queue_depth(depth);
-                match tokio::time::timeout(WAIT, answer).await {
+                let started = Deadline::now();
+                let until = deadline.min(started + WAIT);
+                match tokio::time::timeout_at(until, answer).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(AuditError("the audit writer has stopped".into())),
                     Err(_) => Err(AuditError(format!(
-                        "no answer from the audit writer within {} ms",
-                        WAIT.as_millis()
+                        "no answer from the audit writer within {} ms (the record stays queued)",
+                        until.saturating_duration_since(started).as_millis()
                     ))),
                 }
             }
-            Err(TrySendError::Full(_)) => Err(AuditError("the audit queue is full".into())),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(AuditError("the audit writer has stopped".into()))
-            }
+            Err(error) => Err(error),
         };
         if result.is_err() {
             self.metrics.audit_failure();
         }
         result
+    }
+
+    /// Hands `job` to the writer, or says why it cannot take it.
+    fn send(&self, job: Job) -> Result<(), AuditError> {
+        match self.queue.try_send(job) {
+            Ok(()) => {
+                let depth = self.health.queued.fetch_add(1, Ordering::Relaxed) + 1;
+                self.metrics.set_audit_queue_depth(depth);
+                Ok(())
+            }
+            Err(TrySendError::Full(_)) => Err(AuditError("the audit queue is full".into())),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(AuditError("the audit writer has stopped".into()))
+            }
+        }
     }
 
     /// Whether the trail can be written now (for `/readyz`), and if not, why.
@@ -320,6 +415,7 @@ struct Writer {
     jobs: Receiver<Job>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
     /// Written since the last sync (`fsync = "interval"`).
     dirty: bool,
 }
@@ -363,6 +459,7 @@ impl Writer {
                 - batch.len() as i64;
             self.metrics.set_audit_queue_depth(depth.max(0));
             self.health.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+            self.faults.wait_while_stalled();
             let result = self.commit(&batch);
             if self.fsync == Fsync::Interval && last_sync.elapsed() >= TICK && self.dirty {
                 self.interval_sync();
@@ -372,9 +469,12 @@ impl Writer {
             self.report(&result);
             for job in batch {
                 let done = match job {
-                    Job::Append { done, .. } | Job::Flush { done } => done,
+                    Job::Append { done, .. } => done,
+                    Job::Flush { done } => Some(done),
                 };
-                let _ = done.send(result.clone());
+                if let Some(done) = done {
+                    let _ = done.send(result.clone());
+                }
             }
         }
     }

@@ -282,6 +282,8 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     /// The live audit trail file.
     pub audit_path: std::path::PathBuf,
+    /// The open trail (its writer's faults can be injected).
+    pub trail: std::sync::Arc<tokengate::audit::writer::Trail>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -294,6 +296,7 @@ impl TestGateway {
         let config = Config::parse(&options.toml(dir.path())).unwrap();
         let mut gateway = Gateway::build(&config).unwrap();
         gateway.open_trail(&config.audit).unwrap();
+        let trail = gateway.trail.clone().unwrap();
         let audit_path = config.audit.path.clone();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -316,6 +319,7 @@ impl TestGateway {
             addr,
             admin: admin_addr,
             audit_path,
+            trail,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
