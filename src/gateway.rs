@@ -259,6 +259,7 @@ pub struct RestartOnly {
     audit_fsync: crate::config::Fsync,
     audit_rotate_bytes: u64,
     audit_max_record_bytes: usize,
+    audit_queue_bytes: u64,
     audit_hmac_key_env: Option<String>,
     audit_hmac_key_file: Option<std::path::PathBuf>,
     log_format: crate::config::LogFormat,
@@ -277,6 +278,7 @@ impl RestartOnly {
             audit_fsync: config.audit.fsync,
             audit_rotate_bytes: config.audit.rotate_bytes,
             audit_max_record_bytes: config.audit.max_record_bytes,
+            audit_queue_bytes: config.audit.queue_bytes,
             audit_hmac_key_env: config.audit.hmac_key_env.clone(),
             audit_hmac_key_file: config.audit.hmac_key_file.clone(),
             log_format: config.log.format,
@@ -308,6 +310,10 @@ impl RestartOnly {
         differs(
             "audit.max_record_bytes",
             self.audit_max_record_bytes != next.audit_max_record_bytes,
+        );
+        differs(
+            "audit.queue_bytes",
+            self.audit_queue_bytes != next.audit_queue_bytes,
         );
         differs(
             "audit.hmac_key_env",

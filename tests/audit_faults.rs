@@ -706,3 +706,136 @@ async fn a_wait_for_a_tokens_lock_ends_at_the_request_deadline() {
     );
     drop(gateway);
 }
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        * 1024
+}
+
+/// A metric's value from a `/metrics` text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// SPEC §6, bounded refusals: records waiting for the disk are bounded in bytes
+/// (`audit.queue_bytes`), and so is the writer's buffer when the disk thaws. 300 refused creates
+/// of 1 MiB each (recorded whole: `max_record_bytes` is 4 MiB here) once took the resident size
+/// from 20 MB to 1.77 GB (every refused request's records stayed queued), then to 3.0 GB on thaw
+/// (one write of 1 024 of them). Past the bound, requests are refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_while_the_disk_is_stuck_and_when_it_thaws() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.max_body_bytes = 2 << 20;
+    options.request_timeout_ms = 1_000;
+    options.upstream_extra = "extra_fields = [\"blob\"]\n".into();
+    options.audit_extra = "max_record_bytes = 4194304\nqueue_bytes = 8388608\n".into();
+    let stall = tempfile::tempdir().unwrap();
+    let stall_file = stall.path().join("stall");
+    let gateway = Process::serve(
+        &options,
+        &[(
+            "TOKENGATE_TEST_AUDIT_STALL_FILE",
+            stall_file.to_str().unwrap(),
+        )],
+    );
+    let pid = gateway.child.id();
+    let addr = gateway.addr;
+    let body = |i: usize| format!(r#"{{"name":"big-{i}","blob":"{}"}}"#, "x".repeat(1 << 20));
+    // Warm up: the same requests, written normally.
+    for i in 0..8 {
+        let reply = admin(addr, "POST", "/api/token/", Some(&body(i))).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    let before = rss(pid);
+
+    std::fs::write(&stall_file, b"").unwrap();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut fast = 0;
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if i >= 300 {
+                        return fast;
+                    }
+                    let started = Instant::now();
+                    let reply = admin(addr, "POST", "/api/token/", Some(&body(i))).await;
+                    reply.assert_envelope(503, "audit_unavailable");
+                    if started.elapsed() < Duration::from_millis(500) {
+                        fast += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut fast = 0;
+    for worker in workers {
+        fast += worker.await.unwrap();
+    }
+    let stuck = rss(pid);
+    let metrics = send(gateway.admin, "GET", "/metrics", &[], None)
+        .await
+        .text();
+    let queued = metric(&metrics, "tokengate_audit_queue_bytes").unwrap();
+    assert!(queued <= 8_388_608.0, "{metrics}");
+    assert!(
+        fast > 250,
+        "past audit.queue_bytes the 503 comes at once ({fast} of 300 within 0.5 s)"
+    );
+    let grown = stuck.saturating_sub(before);
+    assert!(
+        grown < 150 << 20,
+        "resident memory grew by {} MiB while stuck",
+        grown >> 20
+    );
+
+    // The disk thaws: the queue drains through a bounded write buffer.
+    std::fs::remove_file(&stall_file).unwrap();
+    let started = Instant::now();
+    loop {
+        let metrics = send(gateway.admin, "GET", "/metrics", &[], None)
+            .await
+            .text();
+        if metric(&metrics, "tokengate_audit_queue_bytes") == Some(0.0) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let thawed = rss(pid);
+    assert!(
+        thawed.saturating_sub(before) < 150 << 20,
+        "resident memory grew by {} MiB on thaw",
+        thawed.saturating_sub(before) >> 20
+    );
+    let reply = admin(addr, "POST", "/api/token/", Some(r#"{"name":"after"}"#)).await;
+    assert_eq!(reply.status, 200);
+    let trail = gateway
+        .config_path()
+        .parent()
+        .unwrap()
+        .join("audit")
+        .join("trail.jsonl");
+    let (code, stdout, stderr) = audit_verify(std::slice::from_ref(&trail));
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    eprintln!(
+        "resident: {} MiB before, {} MiB stuck, {} MiB thawed; {fast} of 300 refused at once",
+        before >> 20,
+        stuck >> 20,
+        thawed >> 20
+    );
+}

@@ -125,6 +125,7 @@ fn check_reports_every_bad_key_by_name() {
             "[audit]\nmax_record_bytes = 99999999\n",
             "audit.max_record_bytes",
         ),
+        ("[audit]\nqueue_bytes = 100000\n", "audit.queue_bytes"),
         ("[server]\nmax_connections = 0\n", "server.max_connections"),
         (
             "[server]\nmax_header_bytes = 100\n",

@@ -15,7 +15,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -36,6 +36,11 @@ pub const WAIT: Duration = Duration::from_secs(3);
 const QUEUE: usize = 4096;
 /// The most records in one write and sync.
 const BATCH: usize = 1024;
+/// The most bytes of records the writer takes into one write (past the first record), so its
+/// write buffer stays small whatever waits in the queue: a thawed disk once met a batch of 1 024
+/// records of a megabyte each, sealed into one 3 GB buffer. 1 MiB still holds over a thousand
+/// typical records, so group commit under load is unchanged.
+const BATCH_BYTES: usize = 1 << 20;
 /// How often `fsync = "interval"` syncs, and how often a failed trail is probed.
 const TICK: Duration = Duration::from_millis(100);
 const PROBE_EVERY: Duration = Duration::from_millis(500);
@@ -58,6 +63,16 @@ enum Job {
     },
 }
 
+impl Job {
+    /// The bytes the job holds while it waits for the disk.
+    fn bytes(&self) -> u64 {
+        match self {
+            Job::Append { record, .. } => record.len() as u64,
+            Job::Flush { .. } => 0,
+        }
+    }
+}
+
 /// What the request path and `/readyz` see of the writer.
 #[derive(Debug, Default)]
 struct Health {
@@ -67,6 +82,9 @@ struct Health {
     busy_since_ms: AtomicI64,
     /// Records queued and not yet taken by the writer.
     queued: AtomicI64,
+    /// Bytes of records queued or in the batch being written: what waits for the disk, bounded
+    /// by `audit.queue_bytes`.
+    queued_bytes: AtomicU64,
     /// The last problem, for `/readyz` and logs.
     problem: std::sync::Mutex<Option<String>>,
 }
@@ -122,6 +140,8 @@ pub struct Trail {
     faults: Arc<Faults>,
     /// `audit.max_record_bytes`: the request path renders records within it.
     max_record_bytes: usize,
+    /// `audit.queue_bytes`: past it, records are refused at once.
+    queue_bytes: u64,
 }
 
 impl Trail {
@@ -158,6 +178,7 @@ impl Trail {
             metrics,
             faults,
             max_record_bytes: config.max_record_bytes,
+            queue_bytes: config.queue_bytes,
         })
     }
 
@@ -197,7 +218,7 @@ impl Trail {
     pub fn enqueue(&self, record: Draft) -> Result<(), AuditError> {
         let result = self.send(Job::Append { record, done: None });
         if result.is_err() {
-            self.metrics.audit_failure();
+            self.metrics.audit_record_dropped();
         }
         result
     }
@@ -236,19 +257,35 @@ impl Trail {
         result
     }
 
-    /// Hands `job` to the writer, or says why it cannot take it.
+    /// Hands `job` to the writer, or says why it cannot take it: the queue holds `QUEUE`
+    /// records or `audit.queue_bytes` bytes already (records of requests already answered wait
+    /// there too while the disk is stuck, so without a bound in bytes memory grew with every
+    /// refused body), or the writer has stopped.
     fn send(&self, job: Job) -> Result<(), AuditError> {
-        match self.queue.try_send(job) {
+        let bytes = job.bytes();
+        let before = self.health.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if bytes > 0 && before + bytes > self.queue_bytes {
+            self.health.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(AuditError(format!(
+                "the audit queue is full: {before} bytes of records wait for the disk (audit.queue_bytes is {})",
+                self.queue_bytes
+            )));
+        }
+        let refused = match self.queue.try_send(job) {
             Ok(()) => {
                 let depth = self.health.queued.fetch_add(1, Ordering::Relaxed) + 1;
                 self.metrics.set_audit_queue_depth(depth);
-                Ok(())
+                self.metrics
+                    .set_audit_queue_bytes(before.saturating_add(bytes));
+                return Ok(());
             }
-            Err(TrySendError::Full(_)) => Err(AuditError("the audit queue is full".into())),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(AuditError("the audit writer has stopped".into()))
-            }
-        }
+            Err(TrySendError::Full(_)) => AuditError(format!(
+                "the audit queue is full: {QUEUE} records wait for the disk"
+            )),
+            Err(TrySendError::Disconnected(_)) => AuditError("the audit writer has stopped".into()),
+        };
+        self.health.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Err(refused)
     }
 
     /// Whether the trail can be written now (for `/readyz`), and if not, why.
@@ -445,10 +482,14 @@ impl Writer {
                     return;
                 }
             };
+            let mut bytes = first.bytes();
             let mut batch = vec![first];
-            while batch.len() < BATCH {
+            while batch.len() < BATCH && bytes < BATCH_BYTES as u64 {
                 match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => {
+                        bytes += job.bytes();
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -476,6 +517,13 @@ impl Writer {
                     let _ = done.send(result.clone());
                 }
             }
+            // The batch's records are dropped: their bytes no longer wait for the disk.
+            let left = self
+                .health
+                .queued_bytes
+                .fetch_sub(bytes, Ordering::Relaxed)
+                .saturating_sub(bytes);
+            self.metrics.set_audit_queue_bytes(left);
         }
     }
 

@@ -297,6 +297,10 @@ pub struct AuditConfig {
     /// has its largest values omitted (size and SHA-256 kept) and says `"truncated": true`. The
     /// default is the line limit of Vector's file source, so every log shipper reads the trail.
     pub max_record_bytes: usize,
+    /// The most bytes of records waiting for the disk (SPEC §6): while the disk is stuck, the
+    /// records of requests already answered wait too; past this, audited requests are refused
+    /// with 503 at once instead of growing memory.
+    pub queue_bytes: u64,
 }
 
 /// The least `audit.max_record_bytes`: what no record can shed stays under it (up to
@@ -308,6 +312,9 @@ pub const MIN_RECORD_BYTES: usize = 32_768;
 /// ([`crate::audit::verify::MAX_LINE_BYTES`]).
 pub const MAX_RECORD_BYTES: usize = 16 << 20;
 
+/// The most `audit.queue_bytes`.
+pub const MAX_QUEUE_BYTES: u64 = 64 << 30;
+
 impl Default for AuditConfig {
     fn default() -> Self {
         AuditConfig {
@@ -318,6 +325,7 @@ impl Default for AuditConfig {
             rotate_bytes: 104_857_600,
             reads: false,
             max_record_bytes: 102_400,
+            queue_bytes: 64 << 20,
         }
     }
 }
@@ -535,6 +543,16 @@ impl Config {
             fault(
                 "audit.max_record_bytes".into(),
                 format!("must be from {MIN_RECORD_BYTES} to {MAX_RECORD_BYTES} (16 MiB)"),
+            );
+        } else if self.audit.queue_bytes < (2 * self.audit.max_record_bytes) as u64
+            || self.audit.queue_bytes > MAX_QUEUE_BYTES
+        {
+            fault(
+                "audit.queue_bytes".into(),
+                format!(
+                    "must be from twice audit.max_record_bytes ({}: a refusal's two records must fit) to {MAX_QUEUE_BYTES} (64 GiB)",
+                    2 * self.audit.max_record_bytes
+                ),
             );
         }
         if !(1..=1000).contains(&self.limits.max_batch) {
