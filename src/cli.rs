@@ -340,8 +340,8 @@ fn check(path: &Path) -> ExitCode {
         },
     );
     println!(
-        "                 records at most {} bytes (larger values omitted), at most {} bytes of them waiting for the disk",
-        audit.max_record_bytes, audit.queue_bytes
+        "                 records at most {} bytes (larger values omitted), at most {} bytes of them waiting for the disk; not ready below {} bytes free",
+        audit.max_record_bytes, audit.queue_bytes, audit.min_free_bytes
     );
     match upstream.mode {
         Mode::Hold => {

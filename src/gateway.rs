@@ -196,6 +196,10 @@ impl Gateway {
             authenticator.keep_limits_from(&self.authenticator);
         }
         next.trail = self.trail.clone();
+        // The one `[audit]` key a reload applies: it only moves the readiness threshold.
+        if let Some(trail) = &next.trail {
+            trail.set_min_free_bytes(config.audit.min_free_bytes);
+        }
         next.audit_key = self.audit_key.clone();
         next.locks = self.locks.clone();
         if next.unauthenticated.settings() == self.unauthenticated.settings() {
@@ -273,7 +277,8 @@ impl RestartOnly {
             listen: config.server.listen,
             admin_listen: config.server.admin_listen,
             upstream_url: config.upstream.url.clone(),
-            // The trail writer is opened once: every `[audit]` key but `reads` is read at start.
+            // The trail writer is opened once: every `[audit]` key but `reads` and
+            // `min_free_bytes` is read at start.
             audit_path: config.audit.path.clone(),
             audit_fsync: config.audit.fsync,
             audit_rotate_bytes: config.audit.rotate_bytes,

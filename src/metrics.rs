@@ -72,6 +72,8 @@ pub struct Metrics {
     audit_queue_depth: Gauge,
     audit_queue_bytes: Gauge,
     audit_records_dropped: Counter,
+    audit_free_bytes: Gauge,
+    audit_min_free_bytes: Gauge,
     ready: Gauge,
     open_connections: Gauge,
     connection_cap_reached: Counter,
@@ -132,6 +134,8 @@ impl Metrics {
         let audit_queue_depth = Gauge::default();
         let audit_queue_bytes = Gauge::default();
         let audit_records_dropped = Counter::default();
+        let audit_free_bytes = Gauge::default();
+        let audit_min_free_bytes = Gauge::default();
         let open_connections = Gauge::default();
         let connection_cap_reached = Counter::default();
         registry.register(
@@ -173,6 +177,16 @@ impl Metrics {
             "tokengate_audit_records_dropped",
             "Outcome records of refusals never written: the audit queue was full when they were made",
             audit_records_dropped.clone(),
+        );
+        registry.register(
+            "tokengate_audit_free_bytes",
+            "Bytes free on the audit trail's file system (looked at every second); below tokengate_audit_min_free_bytes the gateway is not ready",
+            audit_free_bytes.clone(),
+        );
+        registry.register(
+            "tokengate_audit_min_free_bytes",
+            "audit.min_free_bytes: the free space below which the gateway reports not ready",
+            audit_min_free_bytes.clone(),
         );
         registry.register(
             "tokengate_requests",
@@ -247,6 +261,8 @@ impl Metrics {
             audit_queue_depth,
             audit_queue_bytes,
             audit_records_dropped,
+            audit_free_bytes,
+            audit_min_free_bytes,
             ready,
             open_connections,
             connection_cap_reached,
@@ -340,6 +356,18 @@ impl Metrics {
     /// Sets the bytes of audit records waiting for the disk.
     pub fn set_audit_queue_bytes(&self, bytes: u64) {
         self.audit_queue_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the free space of the trail's file system.
+    pub fn set_audit_free_bytes(&self, bytes: u64) {
+        self.audit_free_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `audit.min_free_bytes` as in force.
+    pub fn set_audit_min_free_bytes(&self, bytes: u64) {
+        self.audit_min_free_bytes
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 

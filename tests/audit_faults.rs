@@ -77,6 +77,8 @@ async fn a_full_file_system_fails_closed_then_recovers() {
         .unwrap();
     let mut options = Options::new(upstream.addr);
     options.audit_path = Some(mount.0.join("trail.jsonl"));
+    // This test is of writes failing: no readiness margin.
+    options.audit_extra = "min_free_bytes = 0".into();
     let gateway = TestGateway::start(options).await;
     assert_eq!(
         admin(
@@ -838,4 +840,71 @@ async fn memory_stays_bounded_while_the_disk_is_stuck_and_when_it_thaws() {
         stuck >> 20,
         thawed >> 20
     );
+}
+
+/// SPEC §6: `/readyz` turns not ready while the trail's file system has less than
+/// `audit.min_free_bytes` free, before writes start failing (with 20 KB free, a 63 KB PUT used to
+/// be refused while `/readyz`, whose probe writes 4 KiB, said ready). The body and a metric say
+/// why; writes still go through meanwhile; readiness returns when space does.
+#[tokio::test]
+async fn readiness_turns_before_the_trails_file_system_is_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = Tmpfs::mount(dir.path().join("small"), "2m") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs (run as root)"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs on this machine (not root?)");
+        return;
+    };
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.audit_path = Some(mount.0.join("trail.jsonl"));
+    options.audit_extra = "min_free_bytes = 1048576".into();
+    let gateway = TestGateway::start(options).await;
+    until_ready(&gateway, 200).await;
+
+    // Leave about 512 KiB free: room for writes, but less than min_free_bytes.
+    let filler = mount.0.join("filler");
+    std::fs::write(&filler, vec![0u8; 1536 << 10]).unwrap();
+    until_ready(&gateway, 503).await;
+    let reply = readyz(&gateway).await;
+    let reason = reply.json()["checks"]["audit"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("audit.min_free_bytes") && reason.contains("1048576"),
+        "{reason}"
+    );
+    let metrics = send(gateway.admin, "GET", "/metrics", &[], None)
+        .await
+        .text();
+    let free: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tokengate_audit_free_bytes "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no tokengate_audit_free_bytes in {metrics}"));
+    assert!(free > 0.0 && free < 1_048_576.0, "{free}");
+    assert!(
+        metrics.contains("tokengate_audit_min_free_bytes 1048576"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tokengate_ready 0"), "{metrics}");
+    // Not ready, yet still writing: nothing has failed.
+    assert_eq!(
+        admin(
+            gateway.addr,
+            "POST",
+            "/api/token/",
+            Some(r#"{"name":"still"}"#)
+        )
+        .await
+        .status,
+        200
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    until_ready(&gateway, 200).await;
+    let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
 }

@@ -46,6 +46,8 @@ const TICK: Duration = Duration::from_millis(100);
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// A batch taking longer than this makes the trail report not ready (the writer is stuck).
 const STUCK: Duration = Duration::from_secs(2);
+/// How often the writer looks at the free space of the trail's file system.
+const SPACE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a record could not be made durable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -87,6 +89,20 @@ struct Health {
     queued_bytes: AtomicU64,
     /// The last problem, for `/readyz` and logs.
     problem: std::sync::Mutex<Option<String>>,
+    /// Bytes free to the gateway on the trail's file system at the writer's last look (at most
+    /// [`SPACE_EVERY`] ago); `u64::MAX` when not known (standard output, or no answer).
+    free_bytes: AtomicU64,
+    /// `audit.min_free_bytes`, which a reload may change.
+    min_free_bytes: AtomicU64,
+}
+
+impl Health {
+    /// `(free, min)` when the trail's file system has less than `audit.min_free_bytes` free.
+    fn low_space(&self) -> Option<(u64, u64)> {
+        let free = self.free_bytes.load(Ordering::Relaxed);
+        let min = self.min_free_bytes.load(Ordering::Relaxed);
+        (free < min).then_some((free, min))
+    }
 }
 
 /// Faults a test injects into the writer, to show what the request path does when the disk is
@@ -156,6 +172,10 @@ impl Trail {
         let (queue, jobs) = sync_channel(QUEUE);
         let health = Arc::new(Health::default());
         health.healthy.store(true, Ordering::Relaxed);
+        health.free_bytes.store(u64::MAX, Ordering::Relaxed);
+        health
+            .min_free_bytes
+            .store(config.min_free_bytes, Ordering::Relaxed);
         let faults = Arc::new(Faults::default());
         let writer = Writer {
             sink,
@@ -167,11 +187,13 @@ impl Trail {
             faults: faults.clone(),
             dirty: false,
         };
+        // Readiness is right from the start, before the writer's first look.
+        writer.check_space();
         std::thread::Builder::new()
             .name("tokengate-audit".into())
             .spawn(move || writer.run())
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        metrics.set_audit_ready(true);
+        metrics.set_audit_ready(health.low_space().is_none());
         Ok(Trail {
             queue,
             health,
@@ -186,6 +208,12 @@ impl Trail {
     #[doc(hidden)]
     pub fn faults(&self) -> &Faults {
         &self.faults
+    }
+
+    /// Sets `audit.min_free_bytes` (a reload): the writer's next look at the free space, within
+    /// a second, judges readiness by it.
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.health.min_free_bytes.store(bytes, Ordering::Relaxed);
     }
 
     /// The longest a record may be once sealed (`audit.max_record_bytes`).
@@ -297,17 +325,23 @@ impl Trail {
                 STUCK.as_secs()
             ));
         }
-        if self.health.healthy.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
+        if !self.health.healthy.load(Ordering::Relaxed) {
             let problem = self
                 .health
                 .problem
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            Err(problem.unwrap_or_else(|| "the audit trail cannot be written".into()))
+            return Err(problem.unwrap_or_else(|| "the audit trail cannot be written".into()));
         }
+        // Before writes start failing (SPEC §6): a load balancer moves callers elsewhere while
+        // this gateway can still record what it was asked.
+        if let Some((free, min)) = self.health.low_space() {
+            return Err(format!(
+                "the audit trail's file system has {free} bytes free, less than audit.min_free_bytes ({min})"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -461,7 +495,12 @@ impl Writer {
     fn run(mut self) {
         let mut last_sync = Instant::now();
         let mut last_probe = Instant::now();
+        let mut last_space = Instant::now();
         loop {
+            if last_space.elapsed() >= SPACE_EVERY {
+                last_space = Instant::now();
+                self.check_space();
+            }
             let first = match self.jobs.recv_timeout(TICK) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
@@ -664,6 +703,36 @@ impl Writer {
         self.report(&result.map_err(AuditError));
     }
 
+    /// Looks at the free space of the trail's file system: sets `tokengate_audit_free_bytes`,
+    /// and readiness by `audit.min_free_bytes` (logged once each way).
+    fn check_space(&self) {
+        let Sink::File(sink) = &self.sink else {
+            return;
+        };
+        let free = free_bytes(&sink.path);
+        if let Some(free) = free {
+            self.metrics.set_audit_free_bytes(free);
+        }
+        let was_low = self.health.low_space().is_some();
+        self.health
+            .free_bytes
+            .store(free.unwrap_or(u64::MAX), Ordering::Relaxed);
+        let low = self.health.low_space();
+        match (was_low, low) {
+            (false, Some((free, min))) => tracing::warn!(
+                free_bytes = free,
+                min_free_bytes = min,
+                "the audit trail's file system is nearly full: not ready until audit.min_free_bytes is free again"
+            ),
+            (true, None) => tracing::info!("the audit trail's file system has room again"),
+            _ => {}
+        }
+        self.metrics
+            .set_audit_min_free_bytes(self.health.min_free_bytes.load(Ordering::Relaxed));
+        self.metrics
+            .set_audit_ready(low.is_none() && self.health.healthy.load(Ordering::Relaxed));
+    }
+
     fn report(&self, result: &Result<(), AuditError>) {
         let healthy = result.is_ok();
         let was = self.health.healthy.swap(healthy, Ordering::Relaxed);
@@ -683,8 +752,26 @@ impl Writer {
                 *problem = Some(error.0.clone());
             }
         }
-        self.metrics.set_audit_ready(healthy);
+        self.metrics
+            .set_audit_ready(healthy && self.health.low_space().is_none());
     }
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `path` (`statvfs` of its
+/// directory: blocks available times the fragment size), if the system says.
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_path: &Path) -> Option<u64> {
+    None
 }
 
 /// Where the last complete line of `file` ends, at or before `len` (a failed write may have left

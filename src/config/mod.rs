@@ -301,6 +301,9 @@ pub struct AuditConfig {
     /// records of requests already answered wait too; past this, audited requests are refused
     /// with 503 at once instead of growing memory.
     pub queue_bytes: u64,
+    /// `/readyz` turns not ready while the trail's file system has less than this free, before
+    /// writes start failing (SPEC §6); 0 turns the check off. A reload applies it.
+    pub min_free_bytes: u64,
 }
 
 /// The least `audit.max_record_bytes`: what no record can shed stays under it (up to
@@ -326,6 +329,7 @@ impl Default for AuditConfig {
             reads: false,
             max_record_bytes: 102_400,
             queue_bytes: 64 << 20,
+            min_free_bytes: 64 << 20,
         }
     }
 }
