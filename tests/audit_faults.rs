@@ -908,3 +908,104 @@ async fn readiness_turns_before_the_trails_file_system_is_full() {
     let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
+
+/// Runs `chattr FLAG PATH`; false when it cannot (no chattr, no privilege, a file system without
+/// the attribute).
+fn chattr(flag: &str, path: &std::path::Path) -> bool {
+    std::process::Command::new("chattr")
+        .arg(flag)
+        .arg(path)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// SPEC §6, fail closed: when a failed write leaves part of a batch in the file and cutting it
+/// back fails too (here the real fault: a full file system, and the live file append-only, so
+/// `ftruncate` is refused), the writer stops writing: audited requests are refused and `/readyz`
+/// says why, even once space is back, until the cut succeeds. Before, the failed cut was ignored
+/// and the next records followed the partial line, breaking the trail for good.
+#[tokio::test]
+async fn a_rollback_that_cannot_cut_back_stops_the_writer_until_it_can() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = Tmpfs::mount(dir.path().join("small"), "256k") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs (run as root)"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs on this machine (not root?)");
+        return;
+    };
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let trail = mount.0.join("trail.jsonl");
+    let mut options = Options::new(upstream.addr);
+    options.audit_path = Some(trail.clone());
+    options.audit_extra = "min_free_bytes = 0".into();
+    let gateway = TestGateway::start(options).await;
+    let create = |name: String| {
+        let addr = gateway.addr;
+        async move {
+            let body = format!(r#"{{"name":"{name}"}}"#);
+            admin(addr, "POST", "/api/token/", Some(&body)).await
+        }
+    };
+    assert_eq!(create("before".into()).await.status, 200);
+    if !chattr("+a", &trail) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to make a tmpfs file append-only (chattr +a, as root)"
+        );
+        eprintln!("SKIPPED: chattr +a does not work here");
+        return;
+    }
+    // Fill the file system; records still fit in the trail's last page until one is cut short.
+    let filler = mount.0.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+    drop(file);
+    let mut refused = None;
+    for i in 0..64 {
+        let reply = create(format!("fill-{i:02}-{}", "x".repeat(40))).await;
+        if reply.status == 503 {
+            refused = Some(reply);
+            break;
+        }
+    }
+    refused
+        .expect("a full file system refuses writes")
+        .assert_envelope(503, "audit_unavailable");
+    let partial = !std::fs::read(&trail).unwrap().ends_with(b"\n");
+    assert!(
+        partial,
+        "the failed write left part of a record, which could not be cut"
+    );
+
+    // Space comes back, but the file still ends in a partial record: nothing is written.
+    std::fs::remove_file(&filler).unwrap();
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    upstream.emulator.clear_seen();
+    create("while-unsound".into())
+        .await
+        .assert_envelope(503, "audit_unavailable");
+    assert!(upstream.emulator.seen().is_empty());
+    let reply = readyz(&gateway).await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.text().contains("could not be cut back"),
+        "{}",
+        reply.text()
+    );
+    assert!(
+        !std::fs::read(&trail).unwrap().ends_with(b"\n"),
+        "nothing appended"
+    );
+
+    // The cut can be made again: the writer makes it and resumes; the trail is whole.
+    assert!(chattr("-a", &trail));
+    until_ready(&gateway, 200).await;
+    assert_eq!(create("after".into()).await.status, 200);
+    let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}

@@ -362,6 +362,11 @@ struct FileSink {
     rotated: u64,
     seq: u64,
     prev: String,
+    /// A file a failed batch left partly written and that could not be cut back (its
+    /// `set_len` or sync failed), with the size to cut it to and why it could not be. While
+    /// set, nothing is written (the next record would follow a partial line, or reuse the `seq`s
+    /// of whole lines left behind); the probe retries the cut (SPEC §6, fail closed).
+    unsound: Option<(File, u64, String)>,
 }
 
 impl Sink {
@@ -410,6 +415,7 @@ impl Sink {
             rotated,
             seq,
             prev,
+            unsound: None,
         };
         sink.ensure_open()
             .map_err(|e| format!("cannot open the audit trail for writing: {e}"))?;
@@ -465,8 +471,37 @@ impl FileSink {
         self.ensure_open()
     }
 
-    /// Checks that the file system takes a write and a sync in the trail's directory.
+    /// Refuses to write while a partial write could not be cut back.
+    fn check_sound(&self) -> Result<(), String> {
+        match &self.unsound {
+            Some((_, _, problem)) => Err(format!(
+                "{} ends in a failed write that could not be cut back ({problem}); nothing is written to it until it is",
+                self.path.display()
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks that the file system takes a write and a sync in the trail's directory, after
+    /// cutting back a partial write that could not be cut before.
     fn probe(&mut self) -> Result<(), String> {
+        if let Some((file, size, _)) = &self.unsound {
+            match cut_back(file, *size) {
+                Ok(()) => {
+                    tracing::info!(
+                        "the failed write at the end of {} was cut back",
+                        self.path.display()
+                    );
+                    self.unsound = None;
+                }
+                Err(problem) => {
+                    if let Some(unsound) = &mut self.unsound {
+                        unsound.2 = problem;
+                    }
+                    return self.check_sound();
+                }
+            }
+        }
         let probe = PathBuf::from(format!("{}.probe", self.path.display()));
         let result = (|| {
             let mut file = File::create(&probe)?;
@@ -575,6 +610,7 @@ impl Writer {
         // What is on disk before this batch: a failed write or sync cuts the file back to it.
         let (seq, prev, size_before) = match &mut self.sink {
             Sink::File(sink) => {
+                sink.check_sound().map_err(AuditError)?;
                 sink.ensure_open().map_err(AuditError)?;
                 sink.rotate_if_full().map_err(AuditError)?;
                 (&mut sink.seq, &mut sink.prev, sink.size)
@@ -611,10 +647,12 @@ impl Writer {
                 self.metrics.audit_records(records);
                 Ok(())
             }
-            Err(problem) => {
-                self.rollback(first_seq, first_prev, size_before);
-                Err(AuditError(problem))
-            }
+            Err(problem) => match self.rollback(first_seq, first_prev, size_before) {
+                Ok(()) => Err(AuditError(problem)),
+                Err(cut) => Err(AuditError(format!(
+                    "{problem}; then the partial write could not be cut back ({cut}): nothing more is written until it is"
+                ))),
+            },
         }
     }
 
@@ -667,8 +705,10 @@ impl Writer {
     /// After a failed batch: the chain state goes back to the record before the batch, and the
     /// file is cut back to `size_before` (whatever of the batch reached it: a failed sync after a
     /// good write left all of it, whose `seq`s the next batch reuses) and closed (reopened by the
-    /// next attempt).
-    fn rollback(&mut self, seq: u64, prev: String, size_before: u64) {
+    /// next attempt). If the cut itself fails, the file is kept as unsound and the error returned:
+    /// writing on would put records after a partial line, or reuse `seq`s, so nothing is written
+    /// until the probe manages the cut (or a restart finds the torn tail, for `audit repair`).
+    fn rollback(&mut self, seq: u64, prev: String, size_before: u64) -> Result<(), String> {
         match &mut self.sink {
             Sink::Stdout {
                 seq: last_seq,
@@ -676,18 +716,18 @@ impl Writer {
             } => {
                 *last_seq = seq;
                 *last_prev = prev;
+                Ok(())
             }
             Sink::File(sink) => {
                 sink.seq = seq;
                 sink.prev = prev;
                 sink.size = size_before;
-                if let Some((file, _)) = sink.file.take() {
-                    if let Ok(meta) = file.metadata() {
-                        let durable = meta.len().min(size_before);
-                        let _ = file.set_len(last_line_end(&file, durable));
-                        let _ = file.sync_data();
-                    }
-                }
+                let Some((file, _)) = sink.file.take() else {
+                    return Ok(());
+                };
+                cut_back(&file, size_before).inspect_err(|problem| {
+                    sink.unsound = Some((file, size_before, problem.clone()));
+                })
             }
         }
     }
@@ -772,6 +812,31 @@ fn free_bytes(path: &Path) -> Option<u64> {
 #[cfg(not(unix))]
 fn free_bytes(_path: &Path) -> Option<u64> {
     None
+}
+
+/// Cuts `file` back to the last line end at or before `size` (what was durable before a failed
+/// batch), if anything of the batch reached it, and syncs it. Every step's failure is reported:
+/// a file left longer than that holds a partial line or records whose `seq`s come again.
+fn cut_back(file: &File, size: u64) -> Result<(), String> {
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read its size: {e}"))?
+        .len();
+    let target = last_line_end(file, len.min(size));
+    if len > target {
+        file.set_len(target)
+            .map_err(|e| format!("cannot truncate it to {target} bytes: {e}"))?;
+    }
+    file.sync_data()
+        .map_err(|e| format!("cannot sync it: {e}"))?;
+    match file.metadata() {
+        Ok(meta) if meta.len() == target => Ok(()),
+        Ok(meta) => Err(format!(
+            "it is {} bytes long after truncating to {target}",
+            meta.len()
+        )),
+        Err(e) => Err(format!("cannot read its size: {e}")),
+    }
 }
 
 /// Where the last complete line of `file` ends, at or before `len` (a failed write may have left
