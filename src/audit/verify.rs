@@ -17,9 +17,9 @@ use super::canonical::write_object;
 use super::chain::{hash_of, AuditKey, GENESIS};
 
 /// The longest line read; a longer one is reported rather than held in memory. It must exceed any
-/// record the gateway writes, or the gateway would refuse to start on its own trail: a checked
-/// body of up to `server.max_body_bytes` (16 MiB at most) plus an `upstream_message` from an
-/// answer of up to 16 MiB, with room to spare.
+/// record the gateway writes, or the gateway would refuse to start on its own trail: records are
+/// at most `audit.max_record_bytes` (16 MiB at most) since issue 17, and trails written before
+/// held records of a checked body of up to 16 MiB plus an `upstream_message` of up to 16 MiB.
 pub const MAX_LINE_BYTES: usize = 48 << 20;
 
 /// The files of the trail whose live file is `path`, oldest first: `<path>.k`, `<path>.k+1`, …

@@ -31,6 +31,11 @@ use crate::route::{route, Operation};
 /// The SPEC §9 code of a refusal because the trail could not take a record.
 const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 
+/// How long a refusal made at its deadline still waits for its record: on a sound disk a record
+/// is durable well within it (so `fsync = "always"` still means answered after the record is on
+/// disk), and on a stuck one the answer is late by no more than this.
+const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Which operations leave records.
 #[derive(Clone, Debug)]
 pub struct AuditPolicy {
@@ -67,9 +72,10 @@ impl AuditPolicy {
     ///
     /// How long the answer waits for the record (SPEC §6, bounded refusals): a forwarded
     /// change's, up to [`crate::audit::writer::WAIT`]; a refusal's, no later than the request's
-    /// deadline; and a refusal because the trail could not take the intent, not at all (its
-    /// caller already waited once, for the intent): that record is queued and written when the
-    /// trail can take it.
+    /// deadline, or [`REFUSAL_GRACE`] past it for a refusal made at the deadline (a lock wait
+    /// or a body that ran out of time); and a refusal because the trail could not take the
+    /// intent, not at all (its caller already waited once, for the intent): that record is
+    /// queued and written when the trail can take it.
     async fn outcome(
         &self,
         context: &RequestContext,
@@ -83,7 +89,10 @@ impl AuditPolicy {
         } else if code == Some(AUDIT_UNAVAILABLE) {
             self.trail.enqueue(record)
         } else {
-            self.trail.append_until(record, context.deadline).await
+            let until = context
+                .deadline
+                .max(tokio::time::Instant::now() + REFUSAL_GRACE);
+            self.trail.append_until(record, until).await
         };
         match written {
             Ok(()) => {}
