@@ -955,7 +955,7 @@ async fn a_rollback_that_cannot_cut_back_stops_the_writer_until_it_can() {
     if !chattr("+a", &trail) {
         assert!(
             std::env::var_os("CI").is_none(),
-            "CI must be able to make a tmpfs file append-only (chattr +a, as root)"
+            "CI must be able to make a tmpfs file append-only (chattr +a: root, Linux 6.0 or newer)"
         );
         eprintln!("SKIPPED: chattr +a does not work here");
         return;

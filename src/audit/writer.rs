@@ -363,10 +363,10 @@ struct FileSink {
     seq: u64,
     prev: String,
     /// A file a failed batch left partly written and that could not be cut back (its
-    /// `set_len` or sync failed), with the size to cut it to and why it could not be. While
+    /// `set_len` or sync failed), with the size to cut it to. While
     /// set, nothing is written (the next record would follow a partial line, or reuse the `seq`s
     /// of whole lines left behind); the probe retries the cut (SPEC §6, fail closed).
-    unsound: Option<(File, u64, String)>,
+    unsound: Option<(File, u64)>,
 }
 
 impl Sink {
@@ -471,37 +471,32 @@ impl FileSink {
         self.ensure_open()
     }
 
-    /// Refuses to write while a partial write could not be cut back.
-    fn check_sound(&self) -> Result<(), String> {
-        match &self.unsound {
-            Some((_, _, problem)) => Err(format!(
+    /// Refuses to write while a partial write could not be cut back, after trying the cut once
+    /// more (at each batch and each probe, so writing resumes as soon as the cut succeeds).
+    fn check_sound(&mut self) -> Result<(), String> {
+        let Some((file, size)) = &self.unsound else {
+            return Ok(());
+        };
+        match cut_back(file, *size) {
+            Ok(()) => {
+                tracing::info!(
+                    "the failed write at the end of {} was cut back",
+                    self.path.display()
+                );
+                self.unsound = None;
+                Ok(())
+            }
+            Err(problem) => Err(format!(
                 "{} ends in a failed write that could not be cut back ({problem}); nothing is written to it until it is",
                 self.path.display()
             )),
-            None => Ok(()),
         }
     }
 
     /// Checks that the file system takes a write and a sync in the trail's directory, after
     /// cutting back a partial write that could not be cut before.
     fn probe(&mut self) -> Result<(), String> {
-        if let Some((file, size, _)) = &self.unsound {
-            match cut_back(file, *size) {
-                Ok(()) => {
-                    tracing::info!(
-                        "the failed write at the end of {} was cut back",
-                        self.path.display()
-                    );
-                    self.unsound = None;
-                }
-                Err(problem) => {
-                    if let Some(unsound) = &mut self.unsound {
-                        unsound.2 = problem;
-                    }
-                    return self.check_sound();
-                }
-            }
-        }
+        self.check_sound()?;
         let probe = PathBuf::from(format!("{}.probe", self.path.display()));
         let result = (|| {
             let mut file = File::create(&probe)?;
@@ -725,9 +720,11 @@ impl Writer {
                 let Some((file, _)) = sink.file.take() else {
                     return Ok(());
                 };
-                cut_back(&file, size_before).inspect_err(|problem| {
-                    sink.unsound = Some((file, size_before, problem.clone()));
-                })
+                let cut = cut_back(&file, size_before);
+                if cut.is_err() {
+                    sink.unsound = Some((file, size_before));
+                }
+                cut
             }
         }
     }
