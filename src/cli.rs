@@ -1,4 +1,5 @@
-//! The command line (SPEC §7): `serve`, `check`, `keys new`, `audit verify`, `emulator`, `health`.
+//! The command line (SPEC §7): `serve`, `check`, `keys new`, `audit verify`, `audit repair`,
+//! `emulator`, `health`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::audit::chain::AuditKey;
+use crate::audit::repair::{repair, Repair, RepairError};
 use crate::audit::verify::{trail_files, verify};
 use crate::caller::{key_digest_hex, new_key};
 use crate::config::{valid_client_name, Config, ConfigErrors, Mode};
@@ -86,6 +88,11 @@ pub enum AuditCommand {
     /// hash (exit 0 only for an intact trail, 1 at the first bad record, 2 on a usage, config or
     /// key problem).
     Verify(AuditVerifyArgs),
+    /// Cut a torn last line (a crash in the middle of a write) off the live file, keeping the
+    /// bytes in `<audit.path>.torn`, so that `serve` resumes the chain; nothing else is ever
+    /// rewritten (exit 0 when the trail then ends in a record that verifies, or nothing was torn;
+    /// 1 when it does not; 2 on a usage, config or key problem).
+    Repair(ConfigArg),
 }
 
 /// `audit verify` arguments.
@@ -100,8 +107,8 @@ pub struct AuditVerifyArgs {
     /// The environment variable holding the audit key (instead of the configuration's).
     #[arg(long, value_name = "VAR")]
     pub key_env: Option<String>,
-    /// The trail files, oldest first; by default `<audit.path>.1 … <audit.path>.n` then
-    /// `<audit.path>`.
+    /// The trail files, oldest first; by default `<audit.path>.k … <audit.path>.n` then
+    /// `<audit.path>` (k the oldest rotated file left: older ones may have been archived).
     #[arg(value_name = "FILES")]
     pub files: Vec<PathBuf>,
 }
@@ -151,6 +158,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => audit_verify(&args),
+        Command::Audit {
+            command: AuditCommand::Repair(args),
+        } => audit_repair(&args.config),
         Command::Emulator(args) => emulator(args),
         Command::Demo => demo(),
         Command::Health(args) => health(args),
@@ -193,6 +203,13 @@ fn serve(path: &Path) -> ExitCode {
     if let Err(errors) = gateway.open_trail(&config.audit) {
         report(path, &errors);
         return ExitCode::from(2);
+    }
+    // A test hook (tests/audit_faults.rs): a stuck disk, without the privileges fsfreeze needs.
+    if let (Some(file), Some(trail)) = (
+        std::env::var_os("TOKENGATE_TEST_AUDIT_STALL_FILE"),
+        &gateway.trail,
+    ) {
+        trail.faults().stall_while_exists(file.into());
     }
     let runtime = match runtime() {
         Ok(runtime) => runtime,
@@ -325,6 +342,10 @@ fn check(path: &Path) -> ExitCode {
         } else {
             "not audited"
         },
+    );
+    println!(
+        "                 records at most {} bytes (larger values omitted), at most {} bytes of them waiting for the disk; not ready below {} bytes free",
+        audit.max_record_bytes, audit.queue_bytes, audit.min_free_bytes
     );
     match upstream.mode {
         Mode::Hold => {
@@ -510,12 +531,85 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
                 plural(summary.files as u64, "file"),
                 summary.last_seq
             );
+            // Older files may be archived or deleted (SPEC §6): say so, so that an auditor who
+            // expects the whole trail sees that its beginning is not here.
+            if summary.first_seq > 1 {
+                println!(
+                    "starts at seq {}; earlier files are not present",
+                    summary.first_seq
+                );
+            }
             println!("head {}", summary.head);
             ExitCode::SUCCESS
         }
         Err(failure) => {
             eprintln!("tokengate: audit trail broken at {failure}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn audit_repair(path: &Path) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(errors) => {
+            report(path, &errors);
+            return ExitCode::from(2);
+        }
+    };
+    let audit = &config.audit;
+    if audit.path.as_os_str() == "-" {
+        eprintln!("tokengate: audit.path is `-` (standard output): there is no file to repair");
+        return ExitCode::from(2);
+    }
+    let key = match AuditKey::load(
+        audit.hmac_key_env.as_deref(),
+        audit.hmac_key_file.as_deref(),
+    ) {
+        Ok(key) => key,
+        Err(error) => {
+            eprintln!("tokengate: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let live = audit.path.display();
+    match repair(&audit.path, &key) {
+        Ok(Repair::NoLiveFile) => {
+            println!("nothing to repair: {live} is missing or empty");
+            ExitCode::SUCCESS
+        }
+        Ok(Repair::Intact { seq }) => {
+            println!(
+                "nothing to repair: the last line of {live} is a whole record (seq {seq}) that verifies"
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Repair::Cut {
+            bytes,
+            line,
+            why,
+            kept_in,
+            resumes_after,
+        }) => {
+            println!(
+                "cut {bytes} bytes off {live}: line {line}, a torn write ({why}); kept in {}",
+                kept_in.display()
+            );
+            match resumes_after {
+                Some((seq, hash)) => println!(
+                    "the trail now ends at seq {seq} (hash {hash}), which verifies: serve resumes the chain at seq {}",
+                    seq + 1
+                ),
+                None => println!("the trail now holds no record: serve starts it at seq 1"),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("tokengate: {error}");
+            match error {
+                RepairError::Io(_) => ExitCode::from(2),
+                RepairError::NotTorn(_) | RepairError::StillBroken { .. } => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -104,6 +104,10 @@ pub enum GatewayError {
         "the request was not forwarded because the audit trail cannot be written; retry later"
     )]
     AuditUnavailable(#[source] AuditError),
+    /// Another change of the token held its lock past this request's deadline
+    /// (`server.request_timeout_ms`); nothing was forwarded (SPEC §6, bounded refusals).
+    #[error("another change of token {0} is still in progress and did not finish within this request's time; this request was not forwarded: retry")]
+    TokenBusy(TokenId),
     /// The upstream answered 429 with an empty body.
     #[error("the upstream is rate limiting requests; retry later")]
     UpstreamRateLimited,
@@ -160,6 +164,7 @@ impl GatewayError {
             GatewayError::RequestTimeout(_) => "request_timeout",
             GatewayError::BodyTooLarge(_) => "body_too_large",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
+            GatewayError::TokenBusy(_) => "token_busy",
             GatewayError::UpstreamRateLimited => "upstream_rate_limited",
             GatewayError::Internal(_) => "internal",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
@@ -190,7 +195,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::AuditUnavailable(_) | GatewayError::TokenBusy(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamAuthFailed => {
@@ -255,6 +262,9 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
+            GatewayError::TokenBusy(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
+            }
             _ => {}
         }
         response.extensions_mut().insert(ErrorCode(self.code()));
@@ -270,6 +280,12 @@ fn rate_limited_message(policy: &str, retry_after: u64) -> String {
         )
     } else {
         format!("this client's rate limit for {policy} is reached; retry in {retry_after} s")
+    }
+}
+
+impl From<crate::locks::LockTimeout> for GatewayError {
+    fn from(timeout: crate::locks::LockTimeout) -> GatewayError {
+        GatewayError::TokenBusy(timeout.0)
     }
 }
 

@@ -204,6 +204,10 @@ impl Gateway {
             authenticator.keep_limits_from(&self.authenticator);
         }
         next.trail = self.trail.clone();
+        // The one `[audit]` key a reload applies: it only moves the readiness threshold.
+        if let Some(trail) = &next.trail {
+            trail.set_min_free_bytes(config.audit.min_free_bytes);
+        }
         next.audit_key = self.audit_key.clone();
         next.locks = self.locks.clone();
         next.in_flight = self.in_flight.clone();
@@ -267,6 +271,8 @@ pub struct RestartOnly {
     audit_path: std::path::PathBuf,
     audit_fsync: crate::config::Fsync,
     audit_rotate_bytes: u64,
+    audit_max_record_bytes: usize,
+    audit_queue_bytes: u64,
     audit_hmac_key_env: Option<String>,
     audit_hmac_key_file: Option<std::path::PathBuf>,
     log_format: crate::config::LogFormat,
@@ -280,10 +286,13 @@ impl RestartOnly {
             listen: config.server.listen,
             admin_listen: config.server.admin_listen,
             upstream_url: config.upstream.url.clone(),
-            // The trail writer is opened once: every `[audit]` key but `reads` is read at start.
+            // The trail writer is opened once: every `[audit]` key but `reads` and
+            // `min_free_bytes` is read at start.
             audit_path: config.audit.path.clone(),
             audit_fsync: config.audit.fsync,
             audit_rotate_bytes: config.audit.rotate_bytes,
+            audit_max_record_bytes: config.audit.max_record_bytes,
+            audit_queue_bytes: config.audit.queue_bytes,
             audit_hmac_key_env: config.audit.hmac_key_env.clone(),
             audit_hmac_key_file: config.audit.hmac_key_file.clone(),
             log_format: config.log.format,
@@ -311,6 +320,14 @@ impl RestartOnly {
         differs(
             "audit.rotate_bytes",
             self.audit_rotate_bytes != next.audit_rotate_bytes,
+        );
+        differs(
+            "audit.max_record_bytes",
+            self.audit_max_record_bytes != next.audit_max_record_bytes,
+        );
+        differs(
+            "audit.queue_bytes",
+            self.audit_queue_bytes != next.audit_queue_bytes,
         );
         differs(
             "audit.hmac_key_env",

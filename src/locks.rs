@@ -10,8 +10,16 @@
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
+use tokio::time::Instant;
 
 use crate::route::TokenId;
+
+/// A token's lock was still held by another change at the request's deadline (SPEC §6: waiting
+/// for a token's lock ends at the request's deadline, so a stuck change cannot queue others
+/// behind it without bound). Nothing was forwarded.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("another change of token {0} was still in progress at the request's deadline")]
+pub struct LockTimeout(pub TokenId);
 
 const STRIPES: usize = 1024;
 
@@ -30,20 +38,30 @@ impl Default for TokenLocks {
 }
 
 impl TokenLocks {
-    /// Waits for the locks of every id of `ids`; they are held until the guards are dropped.
-    pub async fn lock(&self, ids: &[TokenId]) -> Vec<OwnedMutexGuard<()>> {
+    /// Waits for the locks of every id of `ids`, until `deadline` at most (the request's); they
+    /// are held until the guards are dropped. At the deadline, the locks taken so far are
+    /// released and the id still waited for is named.
+    pub async fn lock(
+        &self,
+        ids: &[TokenId],
+        deadline: Instant,
+    ) -> Result<Vec<OwnedMutexGuard<()>>, LockTimeout> {
         // Ids are sequential upstream: the low bits spread them evenly.
-        let mut stripes: Vec<usize> = ids
+        let mut stripes: Vec<(usize, TokenId)> = ids
             .iter()
-            .map(|id| (id.get() % STRIPES as u64) as usize)
+            .map(|id| ((id.get() % STRIPES as u64) as usize, *id))
             .collect();
         stripes.sort_unstable();
-        stripes.dedup();
+        stripes.dedup_by_key(|(stripe, _)| *stripe);
         let mut guards = Vec::with_capacity(stripes.len());
-        for stripe in stripes {
-            guards.push(self.stripes[stripe].clone().lock_owned().await);
+        for (stripe, id) in stripes {
+            let lock = self.stripes[stripe].clone().lock_owned();
+            match tokio::time::timeout_at(deadline, lock).await {
+                Ok(guard) => guards.push(guard),
+                Err(_) => return Err(LockTimeout(id)),
+            }
         }
-        guards
+        Ok(guards)
     }
 }
 
@@ -62,11 +80,18 @@ mod tests {
     #[tokio::test]
     async fn a_batch_waits_for_any_of_its_tokens_and_batches_never_deadlock() {
         let locks = Arc::new(TokenLocks::default());
+        let later = || Instant::now() + Duration::from_secs(30);
         // A change of token 7 holds its lock: a batch naming 7 among others waits for it.
-        let held = locks.lock(&ids(&[7])).await;
+        let held = locks.lock(&ids(&[7]), later()).await.unwrap();
         let batch = tokio::spawn({
             let locks = locks.clone();
-            async move { locks.lock(&ids(&[3, 7, 1031])).await.len() }
+            async move {
+                locks
+                    .lock(&ids(&[3, 7, 1031]), later())
+                    .await
+                    .unwrap()
+                    .len()
+            }
         });
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(
@@ -82,7 +107,7 @@ mod tests {
             let locks = locks.clone();
             let order = if i % 2 == 0 { [5, 9, 700] } else { [700, 9, 5] };
             tasks.push(tokio::spawn(async move {
-                let _guards = locks.lock(&ids(&order)).await;
+                let _guards = locks.lock(&ids(&order), later()).await.unwrap();
                 tokio::task::yield_now().await;
             }));
         }
@@ -92,5 +117,27 @@ mod tests {
         )
         .await
         .expect("no deadlock");
+    }
+
+    #[tokio::test]
+    async fn a_wait_for_a_lock_ends_at_the_deadline_and_releases_what_it_took() {
+        let locks = TokenLocks::default();
+        let held = locks
+            .lock(&ids(&[9]), Instant::now() + Duration::from_secs(30))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let timeout = locks
+            .lock(&ids(&[3, 9]), started + Duration::from_millis(100))
+            .await
+            .unwrap_err();
+        assert_eq!(timeout.0.get(), 9);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // Token 3's lock, taken on the way, was released.
+        let three = locks
+            .lock(&ids(&[3]), Instant::now() + Duration::from_millis(100))
+            .await;
+        assert!(three.is_ok());
+        drop(held);
     }
 }

@@ -71,6 +71,10 @@ pub struct Metrics {
     audit_failures: Counter,
     audit_fsync: Histogram,
     audit_queue_depth: Gauge,
+    audit_queue_bytes: Gauge,
+    audit_records_dropped: Counter,
+    audit_free_bytes: Gauge,
+    audit_min_free_bytes: Gauge,
     ready: Gauge,
     open_connections: Gauge,
     connection_cap_reached: Counter,
@@ -131,6 +135,10 @@ impl Metrics {
         let audit_failures = Counter::default();
         let audit_fsync = Histogram::new(exponential_buckets(0.000_025, 2.0, 16));
         let audit_queue_depth = Gauge::default();
+        let audit_queue_bytes = Gauge::default();
+        let audit_records_dropped = Counter::default();
+        let audit_free_bytes = Gauge::default();
+        let audit_min_free_bytes = Gauge::default();
         let open_connections = Gauge::default();
         let connection_cap_reached = Counter::default();
         registry.register(
@@ -162,6 +170,26 @@ impl Metrics {
             "tokengate_audit_queue_depth",
             "Audit records waiting for the writer",
             audit_queue_depth.clone(),
+        );
+        registry.register(
+            "tokengate_audit_queue_bytes",
+            "Bytes of audit records waiting for the disk (at most audit.queue_bytes)",
+            audit_queue_bytes.clone(),
+        );
+        registry.register(
+            "tokengate_audit_records_dropped",
+            "Outcome records of refusals never written: the audit queue was full when they were made",
+            audit_records_dropped.clone(),
+        );
+        registry.register(
+            "tokengate_audit_free_bytes",
+            "Bytes free on the audit trail's file system (looked at every second); below tokengate_audit_min_free_bytes the gateway is not ready",
+            audit_free_bytes.clone(),
+        );
+        registry.register(
+            "tokengate_audit_min_free_bytes",
+            "audit.min_free_bytes: the free space below which the gateway reports not ready",
+            audit_min_free_bytes.clone(),
         );
         registry.register(
             "tokengate_requests",
@@ -240,6 +268,10 @@ impl Metrics {
             audit_failures,
             audit_fsync,
             audit_queue_depth,
+            audit_queue_bytes,
+            audit_records_dropped,
+            audit_free_bytes,
+            audit_min_free_bytes,
             ready,
             open_connections,
             connection_cap_reached,
@@ -333,6 +365,29 @@ impl Metrics {
     /// Records one fsync of the trail.
     pub fn audit_fsync(&self, elapsed: Duration) {
         self.audit_fsync.observe(elapsed.as_secs_f64());
+    }
+
+    /// Sets the bytes of audit records waiting for the disk.
+    pub fn set_audit_queue_bytes(&self, bytes: u64) {
+        self.audit_queue_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets the free space of the trail's file system.
+    pub fn set_audit_free_bytes(&self, bytes: u64) {
+        self.audit_free_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Sets `audit.min_free_bytes` as in force.
+    pub fn set_audit_min_free_bytes(&self, bytes: u64) {
+        self.audit_min_free_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    /// Counts an outcome record of a refusal that could not even be queued.
+    pub fn audit_record_dropped(&self) {
+        self.audit_records_dropped.inc();
     }
 
     /// Sets the audit queue depth.

@@ -120,23 +120,40 @@ impl FromIterator<Operation> for OperationSet {
     }
 }
 
-/// A token id: 1 to 2^63-1, written in plain decimal digits (no sign, no leading zero).
+/// A token id: 1 to [`TokenId::MAX`] (2^53-1), written in plain decimal digits (no sign, no
+/// leading zero).
+///
+/// The bound is 2^53-1 rather than what new-api's `int` holds because every id the gateway
+/// accepts ends up as a number in an audit record, and a record must stay checkable by any
+/// RFC 8785 tool (SPEC §2, §6): those read numbers as IEEE doubles, which are exact only up to
+/// 2^53-1, so a larger id would be rewritten (…993 becomes …992) and its record's hash would not
+/// verify.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TokenId(u64);
 
 impl TokenId {
+    /// The largest id: 2^53-1, the largest integer every JSON reader holds exactly.
+    pub const MAX: u64 = (1 << 53) - 1;
+
     /// Parses an id as SPEC §2 writes it.
     pub fn parse(text: &str) -> Option<TokenId> {
         let bytes = text.as_bytes();
         if bytes.is_empty()
-            || bytes.len() > 19
+            || bytes.len() > 16
             || bytes[0] == b'0'
             || !bytes.iter().all(u8::is_ascii_digit)
         {
             return None;
         }
         let value: u64 = text.parse().ok()?;
-        (value <= i64::MAX as u64).then_some(TokenId(value))
+        TokenId::new(value)
+    }
+
+    /// The id `value`, if it is within 1 to [`TokenId::MAX`].
+    pub fn new(value: u64) -> Option<TokenId> {
+        (1..=TokenId::MAX)
+            .contains(&value)
+            .then_some(TokenId(value))
     }
 
     /// The id as a number.
@@ -416,8 +433,9 @@ fn endpoint(method: &Method, segments: &[&str]) -> Result<Endpoint, GatewayError
 fn token_id(text: &str) -> Result<TokenId, GatewayError> {
     TokenId::parse(text).ok_or_else(|| {
         GatewayError::BadRequest(format!(
-            "invalid token id `{}`: an id is a whole number from 1 to 9223372036854775807, without sign or leading zero",
-            text.escape_debug()
+            "invalid token id `{}`: an id is a whole number from 1 to {} (2^53-1), without sign or leading zero",
+            text.escape_debug(),
+            TokenId::MAX
         ))
     })
 }
@@ -604,14 +622,25 @@ mod tests {
     #[test]
     fn ids_are_plain_decimal_in_range() {
         assert_eq!(
-            TokenId::parse("9223372036854775807"),
-            Some(TokenId(i64::MAX as u64))
+            TokenId::parse("9007199254740991"),
+            Some(TokenId(9_007_199_254_740_991))
         );
+        assert_eq!(TokenId::MAX, 9_007_199_254_740_991);
+        assert_eq!(
+            TokenId::new(TokenId::MAX).map(TokenId::get),
+            Some(TokenId::MAX)
+        );
+        assert_eq!(TokenId::new(TokenId::MAX + 1), None);
+        assert_eq!(TokenId::new(0), None);
         for bad in [
             "0",
             "007",
             "-1",
             "+1",
+            // 2^53 and 2^53+1 (which a double reads as 2^53): beyond what JSON keeps exact.
+            "9007199254740992",
+            "9007199254740993",
+            "9223372036854775807",
             "9223372036854775808",
             "1e3",
             "",
@@ -623,6 +652,14 @@ mod tests {
         assert_eq!(code(r(Method::GET, "/api/token/abc")), "bad_request");
         assert_eq!(code(r(Method::GET, "/api/token/0")), "bad_request");
         assert_eq!(code(r(Method::POST, "/api/token/01/key")), "bad_request");
+        let Err(too_big) = r(Method::DELETE, "/api/token/9007199254740993") else {
+            panic!("an id above 2^53-1 is refused");
+        };
+        assert_eq!(too_big.code(), "bad_request");
+        assert!(
+            too_big.to_string().contains("9007199254740991"),
+            "the message says the bound: {too_big}"
+        );
     }
 
     #[test]

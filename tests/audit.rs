@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -352,6 +353,85 @@ async fn rotation_and_restart_keep_one_chain() {
     assert!(stdout.contains("60 records"), "{stdout}");
 }
 
+/// SPEC §6, retention: the oldest rotated files may be archived. `serve` needs only the newest
+/// record, so it starts and rotates on past the highest file (never onto an existing one);
+/// `verify` over what remains says where the trail starts, and a gap in the middle stays a break.
+#[tokio::test]
+async fn archived_rotated_files_leave_a_trail_that_serves_and_verifies() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trail.jsonl");
+    let mut options = Options::new(upstream.addr);
+    options.audit_path = Some(path.clone());
+    options.audit_extra = "rotate_bytes = 4096".into();
+    let write = |gateway: &TestGateway, round: usize| {
+        let addr = gateway.addr;
+        async move {
+            for i in 0..15 {
+                let body = format!(r#"{{"name":"r{round}-{i}"}}"#);
+                let reply = admin(addr, "POST", "/api/token/", Some(&body)).await;
+                assert_eq!(reply.status, 200, "{}", reply.text());
+            }
+        }
+    };
+    let mut gateway = TestGateway::start(options.clone()).await;
+    write(&gateway, 0).await;
+    gateway.shutdown().await.unwrap();
+    let files = tokengate::audit::verify::trail_files(&path).unwrap();
+    assert!(files.len() >= 4, "rotated into several files: {files:?}");
+    let rotated_file = |n: usize| PathBuf::from(format!("{}.{n}", path.display()));
+
+    // The oldest file goes to an archive.
+    let archive = dir.path().join("archive");
+    std::fs::create_dir(&archive).unwrap();
+    let archived = std::fs::read_to_string(rotated_file(1)).unwrap();
+    let archived_records = archived.lines().count() as u64;
+    std::fs::rename(rotated_file(1), archive.join("trail.jsonl.1")).unwrap();
+    let highest_before = files.len() - 1;
+    let newest_rotated = std::fs::read(rotated_file(highest_before)).unwrap();
+
+    // serve starts on what remains and goes on rotating.
+    let mut gateway = TestGateway::start(options.clone()).await;
+    write(&gateway, 1).await;
+    gateway.shutdown().await.unwrap();
+    assert_eq!(
+        std::fs::read(rotated_file(highest_before)).unwrap(),
+        newest_rotated,
+        "no rotation was renamed onto an existing file"
+    );
+    let records = audit_records(&path);
+    assert_eq!(records.len() as u64, 60 - archived_records);
+    for (i, record) in records.iter().enumerate() {
+        assert_eq!(record["seq"], archived_records + 1 + i as u64);
+    }
+    let (code, stdout, stderr) = audit_verify_trail(&path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "starts at seq {}; earlier files are not present",
+            archived_records + 1
+        )),
+        "{stdout}"
+    );
+    // With the archived file put back in front, the whole trail verifies from seq 1.
+    let mut whole = vec![archive.join("trail.jsonl.1")];
+    whole.extend(tokengate::audit::verify::trail_files(&path).unwrap());
+    let (code, stdout, stderr) = audit_verify(&whole);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("60 records") && !stdout.contains("starts at"));
+
+    // A file missing in the middle is still a break for verify; serve starts all the same.
+    std::fs::remove_file(rotated_file(3)).unwrap();
+    let (code, stdout, stderr) = audit_verify_trail_cli(&path);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stderr.contains("trail.jsonl.3 is missing"), "{stderr}");
+    let mut gateway = TestGateway::start(options).await;
+    write(&gateway, 2).await;
+    gateway.shutdown().await.unwrap();
+}
+
 #[tokio::test]
 async fn a_damaged_tail_stops_the_gateway_from_starting() {
     let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
@@ -414,4 +494,79 @@ async fn reads_are_audited_when_asked_and_interval_sync_keeps_the_chain() {
     gateway.shutdown().await.unwrap();
     let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
     assert_eq!(code, 0, "{stdout}{stderr}");
+}
+
+/// SPEC §6, format: no line longer than `audit.max_record_bytes`, whatever the body. The largest
+/// body the configuration allows (16 MiB, of `1e20` values in a pass-through field, each written
+/// as 21 digits in canonical form: a 70 MB record before) is recorded with that value omitted, its
+/// size and SHA-256 kept, and the trail verifies and serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_allowed_body_leaves_a_record_within_max_record_bytes() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trail.jsonl");
+    let mut options = Options::new(upstream.addr);
+    options.audit_path = Some(path.clone());
+    options.max_body_bytes = 16 << 20;
+    options.upstream_extra = "extra_fields = [\"blob\"]\n".into();
+    options.request_timeout_ms = 60_000;
+    options.upstream_timeout_ms = 60_000;
+    let mut gateway = TestGateway::start(options.clone()).await;
+    let head = r#"{"name":"big","blob":["#;
+    let count = ((16 << 20) - head.len() - 2) / 5;
+    let mut body = String::with_capacity(16 << 20);
+    body.push_str(head);
+    for i in 0..count {
+        body.push_str(if i == 0 { "1e20" } else { ",1e20" });
+    }
+    body.push_str("]}");
+    assert!(
+        body.len() <= 16 << 20 && body.len() > (16 << 20) - 8,
+        "{}",
+        body.len()
+    );
+    let reply = admin(gateway.addr, "POST", "/api/token/", Some(&body)).await;
+    assert!(reply.status < 500, "{}", reply.text());
+    gateway.shutdown().await.unwrap();
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    for line in text.lines() {
+        assert!(line.len() < 102_400, "a line of {} bytes", line.len());
+    }
+    let records = audit_records(&path);
+    let intent = records
+        .iter()
+        .find(|r| r["phase"] == "intent")
+        .expect("the create was forwarded after its intent");
+    assert_eq!(intent["truncated"], true);
+    assert_eq!(intent["request"]["name"], "big", "what fits is kept");
+    let omitted = &intent["request"]["blob"];
+    assert_eq!(omitted["omitted"], true);
+    // Whoever holds the body can prove it is the one recorded.
+    let blob: Value = serde_json::from_str(&body[head.len() - 1..body.len() - 1]).unwrap();
+    let canonical = tokengate::audit::canonical::canonical(&blob);
+    assert_eq!(omitted["bytes"], canonical.len());
+    assert!(canonical.len() > 60 << 20, "{}", canonical.len());
+    let digest = ring::digest::digest(&ring::digest::SHA256, &canonical);
+    assert_eq!(omitted["sha256"], hex::encode(digest.as_ref()));
+    for record in &records {
+        assert!(
+            !record.as_object().unwrap().contains_key("truncated") || record["truncated"] == true
+        );
+    }
+    let (code, stdout, stderr) = audit_verify_trail(&path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    // And the gateway starts on this trail again.
+    let mut again = TestGateway::start(options).await;
+    let reply = admin(
+        again.addr,
+        "POST",
+        "/api/token/",
+        Some(r#"{"name":"after"}"#),
+    )
+    .await;
+    assert_eq!(reply.status, 200);
+    again.shutdown().await.unwrap();
 }

@@ -283,6 +283,62 @@ fn a_removed_middle_file_is_reported() {
 }
 
 #[test]
+fn archived_oldest_files_verify_from_where_the_trail_starts() {
+    // SPEC §6, retention: the oldest rotated file archived, what remains links up.
+    let trail = Trail::new(&[4, 5, 3]);
+    std::fs::remove_file(&trail.files[0]).unwrap();
+    let (code, stdout, stderr) = trail.verify();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("8 records in 2 files, last seq 12"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("starts at seq 5; earlier files are not present"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("head {}", trail.head())),
+        "{stdout}"
+    );
+    // Every rotated file gone: the live file alone, from where it starts.
+    std::fs::remove_file(&trail.files[1]).unwrap();
+    let (code, stdout, stderr) = trail.verify();
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("starts at seq 10;"), "{stdout}");
+    // A whole trail says nothing of the kind.
+    let whole = Trail::new(&[4, 5, 3]);
+    let (code, stdout, _) = whole.verify();
+    assert_eq!(code, 0);
+    assert!(!stdout.contains("starts at"), "{stdout}");
+    // What remains must still link up: the oldest file gone and one in the middle too is a gap.
+    let trail = Trail::new(&[3, 3, 3, 3, 2]);
+    std::fs::remove_file(&trail.files[0]).unwrap();
+    std::fs::remove_file(&trail.files[2]).unwrap();
+    let (code, stdout, stderr) = trail.verify();
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stderr.contains(&format!("{} is missing", trail.files[2].display())),
+        "{stderr}"
+    );
+    // And the first record left must not pose as the start of a trail.
+    let trail = Trail::new(&[3, 3]);
+    std::fs::remove_file(&trail.files[0]).unwrap();
+    let mut lines = trail.lines(1);
+    let mut first: Map<String, Value> = serde_json::from_str(&lines[0]).unwrap();
+    first.insert("prev".into(), json!(GENESIS));
+    seal(&AuditKey::new(KEY.as_bytes()).unwrap(), &mut first);
+    lines[0] = String::from_utf8(line(&first))
+        .unwrap()
+        .trim_end()
+        .to_owned();
+    trail.set_lines(1, &lines);
+    let result = trail.verify();
+    assert!(result.2.contains("genesis"), "{}", result.2);
+    assert_broken_at(result, &trail.path, 1, Some(4));
+}
+
+#[test]
 fn a_torn_last_line_is_reported() {
     let trail = Trail::new(&[4, 5, 3]);
     let bytes = std::fs::read(&trail.path).unwrap();

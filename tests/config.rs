@@ -28,6 +28,11 @@ fn the_example_config_loads_and_states_the_defaults() {
         format!("{:?}", config.limits),
         format!("{:?}", tokengate::config::LimitsConfig::default())
     );
+    let audit = tokengate::config::AuditConfig {
+        hmac_key_env: Some("TOKENGATE_AUDIT_KEY".into()),
+        ..Default::default()
+    };
+    assert_eq!(format!("{:?}", config.audit), format!("{audit:?}"));
     assert_eq!(config.clients.len(), 1);
     assert_eq!(
         config.clients[0].key_sha256,
@@ -112,6 +117,15 @@ fn check_reports_every_bad_key_by_name() {
             "clients[0].max_remain_quota",
         ),
         ("[audit]\nfsync = \"sometimes\"\n", "audit.fsync"),
+        (
+            "[audit]\nmax_record_bytes = 1000\n",
+            "audit.max_record_bytes",
+        ),
+        (
+            "[audit]\nmax_record_bytes = 99999999\n",
+            "audit.max_record_bytes",
+        ),
+        ("[audit]\nqueue_bytes = 100000\n", "audit.queue_bytes"),
         ("[server]\nmax_connections = 0\n", "server.max_connections"),
         (
             "[server]\nmax_header_bytes = 100\n",

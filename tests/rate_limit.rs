@@ -482,7 +482,7 @@ async fn passthrough_callers_meet_the_upstream_cap_too() {
 /// label or cache entry is made for a key before a caller is known (the one state kept is the
 /// source address's, for the limit on refusals before authentication).
 #[tokio::test]
-async fn ten_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged() {
+async fn thirty_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged() {
     let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
         .await
         .unwrap();
@@ -533,14 +533,14 @@ async fn ten_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged() {
             .map(str::to_owned)
     };
     // Warm up allocator pools and connection state, then measure.
-    flood(2_000).await;
+    flood(5_000).await;
     let before_rss = rss(gateway.child.id());
     let before = buckets(
         &send(gateway.admin, "GET", "/metrics", &[], None)
             .await
             .text(),
     );
-    flood(10_000).await;
+    flood(30_000).await;
     let after_rss = rss(gateway.child.id());
     let after_text = send(gateway.admin, "GET", "/metrics", &[], None)
         .await
@@ -555,11 +555,12 @@ async fn ten_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged() {
         after_text.contains("tokengate_unauthenticated_addresses 1"),
         "one address, however many keys: {after_text}"
     );
-    // Per-key state of even 100 bytes would be 1 MB here; allow for allocator noise below that.
+    // Per-key state of even 100 bytes would be 3 MB here; the allocator's own noise (pages it
+    // keeps as the load shifts between threads) is under 2 MB.
     let growth = after_rss.saturating_sub(before_rss);
     assert!(
-        growth < 512 * 1024,
-        "resident memory grew by {growth} bytes over 10 000 unknown keys"
+        growth < 2 * 1024 * 1024,
+        "resident memory grew by {growth} bytes over 30 000 unknown keys"
     );
     // And the configured callers still have their buckets.
     let reply = send(

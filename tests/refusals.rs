@@ -22,6 +22,8 @@ async fn nothing_outside_the_token_api_is_forwarded() {
         ("GET", "/api/token/abc", 400, "bad_request"),
         ("GET", "/api/token/0", 400, "bad_request"),
         ("GET", "/api/token/9223372036854775808", 400, "bad_request"),
+        ("GET", "/api/token/9007199254740992", 400, "bad_request"),
+        ("DELETE", "/api/token/9007199254740993", 400, "bad_request"),
         ("GET", "/api/token/?page_sise=5", 400, "bad_request"),
         ("GET", "/api/token/5?p=1", 400, "bad_request"),
         ("PUT", "/api/token/?status_only=false", 400, "bad_request"),
@@ -45,6 +47,61 @@ async fn nothing_outside_the_token_api_is_forwarded() {
             "{method} {path} reached the upstream"
         );
     }
+}
+
+/// Ids stop at 2^53-1 (SPEC §2), in the path and in bodies alike: a larger one would be rounded by
+/// any reader that holds JSON numbers as doubles, so its audit record could not be checked by a
+/// standard RFC 8785 tool. The refusal says the bound; the largest id itself passes.
+#[tokio::test]
+async fn ids_above_2_pow_53_minus_1_are_refused_with_the_bound() {
+    let (upstream, gateway) = emulator_and_gateway().await;
+    let refused = [
+        ("DELETE", "/api/token/9007199254740993", None, "bad_request"),
+        (
+            "POST",
+            "/api/token/9007199254740992/key",
+            None,
+            "bad_request",
+        ),
+        (
+            "POST",
+            "/api/token/batch",
+            Some(r#"{"ids":[5,9007199254740992]}"#),
+            "invalid_field",
+        ),
+        (
+            "PUT",
+            "/api/token/?status_only=true",
+            Some(r#"{"id":9007199254740993,"status":2}"#),
+            "invalid_field",
+        ),
+    ];
+    for (method, path, body, code) in refused {
+        upstream.emulator.clear_seen();
+        let reply = admin(gateway.addr, method, path, body).await;
+        reply.assert_envelope(400, code);
+        assert!(
+            reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("9007199254740991"),
+            "{method} {path}: the message names the bound: {}",
+            reply.text()
+        );
+        assert!(upstream.emulator.seen().is_empty(), "{method} {path}");
+    }
+    // The bound itself is an id like any other (forwarded; the emulator knows no such token).
+    upstream.emulator.clear_seen();
+    admin(gateway.addr, "DELETE", "/api/token/9007199254740991", None).await;
+    assert_eq!(upstream.emulator.seen().len(), 1);
+    let records = audit_records(&gateway.audit_path);
+    let last = records.last().unwrap();
+    assert_eq!(
+        last["token_ids"],
+        serde_json::json!([9_007_199_254_740_991u64])
+    );
+    let (code, stdout, stderr) = audit_verify_trail(&gateway.audit_path);
+    assert_eq!(code, 0, "{stdout}{stderr}");
 }
 
 #[tokio::test]

@@ -27,6 +27,9 @@ use tokengate::token::fields::MAX_QUOTA;
 /// The unit tests' clock (2027-01-15): fixed, so an expiry generated as "later than now" stays so.
 const NOW: i64 = 1_800_000_000;
 
+/// The largest token id (SPEC §2): 2^53-1.
+const MAX_ID: i64 = tokengate::route::TokenId::MAX as i64;
+
 const KINDS: [EditKind; 4] = [
     EditKind::Create,
     EditKind::Update,
@@ -291,7 +294,8 @@ fn keep_what_new_api_applies(fields: &mut Map<String, Value>) {
 /// A valid body of `kind` and the object it must be forwarded as (the body less its read-only
 /// fields). `earliest` is the earliest expiry generated.
 fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, Value)> {
-    let id = 1..=i64::MAX;
+    // Ids run from 1 to 2^53-1 (SPEC §2).
+    let id = 1..=MAX_ID;
     let with_read_only = |forwarded: Map<String, Value>, read_only: Map<String, Value>| {
         let mut body = forwarded.clone();
         for (k, v) in read_only {
@@ -367,7 +371,7 @@ fn valid_body(kind: EditKind, now: i64, earliest: i64) -> BoxedStrategy<(Value, 
                 with_read_only(fields, read_only)
             })
             .boxed(),
-        EditKind::Ids => proptest::collection::btree_set(1..=i64::MAX, 1..=100)
+        EditKind::Ids => proptest::collection::btree_set(1..=MAX_ID, 1..=100)
             .prop_shuffle_ids()
             .prop_map(|ids| {
                 let body = json!({ "ids": ids });
@@ -416,6 +420,8 @@ fn interesting_int(avoid: i64) -> impl Strategy<Value = Value> {
         1 => Just(json!(MAX_QUOTA)),
         1 => Just(json!(MAX_QUOTA + 1)),
         1 => Just(json!(i64::MAX)),
+        1 => Just(json!(MAX_ID)),
+        1 => Just(json!(MAX_ID + 1)),
         1 => Just(json!(i64::MIN)),
         1 => Just(json!(u64::MAX)),
         1 => Just(json!(100_000_000_000i64)),

@@ -8,10 +8,12 @@
 //! - [`writer`]: the one writer thread: bounded queue, group-commit fsync, rotation, resume,
 //!   fail-closed;
 //! - [`verify`]: listing a trail's files, checking a whole trail (`tokengate audit verify`), and
-//!   reading the verified tail a writer resumes from.
+//!   reading the verified tail a writer resumes from;
+//! - [`repair`]: cutting a torn last line off the live file (`tokengate audit repair`).
 
 pub mod canonical;
 pub mod chain;
 pub mod record;
+pub mod repair;
 pub mod verify;
 pub mod writer;

@@ -4,6 +4,19 @@
 //! No secret is ever written: the checked request body carries no token key (the read-only `key`
 //! a `GET` returns is dropped by validation), and a key reveal records only that it happened and
 //! for which ids, never the upstream's answer.
+//!
+//! No record is longer than `audit.max_record_bytes` (SPEC §6, format), the line limit of log
+//! shippers and of `verify` itself: a bigger one would make the trail unreadable for good. When a
+//! record would be, its largest values are replaced, largest first, by
+//! `{"bytes":N,"omitted":true,"sha256":"<hex>"}` (N and the SHA-256 of the value's canonical
+//! JSON, so whoever holds the value can prove it is the one recorded) until it fits, and the
+//! record carries `"truncated":true`. The values that can be replaced are each member of
+//! `request` (then `request` whole, if that is not enough) and `upstream_message`, the values
+//! that come from outside; `before` and the `from`/`to` of `changes` (SPEC §6.1) join them as
+//! [`Slot`]s when records carry them.
+
+use std::borrow::Cow;
+use std::ops::Range;
 
 use super::canonical;
 use super::chain::AuditKey;
@@ -64,7 +77,28 @@ pub struct Draft {
     ends: [usize; 5],
 }
 
+/// The most bytes the writer adds to a draft when it seals it: `"hash":"<64 hex>"` and
+/// `"prev":"<64 hex>"` (73 each), `"seq":<up to 20 digits>` (26), `"ts":"<24>"` (31), `"v":1`
+/// (5), a comma for each (5) and one more where a run ends (5), the braces and the newline: 221,
+/// rounded up.
+pub const SEALED_OVERHEAD: usize = 256;
+
 impl Draft {
+    /// The bytes the draft holds (the queue and the write buffer are bounded by them).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the draft is empty (never: a record has members).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The longest its sealed line can be, newline included.
+    pub fn sealed_len(&self) -> usize {
+        self.bytes.len() + SEALED_OVERHEAD
+    }
+
     /// Seals the draft as record `seq` of the chain after `prev`, stamped `ts`: appends its line
     /// (`\n` included) to `out` and returns its `hash`. `scratch` holds the bytes signed.
     pub(crate) fn seal(
@@ -202,15 +236,28 @@ struct Answer<'a> {
     code: Option<&'a str>,
 }
 
-/// The `intent` record of a request about to be forwarded.
-pub fn intent(context: &RequestContext, op: Operation) -> Draft {
-    draft(context, op, "intent", None)
+/// The `intent` record of a request about to be forwarded, at most `max_record_bytes` long once
+/// sealed (`audit.max_record_bytes`).
+pub fn intent(context: &RequestContext, op: Operation, max_record_bytes: usize) -> Draft {
+    draft(context, op, "intent", None, max_record_bytes)
 }
 
 /// The `outcome` record of a finished request, answered with `status` (and the SPEC §9 `code`
-/// when the gateway made the answer).
-pub fn outcome(context: &RequestContext, op: Operation, status: u16, code: Option<&str>) -> Draft {
-    draft(context, op, "outcome", Some(Answer { status, code }))
+/// when the gateway made the answer), at most `max_record_bytes` long once sealed.
+pub fn outcome(
+    context: &RequestContext,
+    op: Operation,
+    status: u16,
+    code: Option<&str>,
+    max_record_bytes: usize,
+) -> Draft {
+    draft(
+        context,
+        op,
+        "outcome",
+        Some(Answer { status, code }),
+        max_record_bytes,
+    )
 }
 
 /// The one `outcome` record of an address's refusals before authentication past
@@ -245,17 +292,76 @@ pub fn suppressed(summary: &Summary) -> Draft {
     m.finish() // v
 }
 
-/// Every member, in canonical order: `caller_request_id client duration_ms` | hash | `method op
-/// outcome path phase` | prev | `reason request request_id` | seq | `source_ip status token_ids`
-/// | ts | `upstream_message upstream_status upstream_success` | v.
+/// Renders the record, then, if it would be longer than `limit` once sealed, renders it again
+/// with its largest values omitted ([`fit`]).
 fn draft(
     context: &RequestContext,
     op: Operation,
     phase: &str,
     answer: Option<Answer<'_>>,
+    limit: usize,
 ) -> Draft {
     let upstream = answer.as_ref().and_then(|_| context.upstream());
     let envelope = upstream.as_ref().and_then(|u| Envelope::parse(&u.body));
+    let request = context.request();
+    let message = envelope
+        .as_ref()
+        .and_then(|e| e.message.as_deref())
+        .map(|m| {
+            let mut bytes = Vec::with_capacity(m.len() + 2);
+            canonical::write_string(m, &mut bytes);
+            bytes
+        });
+    let facts = Facts {
+        upstream: upstream.as_ref(),
+        success: envelope.as_ref().and_then(|e| e.success),
+    };
+    let mut slots = [
+        Slot {
+            value: request.as_deref().map(Cow::Borrowed),
+            split: Split::Members,
+        },
+        Slot {
+            value: message.as_deref().map(Cow::Borrowed),
+            split: Split::Whole,
+        },
+    ];
+    let whole = render(context, op, phase, answer.as_ref(), &facts, &slots, false);
+    if whole.sealed_len() <= limit {
+        return whole;
+    }
+    let truncated = fit(&mut slots, whole.sealed_len() - limit);
+    render(
+        context,
+        op,
+        phase,
+        answer.as_ref(),
+        &facts,
+        &slots,
+        truncated,
+    )
+}
+
+/// What an outcome record tells of the upstream's answer.
+struct Facts<'a> {
+    upstream: Option<&'a crate::context::UpstreamFacts>,
+    success: Option<bool>,
+}
+
+/// Every member, in canonical order: `caller_request_id client duration_ms` | hash | `method op
+/// outcome path phase` | prev | `reason request request_id` | seq | `source_ip status token_ids
+/// truncated` | ts | `upstream_message upstream_status upstream_success` | v. `slots` hold the
+/// canonical JSON of `request` and `upstream_message` (null when absent), as [`fit`] left them.
+fn render(
+    context: &RequestContext,
+    op: Operation,
+    phase: &str,
+    answer: Option<&Answer<'_>>,
+    facts: &Facts<'_>,
+    slots: &[Slot<'_>; 2],
+    truncated: bool,
+) -> Draft {
+    let [request, message] = slots;
     let mut m = Members::new();
     m.optional_string("caller_request_id", context.caller_request_id.as_deref());
     m.optional_string("client", context.client());
@@ -275,10 +381,8 @@ fn draft(
     if let Some(answer) = &answer {
         m.optional_string("reason", answer.code);
     }
-    match context.request() {
-        Some(request) => m.name("request").extend_from_slice(&request),
-        None => m.name("request").extend_from_slice(b"null"),
-    }
+    m.name("request")
+        .extend_from_slice(request.value.as_deref().unwrap_or(b"null"));
     m.string("request_id", context.id.as_str());
     m.end_run(); // seq
     m.string("source_ip", &context.source_ip().ip.to_string());
@@ -294,16 +398,18 @@ fn draft(
         out.extend_from_slice(itoa::Buffer::new().format(*id).as_bytes());
     }
     out.push(b']');
+    if truncated {
+        m.name("truncated").extend_from_slice(b"true");
+    }
     m.end_run(); // ts
     if answer.is_some() {
-        let message = envelope.as_ref().and_then(|e| e.message.as_deref());
-        m.optional_string("upstream_message", message);
-        match &upstream {
+        m.name("upstream_message")
+            .extend_from_slice(message.value.as_deref().unwrap_or(b"null"));
+        match facts.upstream {
             Some(u) => m.integer("upstream_status", u64::from(u.status)),
             None => m.name("upstream_status").extend_from_slice(b"null"),
         }
-        let success = envelope.as_ref().and_then(|e| e.success);
-        let text: &[u8] = match success {
+        let text: &[u8] = match facts.success {
             Some(true) => b"true",
             Some(false) => b"false",
             None => b"null",
@@ -313,6 +419,191 @@ fn draft(
     m.finish() // v
 }
 
+/// A value of a record that may be omitted to fit `audit.max_record_bytes`: its canonical JSON
+/// (`None` for null), and where its parts may be omitted one by one.
+struct Slot<'a> {
+    value: Option<Cow<'a, [u8]>>,
+    split: Split,
+}
+
+/// How a [`Slot`]'s value is taken apart for omission.
+#[derive(Clone, Copy)]
+enum Split {
+    /// An object (`request`, `before`): each member's value on its own, largest first, then the
+    /// whole object if that is not enough.
+    Members,
+    /// The value only as a whole (`upstream_message`).
+    Whole,
+}
+
+/// Replaces the largest values of `slots` by their omission objects until their canonical JSON
+/// is at least `excess` bytes shorter: the members of `Members` slots and the `Whole` slots,
+/// largest first, then (if still too long) whole `Members` slots. Returns whether anything was
+/// replaced. A value is only ever replaced by a shorter omission, so every step shortens.
+fn fit(slots: &mut [Slot<'_>], excess: usize) -> bool {
+    let mut excess = excess;
+    let mut candidates: Vec<(usize, Range<usize>)> = Vec::new();
+    for (i, slot) in slots.iter().enumerate() {
+        let Some(value) = &slot.value else { continue };
+        match (slot.split, members(value)) {
+            (Split::Members, Some(ranges)) => candidates.extend(ranges.into_iter().map(|r| (i, r))),
+            _ => candidates.push((i, 0..value.len())),
+        }
+    }
+    candidates.sort_by_key(|(_, range)| std::cmp::Reverse(range.len()));
+    let mut chosen: Vec<Vec<Range<usize>>> = slots.iter().map(|_| Vec::new()).collect();
+    for (slot, range) in candidates {
+        let saved = range.len().saturating_sub(omitted_len(range.len()));
+        if excess == 0 || saved == 0 {
+            break;
+        }
+        excess = excess.saturating_sub(saved);
+        chosen[slot].push(range);
+    }
+    let mut replaced = false;
+    let originals: Vec<Option<Vec<u8>>> = slots
+        .iter()
+        .map(|s| {
+            (excess > 0)
+                .then(|| s.value.as_deref().map(<[u8]>::to_vec))
+                .flatten()
+        })
+        .collect();
+    for (slot, mut ranges) in slots.iter_mut().zip(chosen) {
+        let Some(value) = &slot.value else { continue };
+        if ranges.is_empty() {
+            continue;
+        }
+        ranges.sort_by_key(|r| r.start);
+        let mut out = Vec::with_capacity(value.len().min(64 << 10));
+        let mut at = 0;
+        for range in ranges {
+            out.extend_from_slice(&value[at..range.start]);
+            out.extend_from_slice(&omitted(&value[range.clone()]));
+            at = range.end;
+        }
+        out.extend_from_slice(&value[at..]);
+        slot.value = Some(Cow::Owned(out));
+        replaced = true;
+    }
+    // Still too long (an object of very many members): whole values go, the largest first.
+    if excess > 0 {
+        let mut order: Vec<usize> = (0..slots.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(slots[i].value.as_ref().map_or(0, |v| v.len())));
+        for i in order {
+            let (Some(current), Some(Some(original))) = (&slots[i].value, originals.get(i)) else {
+                continue;
+            };
+            let whole = omitted(original);
+            let saved = current.len().saturating_sub(whole.len());
+            if excess == 0 || saved == 0 {
+                continue;
+            }
+            excess = excess.saturating_sub(saved);
+            slots[i].value = Some(Cow::Owned(whole));
+            replaced = true;
+        }
+    }
+    replaced
+}
+
+/// The omission object of a value whose canonical JSON is `value`:
+/// `{"bytes":N,"omitted":true,"sha256":"<hex>"}` (members in canonical order).
+fn omitted(value: &[u8]) -> Vec<u8> {
+    let digest = ring::digest::digest(&ring::digest::SHA256, value);
+    let mut out = Vec::with_capacity(omitted_len(value.len()));
+    out.extend_from_slice(b"{\"bytes\":");
+    out.extend_from_slice(itoa::Buffer::new().format(value.len()).as_bytes());
+    out.extend_from_slice(b",\"omitted\":true,\"sha256\":\"");
+    out.extend_from_slice(hex::encode(digest.as_ref()).as_bytes());
+    out.extend_from_slice(b"\"}");
+    out
+}
+
+/// The length of the omission object of a value of `bytes` bytes: 101 plus the digits of `bytes`.
+fn omitted_len(bytes: usize) -> usize {
+    101 + itoa::Buffer::new().format(bytes).len()
+}
+
+/// Where each member's value lies in the compact JSON object `object` (as canonical JSON is),
+/// or `None` if `object` is not one.
+fn members(object: &[u8]) -> Option<Vec<Range<usize>>> {
+    if object.first() != Some(&b'{') || object.last() != Some(&b'}') {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    if object.len() == 2 {
+        return Some(ranges);
+    }
+    let mut at = 1;
+    loop {
+        if object.get(at) != Some(&b'"') {
+            return None;
+        }
+        at = string_end(object, at)?;
+        if object.get(at) != Some(&b':') {
+            return None;
+        }
+        let start = at + 1;
+        let end = value_end(object, start)?;
+        ranges.push(start..end);
+        match object.get(end) {
+            Some(b',') => at = end + 1,
+            Some(b'}') if end + 1 == object.len() => return Some(ranges),
+            _ => return None,
+        }
+    }
+}
+
+/// Where the string starting at `start` (its opening quote) ends: just after its closing quote.
+fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
+    let mut at = start + 1;
+    while at < bytes.len() {
+        match bytes[at] {
+            b'\\' => at += 2,
+            b'"' => return Some(at + 1),
+            _ => at += 1,
+        }
+    }
+    None
+}
+
+/// Where the JSON value starting at `start` ends (compact JSON, no white space).
+fn value_end(bytes: &[u8], start: usize) -> Option<usize> {
+    match *bytes.get(start)? {
+        b'"' => string_end(bytes, start),
+        b'{' | b'[' => {
+            let mut depth = 0usize;
+            let mut at = start;
+            while at < bytes.len() {
+                match bytes[at] {
+                    b'"' => {
+                        at = string_end(bytes, at)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth = depth.checked_sub(1)?;
+                        if depth == 0 {
+                            return Some(at + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                at += 1;
+            }
+            None
+        }
+        _ => {
+            let end = bytes[start..]
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']'))
+                .map_or(bytes.len(), |n| start + n);
+            (end > start).then_some(end)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +611,9 @@ mod tests {
     use crate::context::UpstreamFacts;
     use serde_json::{json, Map, Value};
     use std::time::Duration;
+
+    /// `audit.max_record_bytes` by default.
+    const LIMIT: usize = 102_400;
 
     /// Seals `draft` as the writer does; returns the line and its hash.
     fn seal(draft: &Draft, key: &AuditKey, seq: u64, prev: &str) -> (Vec<u8>, String) {
@@ -340,7 +634,7 @@ mod tests {
             Some(awkward.into()),
             Duration::from_secs(5),
         );
-        let intent_before_facts = intent(&context, Operation::Update);
+        let intent_before_facts = intent(&context, Operation::Update, LIMIT);
         context.set_client("team-a".into());
         context.set_token_ids(vec![7, 9]);
         context.set_request(
@@ -353,9 +647,15 @@ mod tests {
         });
         let drafts = [
             intent_before_facts,
-            intent(&context, Operation::Update),
-            outcome(&context, Operation::Update, 200, None),
-            outcome(&context, Operation::Update, 504, Some("upstream_timeout")),
+            intent(&context, Operation::Update, LIMIT),
+            outcome(&context, Operation::Update, 200, None, LIMIT),
+            outcome(
+                &context,
+                Operation::Update,
+                504,
+                Some("upstream_timeout"),
+                LIMIT,
+            ),
         ];
         let mut prev = GENESIS.to_string();
         for (i, draft) in drafts.iter().enumerate() {
@@ -402,6 +702,144 @@ mod tests {
         assert_eq!(timeout["outcome"], "timeout");
         assert_eq!(timeout["reason"], "upstream_timeout");
         assert_eq!(timeout["status"], 504);
+    }
+
+    fn context_with(request: Value, upstream_body: &str) -> RequestContext {
+        let context = RequestContext::new(
+            "10.1.2.3:5000".parse().unwrap(),
+            http::Method::POST,
+            "/api/token/",
+            None,
+            Duration::from_secs(5),
+        );
+        context.set_client("team-a".into());
+        context.set_request(request);
+        context.set_forwarded();
+        context.set_upstream(UpstreamFacts {
+            status: 200,
+            body: bytes::Bytes::from(upstream_body.to_owned()),
+        });
+        context
+    }
+
+    /// The SHA-256 and length of a value's canonical JSON, as an omission states them.
+    fn omission_of(value: &Value) -> Value {
+        let bytes = crate::audit::canonical::canonical(value);
+        json!({
+            "bytes": bytes.len(),
+            "omitted": true,
+            "sha256": hex::encode(ring::digest::digest(&ring::digest::SHA256, &bytes).as_ref()),
+        })
+    }
+
+    #[test]
+    fn a_record_over_the_limit_omits_its_largest_values_first_and_says_so() {
+        let key = AuditKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
+        let big = json!(vec![1e20; 30_000]);
+        let medium = "m".repeat(20_000);
+        let request = json!({"name": "x", "blob": big, "model_limits": medium, "remain_quota": 5});
+        let context = context_with(request, r#"{"success":true,"message":"ok"}"#);
+        let limit = 40_000;
+        for draft in [
+            intent(&context, Operation::Create, limit),
+            outcome(&context, Operation::Create, 200, None, limit),
+        ] {
+            let (sealed, hash) = seal(&draft, &key, 9, GENESIS);
+            assert!(sealed.len() <= limit, "{} bytes", sealed.len());
+            let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();
+            // Canonical (`truncated` between `token_ids` and `ts`) and sealed as verify checks it.
+            assert_eq!(line(&record), sealed);
+            assert_eq!(hash_of(&key, &record), hash);
+            assert_eq!(record["truncated"], true);
+            // Only the largest value had to go; the rest is as sent.
+            assert_eq!(record["request"]["blob"], omission_of(&big));
+            assert_eq!(record["request"]["model_limits"], medium.as_str());
+            assert_eq!(record["request"]["name"], "x");
+        }
+        // Two large values: both go, the largest first; a small limit takes the next one too.
+        let context = context_with(
+            json!({"a": "a".repeat(30_000), "b": "b".repeat(25_000), "c": "c".repeat(100)}),
+            r#"{"success":false,"message":"fine"}"#,
+        );
+        let draft = intent(&context, Operation::Create, 32_768);
+        let record: Map<String, Value> =
+            serde_json::from_slice(&seal(&draft, &key, 1, GENESIS).0).unwrap();
+        assert_eq!(record["request"]["a"]["omitted"], true);
+        assert_eq!(record["request"]["b"], "b".repeat(25_000).as_str());
+        let draft = intent(&context, Operation::Create, 20_000);
+        let record: Map<String, Value> =
+            serde_json::from_slice(&seal(&draft, &key, 1, GENESIS).0).unwrap();
+        assert_eq!(record["request"]["a"]["omitted"], true);
+        assert_eq!(record["request"]["b"]["omitted"], true);
+        assert_eq!(record["request"]["c"], "c".repeat(100).as_str());
+        // A huge upstream message is omitted too.
+        let message = "z".repeat(50_000);
+        let context = context_with(
+            json!({"name": "x"}),
+            &json!({"success": false, "message": message}).to_string(),
+        );
+        let draft = outcome(&context, Operation::Create, 200, None, 32_768);
+        let (sealed, _) = seal(&draft, &key, 1, GENESIS);
+        let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();
+        assert!(sealed.len() <= 32_768);
+        assert_eq!(record["upstream_message"], omission_of(&json!(message)));
+        assert_eq!(record["request"]["name"], "x");
+        // Within the limit: no `truncated` member at all.
+        let record: Map<String, Value> = serde_json::from_slice(
+            &seal(
+                &intent(&context, Operation::Create, LIMIT),
+                &key,
+                1,
+                GENESIS,
+            )
+            .0,
+        )
+        .unwrap();
+        assert!(!record.contains_key("truncated"));
+    }
+
+    #[test]
+    fn an_object_of_many_small_members_is_omitted_whole() {
+        // Each member alone is too small to gain by omission: the request goes whole.
+        let key = AuditKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
+        let mut request = Map::new();
+        for i in 0..5_000 {
+            request.insert(format!("field_{i:05}"), json!(i));
+        }
+        let request = Value::Object(request);
+        let context = context_with(request.clone(), "{}");
+        let draft = intent(&context, Operation::Create, 32_768);
+        let (sealed, _) = seal(&draft, &key, 1, GENESIS);
+        assert!(sealed.len() <= 32_768);
+        let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();
+        assert_eq!(record["request"], omission_of(&request));
+        assert_eq!(record["truncated"], true);
+    }
+
+    #[test]
+    fn members_are_found_in_compact_json() {
+        let text = br#"{"a":"x\"}","b":{"c":[1,{"d":"]"}]},"e":-1.5e+30,"f":null}"#;
+        let ranges = members(text).unwrap();
+        let values: Vec<&str> = ranges
+            .iter()
+            .map(|r| std::str::from_utf8(&text[r.clone()]).unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            [r#""x\"}""#, r#"{"c":[1,{"d":"]"}]}"#, "-1.5e+30", "null"]
+        );
+        assert_eq!(members(b"{}").unwrap(), Vec::<Range<usize>>::new());
+        for bad in [
+            &b"[1]"[..],
+            b"{\"a\"}",
+            b"{\"a\":1,}",
+            b"{\"a\":\"x}",
+            b"\"s\"",
+        ] {
+            assert!(members(bad).is_none(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(omitted(b"[]").len(), omitted_len(2));
+        assert_eq!(omitted(&[b'x'; 12345]).len(), omitted_len(12345));
     }
 
     #[test]

@@ -17,15 +17,59 @@ use super::canonical::write_object;
 use super::chain::{hash_of, AuditKey, GENESIS};
 
 /// The longest line read; a longer one is reported rather than held in memory. It must exceed any
-/// record the gateway writes, or the gateway would refuse to start on its own trail: a checked
-/// body of up to `server.max_body_bytes` (16 MiB at most) plus an `upstream_message` from an
-/// answer of up to 16 MiB, with room to spare.
+/// record the gateway writes, or the gateway would refuse to start on its own trail: records are
+/// at most `audit.max_record_bytes` (16 MiB at most) since issue 17, and trails written before
+/// held records of a checked body of up to 16 MiB plus an `upstream_message` of up to 16 MiB.
 pub const MAX_LINE_BYTES: usize = 48 << 20;
 
-/// The files of the trail whose live file is `path`, oldest first: `<path>.1`, `<path>.2`, …
-/// `<path>.n` (numeric order, higher is newer), then `<path>` if it exists. A gap in the
-/// numbering is an error naming the missing file. A directory that does not exist gives no files.
+/// The files of the trail whose live file is `path`, oldest first: `<path>.k`, `<path>.k+1`, …
+/// `<path>.n` (numeric order, higher is newer), then `<path>` if it exists. The oldest rotated
+/// files may be gone (retention is the operator's, SPEC §6), so the numbering may start above 1;
+/// a gap inside it is an error naming the missing file. A directory that does not exist gives no
+/// files.
 pub fn trail_files(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let numbers = rotated_numbers(path)?;
+    if let Some(pair) = numbers.windows(2).find(|pair| pair[1] != pair[0] + 1) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!(
+                "{} is missing: the trail has {} and {} but not the files between them",
+                rotated(path, pair[0] + 1).display(),
+                rotated(path, pair[0]).display(),
+                rotated(path, pair[1]).display()
+            ),
+        ));
+    }
+    Ok(with_live(path, &numbers))
+}
+
+/// What the writer needs to resume (SPEC §6, retention): every file of the trail that is present,
+/// oldest first, whatever is missing between them (only the newest record matters to it), and
+/// the highest `n` of `<path>.<n>` (0 when none), which the next rotation must pass.
+pub fn present_files(path: &Path) -> io::Result<(Vec<PathBuf>, u64)> {
+    let numbers = rotated_numbers(path)?;
+    let highest = numbers.last().copied().unwrap_or(0);
+    Ok((with_live(path, &numbers), highest))
+}
+
+/// The rotated file `<path>.<n>`.
+fn rotated(path: &Path, n: u64) -> PathBuf {
+    let mut file = path.as_os_str().to_owned();
+    file.push(format!(".{n}"));
+    PathBuf::from(file)
+}
+
+/// `<path>.<n>` for each of `numbers`, then `<path>` if it exists.
+fn with_live(path: &Path, numbers: &[u64]) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = numbers.iter().map(|&n| rotated(path, n)).collect();
+    if path.exists() {
+        files.push(path.to_path_buf());
+    }
+    files
+}
+
+/// The numbers n ≥ 1 of the files `<path>.<n>` (plain decimal) beside `path`, ascending.
+fn rotated_numbers(path: &Path) -> io::Result<Vec<u64>> {
     let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -66,30 +110,7 @@ pub fn trail_files(path: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     numbers.sort_unstable();
-    let rotated = |n: u64| {
-        let mut file = path.as_os_str().to_owned();
-        file.push(format!(".{n}"));
-        PathBuf::from(file)
-    };
-    let mut files = Vec::with_capacity(numbers.len() + 1);
-    for (i, &n) in numbers.iter().enumerate() {
-        let expected = i as u64 + 1;
-        if n != expected {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "{} is missing: the trail has {} but not the files before it",
-                    rotated(expected).display(),
-                    rotated(n).display()
-                ),
-            ));
-        }
-        files.push(rotated(n));
-    }
-    if path.exists() {
-        files.push(path.to_path_buf());
-    }
-    Ok(files)
+    Ok(numbers)
 }
 
 /// What an intact trail holds.
@@ -103,6 +124,9 @@ pub struct Summary {
     pub head: String,
     /// The `seq` of the last record (0 for an empty trail).
     pub last_seq: u64,
+    /// The `seq` of the first record: 1 for a whole trail, more when its oldest files were
+    /// archived or deleted (0 for an empty trail).
+    pub first_seq: u64,
 }
 
 /// The first bad record of a trail.
@@ -116,6 +140,10 @@ pub struct Failure {
     pub seq: Option<u64>,
     /// What is wrong.
     pub reason: String,
+    /// Whether it is the live file's last line left torn by a crash in the middle of a write (no
+    /// newline at its end, or not JSON at all), which `tokengate audit repair` cuts off. Only
+    /// [`tail`] says so: anywhere else such a line is damage, not a torn write.
+    pub torn: bool,
 }
 
 impl Failure {
@@ -125,7 +153,13 @@ impl Failure {
             line,
             seq,
             reason: reason.into(),
+            torn: false,
         }
+    }
+
+    fn torn(mut self) -> Failure {
+        self.torn = true;
+        self
     }
 }
 
@@ -144,17 +178,25 @@ impl std::error::Error for Failure {}
 /// Where the chain stands after the records read so far.
 struct Chain {
     records: u64,
+    first_seq: u64,
     last_seq: u64,
     head: String,
 }
 
 /// Verifies the trail made of `files`, oldest first: each line one JSON object in canonical form,
-/// `v` 1, its `hash` the HMAC of the rest under `key`, its `prev` the previous record's `hash`
-/// ([`GENESIS`] for the very first), its `seq` the previous one plus 1 (the first is 1), and the
-/// last line complete. Empty files are allowed. Returns the first bad record.
+/// `v` 1, its `hash` the HMAC of the rest under `key`, its `prev` the previous record's `hash`,
+/// its `seq` the previous one plus 1, and the last line complete. Empty files are allowed.
+/// Returns the first bad record.
+///
+/// The first record is either the trail's very first (`seq` 1, `prev` [`GENESIS`]) or, when the
+/// oldest files were archived or deleted (SPEC §6, retention), a later one whose `prev` cannot be
+/// checked: the summary's `first_seq` says where the trail starts, and everything from there on
+/// must link up. A record with `seq` above 1 and a genesis `prev` is refused: it claims to start a
+/// chain it is not the start of.
 pub fn verify(files: &[PathBuf], key: &AuditKey) -> Result<Summary, Failure> {
     let mut chain = Chain {
         records: 0,
+        first_seq: 0,
         last_seq: 0,
         head: GENESIS.to_owned(),
     };
@@ -182,13 +224,20 @@ pub fn verify(files: &[PathBuf], key: &AuditKey) -> Result<Summary, Failure> {
                 };
                 return Err(Failure::new(file, number, None, reason));
             }
-            let expected_seq = chain.last_seq + 1;
+            let first = chain.records == 0;
             let (seq, hash) = check_record(&buf[..buf.len() - 1], key)
                 .and_then(|(record, seq, hash)| {
-                    check_link(&record, seq, expected_seq, &chain.head)?;
+                    if first && seq > 1 {
+                        check_later_start(&record, seq)?;
+                    } else {
+                        check_link(&record, seq, chain.last_seq + 1, &chain.head)?;
+                    }
                     Ok((seq, hash))
                 })
                 .map_err(|(seq, reason)| Failure::new(file, number, seq, reason))?;
+            if first {
+                chain.first_seq = seq;
+            }
             chain.records += 1;
             chain.last_seq = seq;
             chain.head = hash;
@@ -199,7 +248,22 @@ pub fn verify(files: &[PathBuf], key: &AuditKey) -> Result<Summary, Failure> {
         files: files.len(),
         head: chain.head,
         last_seq: chain.last_seq,
+        first_seq: chain.first_seq,
     })
+}
+
+/// Checks the first record of a trail whose oldest records are not present: its `prev` must be a
+/// hash (what the record before it, not present, carried), never the genesis value.
+fn check_later_start(record: &Map<String, Value>, seq: u64) -> Result<(), Fault> {
+    match record.get("prev").and_then(Value::as_str) {
+        Some(GENESIS) => Err((
+            Some(seq),
+            format!("seq {seq} where 1 was expected: the record's prev is the genesis value, so it claims to start the trail, but a trail starts at seq 1"),
+        )),
+        Some(prev) if prev.len() == 64 && prev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(()),
+        Some(_) => Err((Some(seq), "prev is not a hash (64 lowercase hex digits)".to_owned())),
+        None => Err((Some(seq), "the record has no prev".to_owned())),
+    }
 }
 
 /// A fault found in one record: its `seq` if readable, and the reason.
@@ -299,7 +363,8 @@ pub fn tail(files: &[PathBuf], key: &AuditKey) -> Result<Option<(u64, String)>, 
                 number(),
                 None,
                 "the last line is incomplete (no newline at its end): a torn write",
-            ));
+            )
+            .torn());
         }
         if bytes.len() > MAX_LINE_BYTES + 1 {
             return Err(Failure::new(
@@ -309,12 +374,27 @@ pub fn tail(files: &[PathBuf], key: &AuditKey) -> Result<Option<(u64, String)>, 
                 format!("the last line is longer than {MAX_LINE_BYTES} bytes"),
             ));
         }
-        return match check_record(&bytes[..bytes.len() - 1], key) {
+        let line = &bytes[..bytes.len() - 1];
+        return match check_record(line, key) {
             Ok((_, seq, hash)) => Ok(Some((seq, hash))),
-            Err((seq, reason)) => Err(Failure::new(file, number(), seq, reason)),
+            Err((seq, reason)) => {
+                let failure = Failure::new(file, number(), seq, reason);
+                Err(if is_record(line) {
+                    failure
+                } else {
+                    failure.torn()
+                })
+            }
         };
     }
     Ok(None)
+}
+
+/// Whether `line` (without its `\n`) is a JSON object at all. A last line that is not is what a
+/// crash in the middle of a write leaves (part of a record, or zeros where the file system had
+/// already extended the file), never a line the writer wrote.
+pub(crate) fn is_record(line: &[u8]) -> bool {
+    serde_json::from_slice::<Map<String, Value>>(line).is_ok()
 }
 
 /// The last line of a non-empty file of `len` bytes (with its `\n` if it has one), and the offset
@@ -463,9 +543,20 @@ mod tests {
         }
         let error = trail_files(&path).unwrap_err().to_string();
         assert!(error.contains("a.jsonl.2 is missing"), "{error}");
+        // The writer lists what is there all the same, and passes the highest number.
+        let (present, highest) = present_files(&path).unwrap();
+        assert_eq!(present.len(), 2);
+        assert_eq!(highest, 3);
+        // The oldest files archived: the trail starts at the oldest one left.
         std::fs::remove_file(format!("{}.1", path.display())).unwrap();
+        let files = trail_files(&path).unwrap();
+        assert_eq!(files, [PathBuf::from(format!("{}.3", path.display()))]);
+        std::fs::write(format!("{}.4", path.display()), "").unwrap();
+        std::fs::write(format!("{}.6", path.display()), "").unwrap();
         let error = trail_files(&path).unwrap_err().to_string();
-        assert!(error.contains("a.jsonl.1 is missing"), "{error}");
+        assert!(error.contains("a.jsonl.5 is missing"), "{error}");
+        assert_eq!(present_files(&path).unwrap().1, 6);
+        assert_eq!(present_files(&dir.path().join("none")).unwrap().1, 0);
     }
 
     #[test]
@@ -480,7 +571,8 @@ mod tests {
                 records: 7,
                 files: 3,
                 head: hashes[6].clone(),
-                last_seq: 7
+                last_seq: 7,
+                first_seq: 1,
             }
         );
         // The tail skips the empty live file.
@@ -491,7 +583,8 @@ mod tests {
                 records: 0,
                 files: 0,
                 head: GENESIS.to_owned(),
-                last_seq: 0
+                last_seq: 0,
+                first_seq: 0,
             }
         );
         assert_eq!(tail(&[], &key()).unwrap(), None);
@@ -534,11 +627,21 @@ mod tests {
         assert_eq!((f.line, f.seq), (2, Some(3)));
         assert!(f.reason.contains("missing"), "{f}");
 
+        // The first two swapped: seq 2 could start a trail whose first record is not present,
+        // but seq 1 cannot follow it.
         let mut l = original.clone();
         l.swap(0, 1);
         write_lines(&files[0], &l);
         let f = failure(&files);
-        assert_eq!((f.line, f.seq), (1, Some(2)));
+        assert_eq!((f.line, f.seq), (2, Some(1)));
+        assert!(f.reason.contains("out of order"), "{f}");
+
+        // The very first record cut off is what archiving the oldest records looks like: the
+        // summary says the trail starts at seq 2 (what retention allows, SPEC §6), never 1.
+        let mut l = original.clone();
+        l.remove(0);
+        write_lines(&files[0], &l);
+        assert_eq!(verify(&files, &key()).unwrap().first_seq, 2);
 
         // The last record of the first file removed: caught at the first of the next.
         let mut l = original.clone();
@@ -558,11 +661,17 @@ mod tests {
             (files[2].clone(), 1, Some(7))
         );
         let f = failure(&[files[1].clone(), files[0].clone(), files[2].clone()]);
-        assert_eq!((f.line, f.seq), (1, Some(4)));
-        assert!(f.reason.contains("missing"));
-        // The first file left out: the trail does not start at seq 1.
-        let f = failure(&files[1..]);
-        assert_eq!((f.file.clone(), f.seq), (files[1].clone(), Some(4)));
+        assert_eq!(
+            (f.file.clone(), f.line, f.seq),
+            (files[0].clone(), 1, Some(1))
+        );
+        assert!(f.reason.contains("out of order"), "{f}");
+        // The first file left out (archived): the trail starts at seq 4, and links up from there.
+        let rest = verify(&files[1..], &key()).unwrap();
+        assert_eq!((rest.first_seq, rest.last_seq, rest.records), (4, 9, 6));
+        // ... and from there on the order still counts.
+        let f = failure(&[files[1].clone(), files[2].clone(), files[0].clone()]);
+        assert_eq!((f.file.clone(), f.seq), (files[0].clone(), Some(1)));
         assert!(verify(&files, &key()).is_ok());
     }
 
@@ -631,6 +740,33 @@ mod tests {
         let f = failure(&files);
         assert_eq!((f.line, f.seq), (1, Some(1)));
         assert!(f.reason.contains("canonical"), "{f}");
+    }
+
+    #[test]
+    fn a_later_start_must_not_claim_the_genesis() {
+        // Records cut from the front and the first one left re-sealed as if it began the trail:
+        // a trail that starts later must carry the hash of a record before it.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let Value::Object(mut record) = json!({"v": 1, "seq": 5, "prev": GENESIS}) else {
+            unreachable!()
+        };
+        seal(&key(), &mut record);
+        std::fs::write(&path, line(&record)).unwrap();
+        let f = failure(std::slice::from_ref(&path));
+        assert_eq!((f.line, f.seq), (1, Some(5)));
+        assert!(f.reason.contains("genesis"), "{f}");
+        record.insert("prev".into(), json!("1".repeat(64)));
+        seal(&key(), &mut record);
+        std::fs::write(&path, line(&record)).unwrap();
+        let summary = verify(std::slice::from_ref(&path), &key()).unwrap();
+        assert_eq!((summary.first_seq, summary.last_seq), (5, 5));
+        record.insert("prev".into(), json!("xyz"));
+        seal(&key(), &mut record);
+        std::fs::write(&path, line(&record)).unwrap();
+        assert!(failure(std::slice::from_ref(&path))
+            .reason
+            .contains("not a hash"));
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //! durable with one `fdatasync` (group commit) before any request in the batch goes on.
 //!
 //! The request path never holds a lock across I/O: it hands its record to the queue and waits, at
-//! most [`WAIT`], for the writer's answer. A full queue, a failed write or a stuck writer are all
-//! refusals the request path turns into 503 `audit_unavailable` (fail closed). After a failure the
+//! most [`WAIT`] and never past its request's deadline, for the writer's answer. A full queue, a
+//! failed write or a stuck writer are all refusals the request path turns into 503
+//! `audit_unavailable` (fail closed). The record of such a refusal is only queued
+//! ([`Trail::enqueue`]): the caller already waited once, and gets its answer at once (SPEC §6,
+//! bounded, truthful refusals). After a failure the
 //! writer probes the file system every half second and reopens the file, so writing resumes by
 //! itself when the fault clears. A live file that was removed or replaced under the gateway is
 //! noticed before the next batch, reported, and a new file is started (the gap shows in `verify`).
@@ -12,16 +15,18 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::oneshot;
+use tokio::time::Instant as Deadline;
 
 use super::chain::{AuditKey, GENESIS};
 use super::record::Draft;
-use super::verify::{tail, trail_files};
+use super::verify::{present_files, tail};
 use crate::config::{AuditConfig, Fsync};
 use crate::metrics::Metrics;
 
@@ -31,11 +36,18 @@ pub const WAIT: Duration = Duration::from_secs(3);
 const QUEUE: usize = 4096;
 /// The most records in one write and sync.
 const BATCH: usize = 1024;
+/// The most bytes of records the writer takes into one write (past the first record), so its
+/// write buffer stays small whatever waits in the queue: a thawed disk once met a batch of 1 024
+/// records of a megabyte each, sealed into one 3 GB buffer. 1 MiB still holds over a thousand
+/// typical records, so group commit under load is unchanged.
+const BATCH_BYTES: usize = 1 << 20;
 /// How often `fsync = "interval"` syncs, and how often a failed trail is probed.
 const TICK: Duration = Duration::from_millis(100);
 const PROBE_EVERY: Duration = Duration::from_millis(500);
 /// A batch taking longer than this makes the trail report not ready (the writer is stuck).
 const STUCK: Duration = Duration::from_secs(2);
+/// How often the writer looks at the free space of the trail's file system.
+const SPACE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a record could not be made durable.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -45,11 +57,22 @@ pub struct AuditError(pub String);
 enum Job {
     Append {
         record: Draft,
-        done: oneshot::Sender<Result<(), AuditError>>,
+        /// Where to say whether it is durable; `None` when no one waits ([`Trail::enqueue`]).
+        done: Option<oneshot::Sender<Result<(), AuditError>>>,
     },
     Flush {
         done: oneshot::Sender<Result<(), AuditError>>,
     },
+}
+
+impl Job {
+    /// The bytes the job holds while it waits for the disk.
+    fn bytes(&self) -> u64 {
+        match self {
+            Job::Append { record, .. } => record.len() as u64,
+            Job::Flush { .. } => 0,
+        }
+    }
 }
 
 /// What the request path and `/readyz` see of the writer.
@@ -61,8 +84,67 @@ struct Health {
     busy_since_ms: AtomicI64,
     /// Records queued and not yet taken by the writer.
     queued: AtomicI64,
+    /// Bytes of records queued or in the batch being written: what waits for the disk, bounded
+    /// by `audit.queue_bytes`.
+    queued_bytes: AtomicU64,
     /// The last problem, for `/readyz` and logs.
     problem: std::sync::Mutex<Option<String>>,
+    /// Bytes free to the gateway on the trail's file system at the writer's last look (at most
+    /// [`SPACE_EVERY`] ago); `u64::MAX` when not known (standard output, or no answer).
+    free_bytes: AtomicU64,
+    /// `audit.min_free_bytes`, which a reload may change.
+    min_free_bytes: AtomicU64,
+}
+
+impl Health {
+    /// `(free, min)` when the trail's file system has less than `audit.min_free_bytes` free.
+    fn low_space(&self) -> Option<(u64, u64)> {
+        let free = self.free_bytes.load(Ordering::Relaxed);
+        let min = self.min_free_bytes.load(Ordering::Relaxed);
+        (free < min).then_some((free, min))
+    }
+}
+
+/// Faults a test injects into the writer, to show what the request path does when the disk is
+/// stuck without the privileges `fsfreeze` needs. Nothing in the gateway sets them; `serve` reads
+/// `TOKENGATE_TEST_AUDIT_STALL_FILE` (a test of the binary stalls its writer by creating that
+/// file, and releases it by removing it).
+#[doc(hidden)]
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// While set, the writer stalls before writing each batch, as in a frozen file system.
+    stall: AtomicBool,
+    /// While this file exists, the same.
+    stall_file: Mutex<Option<PathBuf>>,
+}
+
+impl Faults {
+    /// Stalls the writer before its next write (`true`) until released (`false`).
+    pub fn stall(&self, on: bool) {
+        self.stall.store(on, Ordering::Relaxed);
+    }
+
+    /// Stalls the writer before each write while `file` exists.
+    pub fn stall_while_exists(&self, file: PathBuf) {
+        *self.stall_file.lock().unwrap_or_else(|e| e.into_inner()) = Some(file);
+    }
+
+    fn stalled(&self) -> bool {
+        self.stall.load(Ordering::Relaxed)
+            || self
+                .stall_file
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_deref()
+                .is_some_and(Path::exists)
+    }
+
+    /// Blocks the writer thread while stalled.
+    fn wait_while_stalled(&self) {
+        while self.stalled() {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// The handle the request path holds: cheap to clone, never blocks.
@@ -71,6 +153,11 @@ pub struct Trail {
     queue: SyncSender<Job>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
+    /// `audit.max_record_bytes`: the request path renders records within it.
+    max_record_bytes: usize,
+    /// `audit.queue_bytes`: past it, records are refused at once.
+    queue_bytes: u64,
 }
 
 impl Trail {
@@ -85,6 +172,11 @@ impl Trail {
         let (queue, jobs) = sync_channel(QUEUE);
         let health = Arc::new(Health::default());
         health.healthy.store(true, Ordering::Relaxed);
+        health.free_bytes.store(u64::MAX, Ordering::Relaxed);
+        health
+            .min_free_bytes
+            .store(config.min_free_bytes, Ordering::Relaxed);
+        let faults = Arc::new(Faults::default());
         let writer = Writer {
             sink,
             key,
@@ -92,60 +184,136 @@ impl Trail {
             jobs,
             health: health.clone(),
             metrics: metrics.clone(),
+            faults: faults.clone(),
             dirty: false,
         };
+        // Readiness is right from the start, before the writer's first look.
+        writer.check_space();
         std::thread::Builder::new()
             .name("tokengate-audit".into())
             .spawn(move || writer.run())
             .map_err(|e| format!("cannot start the audit writer: {e}"))?;
-        metrics.set_audit_ready(true);
+        metrics.set_audit_ready(health.low_space().is_none());
         Ok(Trail {
             queue,
             health,
             metrics,
+            faults,
+            max_record_bytes: config.max_record_bytes,
+            queue_bytes: config.queue_bytes,
         })
     }
 
+    /// The writer's injectable faults (tests only).
+    #[doc(hidden)]
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
+    /// Sets `audit.min_free_bytes` (a reload): the writer's next look at the free space, within
+    /// a second, judges readiness by it.
+    pub fn set_min_free_bytes(&self, bytes: u64) {
+        self.health.min_free_bytes.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The longest a record may be once sealed (`audit.max_record_bytes`).
+    pub fn max_record_bytes(&self) -> usize {
+        self.max_record_bytes
+    }
+
     /// Appends one record (without `v`, `seq`, `ts`, `prev`, `hash`, which the writer adds) and
-    /// waits until it is durable (`fsync = "always"`) or written (`"interval"`).
+    /// waits until it is durable (`fsync = "always"`) or written (`"interval"`), at most
+    /// [`WAIT`].
     pub async fn append(&self, record: Draft) -> Result<(), AuditError> {
+        self.append_until(record, Deadline::now() + WAIT).await
+    }
+
+    /// [`Trail::append`], waiting no later than `deadline` (a request's: SPEC §6 bounds a
+    /// refusal by `min(3 s, what is left of server.request_timeout_ms)`). When the wait ends
+    /// first the record stays queued, and is written when the trail can take it.
+    pub async fn append_until(&self, record: Draft, deadline: Deadline) -> Result<(), AuditError> {
         let (done, answer) = oneshot::channel();
-        self.submit(Job::Append { record, done }, answer).await
+        let job = Job::Append {
+            record,
+            done: Some(done),
+        };
+        self.submit(job, answer, deadline).await
+    }
+
+    /// Queues one record without waiting for it: the refusal of a request whose own record
+    /// could not be made durable, whose caller must not wait a second time (SPEC §6). Fails only
+    /// when the queue cannot take it.
+    pub fn enqueue(&self, record: Draft) -> Result<(), AuditError> {
+        let result = self.send(Job::Append { record, done: None });
+        if result.is_err() {
+            self.metrics.audit_record_dropped();
+        }
+        result
     }
 
     /// Waits until everything appended so far is on disk (at shutdown).
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (done, answer) = oneshot::channel();
-        self.submit(Job::Flush { done }, answer).await
+        self.submit(Job::Flush { done }, answer, Deadline::now() + WAIT)
+            .await
     }
 
     async fn submit(
         &self,
         job: Job,
         answer: oneshot::Receiver<Result<(), AuditError>>,
+        deadline: Deadline,
     ) -> Result<(), AuditError> {
-        let result = match self.queue.try_send(job) {
+        let result = match self.send(job) {
             Ok(()) => {
-                let depth = self.health.queued.fetch_add(1, Ordering::Relaxed) + 1;
-                self.metrics.set_audit_queue_depth(depth);
-                match tokio::time::timeout(WAIT, answer).await {
+                let started = Deadline::now();
+                let until = deadline.min(started + WAIT);
+                match tokio::time::timeout_at(until, answer).await {
                     Ok(Ok(result)) => result,
                     Ok(Err(_)) => Err(AuditError("the audit writer has stopped".into())),
                     Err(_) => Err(AuditError(format!(
-                        "no answer from the audit writer within {} ms",
-                        WAIT.as_millis()
+                        "no answer from the audit writer within {} ms (the record stays queued)",
+                        until.saturating_duration_since(started).as_millis()
                     ))),
                 }
             }
-            Err(TrySendError::Full(_)) => Err(AuditError("the audit queue is full".into())),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(AuditError("the audit writer has stopped".into()))
-            }
+            Err(error) => Err(error),
         };
         if result.is_err() {
             self.metrics.audit_failure();
         }
         result
+    }
+
+    /// Hands `job` to the writer, or says why it cannot take it: the queue holds `QUEUE`
+    /// records or `audit.queue_bytes` bytes already (records of requests already answered wait
+    /// there too while the disk is stuck, so without a bound in bytes memory grew with every
+    /// refused body), or the writer has stopped.
+    fn send(&self, job: Job) -> Result<(), AuditError> {
+        let bytes = job.bytes();
+        let before = self.health.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if bytes > 0 && before + bytes > self.queue_bytes {
+            self.health.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            return Err(AuditError(format!(
+                "the audit queue is full: {before} bytes of records wait for the disk (audit.queue_bytes is {})",
+                self.queue_bytes
+            )));
+        }
+        let refused = match self.queue.try_send(job) {
+            Ok(()) => {
+                let depth = self.health.queued.fetch_add(1, Ordering::Relaxed) + 1;
+                self.metrics.set_audit_queue_depth(depth);
+                self.metrics
+                    .set_audit_queue_bytes(before.saturating_add(bytes));
+                return Ok(());
+            }
+            Err(TrySendError::Full(_)) => AuditError(format!(
+                "the audit queue is full: {QUEUE} records wait for the disk"
+            )),
+            Err(TrySendError::Disconnected(_)) => AuditError("the audit writer has stopped".into()),
+        };
+        self.health.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        Err(refused)
     }
 
     /// Whether the trail can be written now (for `/readyz`), and if not, why.
@@ -157,17 +325,23 @@ impl Trail {
                 STUCK.as_secs()
             ));
         }
-        if self.health.healthy.load(Ordering::Relaxed) {
-            Ok(())
-        } else {
+        if !self.health.healthy.load(Ordering::Relaxed) {
             let problem = self
                 .health
                 .problem
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            Err(problem.unwrap_or_else(|| "the audit trail cannot be written".into()))
+            return Err(problem.unwrap_or_else(|| "the audit trail cannot be written".into()));
         }
+        // Before writes start failing (SPEC §6): a load balancer moves callers elsewhere while
+        // this gateway can still record what it was asked.
+        if let Some((free, min)) = self.health.low_space() {
+            return Err(format!(
+                "the audit trail's file system has {free} bytes free, less than audit.min_free_bytes ({min})"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -183,10 +357,16 @@ struct FileSink {
     /// The open live file and its (device, inode), or none after a failure.
     file: Option<(File, (u64, u64))>,
     size: u64,
-    /// The highest `<path>.<n>` on disk.
+    /// The highest `<path>.<n>` on disk: the next rotation is to `n + 1`, whatever older files
+    /// were archived (counting the files instead would rename onto the newest one).
     rotated: u64,
     seq: u64,
     prev: String,
+    /// A file a failed batch left partly written and that could not be cut back (its
+    /// `set_len` or sync failed), with the size to cut it to. While
+    /// set, nothing is written (the next record would follow a partial line, or reuse the `seq`s
+    /// of whole lines left behind); the probe retries the cut (SPEC §6, fail closed).
+    unsound: Option<(File, u64)>,
 }
 
 impl Sink {
@@ -202,19 +382,31 @@ impl Sink {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
-        let files = trail_files(&path)
+        // Only the newest record is needed to resume (SPEC §6, retention): older rotated files
+        // may have been archived or deleted, and a gap among them is for `verify` to report.
+        let (files, rotated) = present_files(&path)
             .map_err(|e| format!("cannot read the trail at {}: {e}", path.display()))?;
         let (seq, prev) = match tail(&files, key) {
             Ok(Some((seq, hash))) => (seq, hash),
             Ok(None) => (0, GENESIS.to_string()),
+            // Moving the trail aside would restart it at seq 1 and hide the records before:
+            // a torn write is cut by `audit repair`, anything else needs a person.
+            Err(failure) if failure.torn => {
+                return Err(format!(
+                    "the audit trail ends in a torn write ({failure}); refusing to extend it: \
+                     run `tokengate audit repair` (with the same --config) to cut the torn line off \
+                     (its bytes are kept in {}), then start again",
+                    super::repair::torn_path(&path).display()
+                ))
+            }
             Err(failure) => {
                 return Err(format!(
                     "the audit trail's last record does not verify ({failure}); refusing to extend a broken chain: \
-                     check the key (audit.hmac_key_*), or move the damaged trail aside"
+                     check the key (audit.hmac_key_*); if the key is right the record was changed, \
+                     and `tokengate audit verify` shows where the trail breaks"
                 ))
             }
         };
-        let rotated = files.iter().filter(|f| **f != path).count() as u64;
         let mut sink = FileSink {
             path,
             rotate_bytes: config.rotate_bytes,
@@ -223,6 +415,7 @@ impl Sink {
             rotated,
             seq,
             prev,
+            unsound: None,
         };
         sink.ensure_open()
             .map_err(|e| format!("cannot open the audit trail for writing: {e}"))?;
@@ -278,8 +471,32 @@ impl FileSink {
         self.ensure_open()
     }
 
-    /// Checks that the file system takes a write and a sync in the trail's directory.
+    /// Refuses to write while a partial write could not be cut back, after trying the cut once
+    /// more (at each batch and each probe, so writing resumes as soon as the cut succeeds).
+    fn check_sound(&mut self) -> Result<(), String> {
+        let Some((file, size)) = &self.unsound else {
+            return Ok(());
+        };
+        match cut_back(file, *size) {
+            Ok(()) => {
+                tracing::info!(
+                    "the failed write at the end of {} was cut back",
+                    self.path.display()
+                );
+                self.unsound = None;
+                Ok(())
+            }
+            Err(problem) => Err(format!(
+                "{} ends in a failed write that could not be cut back ({problem}); nothing is written to it until it is",
+                self.path.display()
+            )),
+        }
+    }
+
+    /// Checks that the file system takes a write and a sync in the trail's directory, after
+    /// cutting back a partial write that could not be cut before.
     fn probe(&mut self) -> Result<(), String> {
+        self.check_sound()?;
         let probe = PathBuf::from(format!("{}.probe", self.path.display()));
         let result = (|| {
             let mut file = File::create(&probe)?;
@@ -299,6 +516,7 @@ struct Writer {
     jobs: Receiver<Job>,
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    faults: Arc<Faults>,
     /// Written since the last sync (`fsync = "interval"`).
     dirty: bool,
 }
@@ -307,7 +525,12 @@ impl Writer {
     fn run(mut self) {
         let mut last_sync = Instant::now();
         let mut last_probe = Instant::now();
+        let mut last_space = Instant::now();
         loop {
+            if last_space.elapsed() >= SPACE_EVERY {
+                last_space = Instant::now();
+                self.check_space();
+            }
             let first = match self.jobs.recv_timeout(TICK) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
@@ -328,10 +551,14 @@ impl Writer {
                     return;
                 }
             };
+            let mut bytes = first.bytes();
             let mut batch = vec![first];
-            while batch.len() < BATCH {
+            while batch.len() < BATCH && bytes < BATCH_BYTES as u64 {
                 match self.jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => {
+                        bytes += job.bytes();
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -342,6 +569,7 @@ impl Writer {
                 - batch.len() as i64;
             self.metrics.set_audit_queue_depth(depth.max(0));
             self.health.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+            self.faults.wait_while_stalled();
             let result = self.commit(&batch);
             if self.fsync == Fsync::Interval && last_sync.elapsed() >= TICK && self.dirty {
                 self.interval_sync();
@@ -351,10 +579,20 @@ impl Writer {
             self.report(&result);
             for job in batch {
                 let done = match job {
-                    Job::Append { done, .. } | Job::Flush { done } => done,
+                    Job::Append { done, .. } => done,
+                    Job::Flush { done } => Some(done),
                 };
-                let _ = done.send(result.clone());
+                if let Some(done) = done {
+                    let _ = done.send(result.clone());
+                }
             }
+            // The batch's records are dropped: their bytes no longer wait for the disk.
+            let left = self
+                .health
+                .queued_bytes
+                .fetch_sub(bytes, Ordering::Relaxed)
+                .saturating_sub(bytes);
+            self.metrics.set_audit_queue_bytes(left);
         }
     }
 
@@ -367,6 +605,7 @@ impl Writer {
         // What is on disk before this batch: a failed write or sync cuts the file back to it.
         let (seq, prev, size_before) = match &mut self.sink {
             Sink::File(sink) => {
+                sink.check_sound().map_err(AuditError)?;
                 sink.ensure_open().map_err(AuditError)?;
                 sink.rotate_if_full().map_err(AuditError)?;
                 (&mut sink.seq, &mut sink.prev, sink.size)
@@ -403,10 +642,12 @@ impl Writer {
                 self.metrics.audit_records(records);
                 Ok(())
             }
-            Err(problem) => {
-                self.rollback(first_seq, first_prev, size_before);
-                Err(AuditError(problem))
-            }
+            Err(problem) => match self.rollback(first_seq, first_prev, size_before) {
+                Ok(()) => Err(AuditError(problem)),
+                Err(cut) => Err(AuditError(format!(
+                    "{problem}; then the partial write could not be cut back ({cut}): nothing more is written until it is"
+                ))),
+            },
         }
     }
 
@@ -459,8 +700,10 @@ impl Writer {
     /// After a failed batch: the chain state goes back to the record before the batch, and the
     /// file is cut back to `size_before` (whatever of the batch reached it: a failed sync after a
     /// good write left all of it, whose `seq`s the next batch reuses) and closed (reopened by the
-    /// next attempt).
-    fn rollback(&mut self, seq: u64, prev: String, size_before: u64) {
+    /// next attempt). If the cut itself fails, the file is kept as unsound and the error returned:
+    /// writing on would put records after a partial line, or reuse `seq`s, so nothing is written
+    /// until the probe manages the cut (or a restart finds the torn tail, for `audit repair`).
+    fn rollback(&mut self, seq: u64, prev: String, size_before: u64) -> Result<(), String> {
         match &mut self.sink {
             Sink::Stdout {
                 seq: last_seq,
@@ -468,18 +711,20 @@ impl Writer {
             } => {
                 *last_seq = seq;
                 *last_prev = prev;
+                Ok(())
             }
             Sink::File(sink) => {
                 sink.seq = seq;
                 sink.prev = prev;
                 sink.size = size_before;
-                if let Some((file, _)) = sink.file.take() {
-                    if let Ok(meta) = file.metadata() {
-                        let durable = meta.len().min(size_before);
-                        let _ = file.set_len(last_line_end(&file, durable));
-                        let _ = file.sync_data();
-                    }
+                let Some((file, _)) = sink.file.take() else {
+                    return Ok(());
+                };
+                let cut = cut_back(&file, size_before);
+                if cut.is_err() {
+                    sink.unsound = Some((file, size_before));
                 }
+                cut
             }
         }
     }
@@ -493,6 +738,36 @@ impl Writer {
             tracing::info!("the audit trail is writable again");
         }
         self.report(&result.map_err(AuditError));
+    }
+
+    /// Looks at the free space of the trail's file system: sets `tokengate_audit_free_bytes`,
+    /// and readiness by `audit.min_free_bytes` (logged once each way).
+    fn check_space(&self) {
+        let Sink::File(sink) = &self.sink else {
+            return;
+        };
+        let free = free_bytes(&sink.path);
+        if let Some(free) = free {
+            self.metrics.set_audit_free_bytes(free);
+        }
+        let was_low = self.health.low_space().is_some();
+        self.health
+            .free_bytes
+            .store(free.unwrap_or(u64::MAX), Ordering::Relaxed);
+        let low = self.health.low_space();
+        match (was_low, low) {
+            (false, Some((free, min))) => tracing::warn!(
+                free_bytes = free,
+                min_free_bytes = min,
+                "the audit trail's file system is nearly full: not ready until audit.min_free_bytes is free again"
+            ),
+            (true, None) => tracing::info!("the audit trail's file system has room again"),
+            _ => {}
+        }
+        self.metrics
+            .set_audit_min_free_bytes(self.health.min_free_bytes.load(Ordering::Relaxed));
+        self.metrics
+            .set_audit_ready(low.is_none() && self.health.healthy.load(Ordering::Relaxed));
     }
 
     fn report(&self, result: &Result<(), AuditError>) {
@@ -514,7 +789,50 @@ impl Writer {
                 *problem = Some(error.0.clone());
             }
         }
-        self.metrics.set_audit_ready(healthy);
+        self.metrics
+            .set_audit_ready(healthy && self.health.low_space().is_none());
+    }
+}
+
+/// Bytes available to an unprivileged writer on the file system holding `path` (`statvfs` of its
+/// directory: blocks available times the fragment size), if the system says.
+#[cfg(unix)]
+fn free_bytes(path: &Path) -> Option<u64> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let stat = rustix::fs::statvfs(dir).ok()?;
+    Some(stat.f_bavail.saturating_mul(stat.f_frsize))
+}
+
+#[cfg(not(unix))]
+fn free_bytes(_path: &Path) -> Option<u64> {
+    None
+}
+
+/// Cuts `file` back to the last line end at or before `size` (what was durable before a failed
+/// batch), if anything of the batch reached it, and syncs it. Every step's failure is reported:
+/// a file left longer than that holds a partial line or records whose `seq`s come again.
+fn cut_back(file: &File, size: u64) -> Result<(), String> {
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read its size: {e}"))?
+        .len();
+    let target = last_line_end(file, len.min(size));
+    if len > target {
+        file.set_len(target)
+            .map_err(|e| format!("cannot truncate it to {target} bytes: {e}"))?;
+    }
+    file.sync_data()
+        .map_err(|e| format!("cannot sync it: {e}"))?;
+    match file.metadata() {
+        Ok(meta) if meta.len() == target => Ok(()),
+        Ok(meta) => Err(format!(
+            "it is {} bytes long after truncating to {target}",
+            meta.len()
+        )),
+        Err(e) => Err(format!("cannot read its size: {e}")),
     }
 }
 

@@ -293,7 +293,30 @@ pub struct AuditConfig {
     pub rotate_bytes: u64,
     /// Whether reads (`list`, `search`, `get`) are audited too.
     pub reads: bool,
+    /// The longest a record's line may be, newline included (SPEC §6, format): a longer record
+    /// has its largest values omitted (size and SHA-256 kept) and says `"truncated": true`. The
+    /// default is the line limit of Vector's file source, so every log shipper reads the trail.
+    pub max_record_bytes: usize,
+    /// The most bytes of records waiting for the disk (SPEC §6): while the disk is stuck, the
+    /// records of requests already answered wait too; past this, audited requests are refused
+    /// with 503 at once instead of growing memory.
+    pub queue_bytes: u64,
+    /// `/readyz` turns not ready while the trail's file system has less than this free, before
+    /// writes start failing (SPEC §6); 0 turns the check off. A reload applies it.
+    pub min_free_bytes: u64,
 }
+
+/// The least `audit.max_record_bytes`: what no record can shed stays under it (up to
+/// `limits.max_batch` = 1000 ids of 16 digits in `token_ids`, about 17 KB, plus some 2 KB of
+/// fixed members and omission objects).
+pub const MIN_RECORD_BYTES: usize = 32_768;
+
+/// The most `audit.max_record_bytes`: well under the line `verify` reads at most
+/// ([`crate::audit::verify::MAX_LINE_BYTES`]).
+pub const MAX_RECORD_BYTES: usize = 16 << 20;
+
+/// The most `audit.queue_bytes`.
+pub const MAX_QUEUE_BYTES: u64 = 64 << 30;
 
 impl Default for AuditConfig {
     fn default() -> Self {
@@ -304,6 +327,9 @@ impl Default for AuditConfig {
             hmac_key_file: None,
             rotate_bytes: 104_857_600,
             reads: false,
+            max_record_bytes: 102_400,
+            queue_bytes: 64 << 20,
+            min_free_bytes: 64 << 20,
         }
     }
 }
@@ -516,6 +542,22 @@ impl Config {
         }
         if self.audit.rotate_bytes < 4096 {
             fault("audit.rotate_bytes".into(), "must be at least 4096".into());
+        }
+        if !(MIN_RECORD_BYTES..=MAX_RECORD_BYTES).contains(&self.audit.max_record_bytes) {
+            fault(
+                "audit.max_record_bytes".into(),
+                format!("must be from {MIN_RECORD_BYTES} to {MAX_RECORD_BYTES} (16 MiB)"),
+            );
+        } else if self.audit.queue_bytes < (2 * self.audit.max_record_bytes) as u64
+            || self.audit.queue_bytes > MAX_QUEUE_BYTES
+        {
+            fault(
+                "audit.queue_bytes".into(),
+                format!(
+                    "must be from twice audit.max_record_bytes ({}: a refusal's two records must fit) to {MAX_QUEUE_BYTES} (64 GiB)",
+                    2 * self.audit.max_record_bytes
+                ),
+            );
         }
         if !(1..=1000).contains(&self.limits.max_batch) {
             fault("limits.max_batch".into(), "must be from 1 to 1000".into());

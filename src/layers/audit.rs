@@ -2,10 +2,13 @@
 //!
 //! - [`AuditOutcomeLayer`], near the top, writes the `outcome` record of every audited request
 //!   once its answer is known, whatever refused it below (authentication, the allow list,
-//!   validation, the upstream), and holds the answer until the record is durable.
+//!   validation, the upstream), and holds the answer until the record is durable: a refusal no
+//!   longer than its request's deadline, and not at all when the refusal is that the trail could
+//!   not take the intent (that record is queued, and written when the trail can take it).
 //! - [`AuditIntentLayer`], just before forwarding, writes the `intent` record and forwards only
-//!   once it is durable; if it cannot be written the request is refused with 503
-//!   `audit_unavailable` (fail closed), so nothing changes upstream without a trace.
+//!   once it is durable; if it cannot be written within `min(3 s, what is left of
+//!   server.request_timeout_ms)` the request is refused with 503 `audit_unavailable` (fail
+//!   closed), so nothing changes upstream without a trace.
 //!
 //! A request that sends more than one change writes records per change (SPEC §6): the patch
 //! layer writes the outcome of a PATCH's first `PUT` ([`AuditPolicy::outcome_of`]) before its
@@ -24,6 +27,14 @@ use crate::audit::writer::Trail;
 use crate::context::RequestContext;
 use crate::error::{Body, ErrorCode, GatewayError};
 use crate::route::{route, Operation};
+
+/// The SPEC §9 code of a refusal because the trail could not take a record.
+const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
+
+/// How long a refusal made at its deadline still waits for its record: on a sound disk a record
+/// is durable well within it (so `fsync = "always"` still means answered after the record is on
+/// disk), and on a stuck one the answer is late by no more than this.
+const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Which operations leave records.
 #[derive(Clone, Debug)]
@@ -44,10 +55,12 @@ impl AuditPolicy {
         self.reads || !op.is_read()
     }
 
-    /// Writes the intent record of `context`; the change must not be sent if this fails.
+    /// Writes the intent record of `context`, waiting no later than its deadline; the change
+    /// must not be sent if this fails.
     async fn intent(&self, context: &RequestContext, op: Operation) -> Result<(), GatewayError> {
+        let record = record::intent(context, op, self.trail.max_record_bytes());
         self.trail
-            .append(record::intent(context, op))
+            .append_until(record, context.deadline)
             .await
             .map_err(GatewayError::AuditUnavailable)
     }
@@ -56,6 +69,13 @@ impl AuditPolicy {
     /// when the gateway made the answer). A failure is logged and the answer stands (a forwarded
     /// change happened; a refusal stays a refusal); the trail reports not ready until it can be
     /// written again.
+    ///
+    /// How long the answer waits for the record (SPEC §6, bounded refusals): a forwarded
+    /// change's, up to [`crate::audit::writer::WAIT`]; a refusal's, no later than the request's
+    /// deadline, or [`REFUSAL_GRACE`] past it for a refusal made at the deadline (a lock wait
+    /// or a body that ran out of time); and a refusal because the trail could not take the
+    /// intent, not at all (its caller already waited once, for the intent): that record is
+    /// queued and written when the trail can take it.
     async fn outcome(
         &self,
         context: &RequestContext,
@@ -63,9 +83,26 @@ impl AuditPolicy {
         status: u16,
         code: Option<&str>,
     ) {
-        let record = record::outcome(context, op, status, code);
-        if let Err(error) = self.trail.append(record).await {
-            tracing::error!(request_id = %context.id, forwarded = context.forwarded(), "outcome record lost: {error}");
+        let record = record::outcome(context, op, status, code, self.trail.max_record_bytes());
+        let written = if context.forwarded() {
+            self.trail.append(record).await
+        } else if code == Some(AUDIT_UNAVAILABLE) {
+            self.trail.enqueue(record)
+        } else {
+            let until = context
+                .deadline
+                .max(tokio::time::Instant::now() + REFUSAL_GRACE);
+            self.trail.append_until(record, until).await
+        };
+        match written {
+            Ok(()) => {}
+            // A change happened upstream and its outcome may be missing from the trail.
+            Err(error) if context.forwarded() => {
+                tracing::error!(request_id = %context.id, forwarded = true, "outcome record lost: {error}")
+            }
+            Err(error) => {
+                tracing::warn!(request_id = %context.id, forwarded = false, "outcome record of a refusal not confirmed written: {error}")
+            }
         }
     }
 

@@ -110,7 +110,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let layer = self.layer.clone();
         Either::Right(Box::pin(async move {
-            let _guards = layer.locks.lock(&ids).await;
+            let _guards = layer
+                .locks
+                .lock(&ids, RequestContext::of(&request)?.deadline)
+                .await?;
             let Some(&Endpoint::Patch(id)) =
                 request.extensions().get::<Route>().map(|r| &r.endpoint)
             else {

@@ -661,7 +661,7 @@ pub(super) fn id_list(
                 let entry = entry.trim_matches(' ');
                 TokenId::parse(entry).ok_or_else(|| {
                     format!(
-                        "`{}` is not a token id (a whole number from 1 to 9223372036854775807)",
+                        "`{}` is not a token id (a whole number from 1 to 9007199254740991, 2^53-1)",
                         entry.escape_debug()
                     )
                 })

@@ -62,13 +62,18 @@ pub fn boolean(value: &Value) -> Result<bool, Refusal> {
         .ok_or_else(|| format!("must be true or false, not {}", kind(value)))
 }
 
-/// A token id in a body (`id`, `ids`): 1 to 2^63-1.
+/// A token id in a body (`id`, `ids`): 1 to 2^53-1 ([`TokenId::MAX`], SPEC §2).
 pub fn token_id(value: &Value) -> Result<TokenId, Refusal> {
     let n = integer(value)?;
     if n < 1 {
         return Err(format!("{n} is not a token id (ids are 1 or more)"));
     }
-    TokenId::parse(&n.to_string()).ok_or_else(|| format!("{n} is not a token id"))
+    TokenId::new(n.unsigned_abs()).ok_or_else(|| {
+        format!(
+            "{n} is not a token id: ids are at most {} (2^53-1)",
+            TokenId::MAX
+        )
+    })
 }
 
 /// `name`: 1 to `limits.name_max_bytes` bytes of UTF-8 (new-api measures bytes), no control
@@ -544,10 +549,20 @@ mod tests {
         for bad in [json!(1), json!("true"), json!(null)] {
             assert!(boolean(&bad).is_err(), "{bad}");
         }
-        assert!(token_id(&json!(i64::MAX)).is_ok());
-        for bad in [json!(0), json!(-5), json!(u64::MAX), json!("7"), json!(7.0)] {
+        assert!(token_id(&json!(9_007_199_254_740_991u64)).is_ok());
+        for bad in [
+            json!(0),
+            json!(-5),
+            json!(9_007_199_254_740_992u64),
+            json!(i64::MAX),
+            json!(u64::MAX),
+            json!("7"),
+            json!(7.0),
+        ] {
             assert!(token_id(&bad).is_err(), "{bad}");
         }
+        let above = token_id(&json!(9_007_199_254_740_993u64)).unwrap_err();
+        assert!(above.contains("at most 9007199254740991"), "{above}");
         assert!(AutoGroups::parse(&json!(null)).is_ok());
         assert!(AutoGroups::parse(&json!(["a", "b", "c", "d", "e"])).is_ok());
         assert!(AutoGroups::parse(&json!(["a", "b", "c", "d", "e", "f"])).is_err());

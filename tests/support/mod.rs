@@ -51,6 +51,33 @@ pub fn audit_verify(files: &[std::path::PathBuf]) -> (i32, String, String) {
     run_cli(&args, &[])
 }
 
+/// Runs `tokengate audit (verb) --config C` (and `extra` arguments), where C is a configuration
+/// whose `[audit]` names the trail at `path` and a file with the tests' audit key: the binary
+/// lists the trail's files itself. Returns (exit code, stdout, stderr).
+pub fn audit_cli(verb: &str, path: &std::path::Path, extra: &[&str]) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("audit-key");
+    std::fs::write(&key, AUDIT_KEY).unwrap();
+    let config = dir.path().join("tokengate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[audit]\npath = {:?}\nhmac_key_file = {:?}\n",
+            path.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut args = vec!["audit", verb, "--config", config.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    run_cli(&args, &[])
+}
+
+/// `tokengate audit verify --config` over the trail at `path` (the binary lists its files).
+pub fn audit_verify_trail_cli(path: &std::path::Path) -> (i32, String, String) {
+    audit_cli("verify", path, &[])
+}
+
 /// `audit_verify` over every file of the trail at `path`.
 pub fn audit_verify_trail(path: &std::path::Path) -> (i32, String, String) {
     audit_verify(&tokengate::audit::verify::trail_files(path).unwrap())
@@ -255,6 +282,8 @@ pub struct TestGateway {
     pub admin: SocketAddr,
     /// The live audit trail file.
     pub audit_path: std::path::PathBuf,
+    /// The open trail (its writer's faults can be injected).
+    pub trail: std::sync::Arc<tokengate::audit::writer::Trail>,
     stop: Option<oneshot::Sender<()>>,
     pub task: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -267,6 +296,7 @@ impl TestGateway {
         let config = Config::parse(&options.toml(dir.path())).unwrap();
         let mut gateway = Gateway::build(&config).unwrap();
         gateway.open_trail(&config.audit).unwrap();
+        let trail = gateway.trail.clone().unwrap();
         let audit_path = config.audit.path.clone();
         let api = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let admin = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -289,6 +319,7 @@ impl TestGateway {
             addr,
             admin: admin_addr,
             audit_path,
+            trail,
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
