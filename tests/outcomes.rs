@@ -159,3 +159,59 @@ async fn shutdown_waits_for_a_forwarded_change_past_the_grace() {
         .unwrap();
     assert_eq!(token.status, 2);
 }
+
+/// SPEC §6, truthful partial answers: a PATCH whose full PUT was applied, and whose status-only
+/// PUT could then not be recorded (the trail stuck), says what was applied, never "not forwarded".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_patch_whose_second_intent_fails_says_what_was_applied() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let id = seed(&upstream.emulator, "half");
+    let mut options = Options::new(upstream.addr);
+    options.request_timeout_ms = 3_000;
+    let gateway = TestGateway::start(options).await;
+    // Each upstream request takes 600 ms: the read until 600 ms, then (its intent written) the
+    // full PUT until 1 200 ms. The disk gets stuck half-way through the PUT.
+    upstream
+        .emulator
+        .set_delay(std::time::Duration::from_millis(600));
+    let trail = gateway.trail.clone();
+    let stall = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        trail.faults().stall(true);
+    });
+    let reply = admin(
+        gateway.addr,
+        "PATCH",
+        &format!("/api/token/{id}"),
+        Some(r#"{"remain_quota":4321,"status":2}"#),
+    )
+    .await;
+    stall.await.unwrap();
+    gateway.trail.faults().stall(false);
+    reply.assert_envelope(503, "audit_unavailable");
+    let json = reply.json();
+    assert_eq!(json["partial"], true, "{json}");
+    assert_eq!(
+        json["written"],
+        serde_json::json!(["remain_quota"]),
+        "{json}"
+    );
+    let message = json["message"].as_str().unwrap();
+    assert!(
+        message.contains("full update was applied (remain_quota)"),
+        "{message}"
+    );
+    let token = upstream
+        .emulator
+        .tokens()
+        .into_iter()
+        .find(|t| t.id == id)
+        .unwrap();
+    assert_eq!(
+        (token.remain_quota, token.status),
+        (4321, 1),
+        "the first PUT only"
+    );
+}
