@@ -63,9 +63,19 @@ async fn answer(gateway: &Gateway, method: &Method, path: &str, id: &RequestId) 
             };
             let text =
                 |check: Result<&str, String>| check.map_or_else(|problem| problem, str::to_string);
+            let mut checks =
+                serde_json::json!({ "audit": text(audit), "upstream": text(upstream) });
+            // The shared state is reported, never judged: a Redis outage must not take every
+            // replica out of the load balancer at once (SPEC §11).
+            if let Some(cluster) = &gateway.cluster {
+                checks["cluster"] = match cluster.ping().await {
+                    Ok(()) => "ok".into(),
+                    Err(error) => format!("{error}; rate limits fall back ({:?}), changes that need a token lock are refused", cluster.on_unavailable()).into(),
+                };
+            }
             json(
                 status,
-                serde_json::json!({ "ready": ready, "checks": { "audit": text(audit), "upstream": text(upstream) } }),
+                serde_json::json!({ "ready": ready, "checks": checks }),
             )
         }
         (&Method::GET, "/metrics") => {

@@ -193,6 +193,15 @@ fn serve(path: &Path) -> ExitCode {
         }
     };
     telemetry::init(config.log.format);
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tokengate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The Redis connection of `[cluster]` is made by a task of this runtime.
+    let _entered = runtime.enter();
     let mut gateway = match Gateway::build(&config) {
         Ok(gateway) => gateway,
         Err(errors) => {
@@ -211,13 +220,6 @@ fn serve(path: &Path) -> ExitCode {
     ) {
         trail.faults().stall_while_exists(file.into());
     }
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("tokengate: cannot start the runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     runtime.block_on(async {
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
@@ -281,6 +283,18 @@ fn check(path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("tokengate: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // The Redis connection of `[cluster]` is made by a task of this runtime.
+    let _entered = runtime.enter();
     let gateway = match Gateway::build(&config) {
         Ok(gateway) => gateway,
         Err(errors) => {
@@ -402,6 +416,22 @@ fn check(path: &Path) -> ExitCode {
                 println!("  warning        [[clients]] are not used in passthrough mode");
             }
         }
+    }
+    if let (Some(cluster), Some(settings)) = (&gateway.cluster, &config.cluster) {
+        // `check` connects to Redis and says whether it answers (SPEC §11); an outage is not a
+        // fault of the file (a replica serves through one), so it is reported, not refused.
+        let answer = runtime.block_on(cluster.ping()).map_err(|e| e.to_string());
+        println!(
+            "  cluster        shared state in Redis (instance {}, key prefix {:?}, timeout {} ms, on_unavailable {:?}): {}",
+            gateway.origin,
+            settings.key_prefix,
+            settings.timeout_ms,
+            settings.on_unavailable,
+            match answer {
+                Ok(()) => "answers".to_string(),
+                Err(error) => format!("does NOT answer now ({error}): limits fall back, locked changes are refused until it does"),
+            }
+        );
     }
     ExitCode::SUCCESS
 }

@@ -108,6 +108,10 @@ pub enum GatewayError {
     /// (`server.request_timeout_ms`); nothing was forwarded (SPEC §6, bounded refusals).
     #[error("another change of token {0} is still in progress and did not finish within this request's time; this request was not forwarded: retry")]
     TokenBusy(TokenId),
+    /// SPEC §11: the shared state (Redis) cannot be reached for a change that needs a token lock,
+    /// or for a rate limit with `cluster.on_unavailable = "refuse"`; nothing was forwarded.
+    #[error("the replicas' shared state cannot be reached, so this request was not forwarded; retry later")]
+    ClusterUnavailable(#[source] BoxError),
     /// The upstream answered 429 with an empty body.
     #[error("the upstream is rate limiting requests; retry later")]
     UpstreamRateLimited,
@@ -165,6 +169,7 @@ impl GatewayError {
             GatewayError::BodyTooLarge(_) => "body_too_large",
             GatewayError::AuditUnavailable(_) => "audit_unavailable",
             GatewayError::TokenBusy(_) => "token_busy",
+            GatewayError::ClusterUnavailable(_) => "cluster_unavailable",
             GatewayError::UpstreamRateLimited => "upstream_rate_limited",
             GatewayError::Internal(_) => "internal",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
@@ -195,9 +200,9 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             GatewayError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::AuditUnavailable(_) | GatewayError::TokenBusy(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            GatewayError::AuditUnavailable(_)
+            | GatewayError::TokenBusy(_)
+            | GatewayError::ClusterUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::UpstreamRateLimited => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamAuthFailed => {
@@ -262,7 +267,7 @@ impl GatewayError {
             GatewayError::RateLimited { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
             }
-            GatewayError::TokenBusy(_) => {
+            GatewayError::TokenBusy(_) | GatewayError::ClusterUnavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(1));
             }
             _ => {}
@@ -283,9 +288,14 @@ fn rate_limited_message(policy: &str, retry_after: u64) -> String {
     }
 }
 
-impl From<crate::locks::LockTimeout> for GatewayError {
-    fn from(timeout: crate::locks::LockTimeout) -> GatewayError {
-        GatewayError::TokenBusy(timeout.0)
+impl From<crate::locks::LockError> for GatewayError {
+    fn from(error: crate::locks::LockError) -> GatewayError {
+        match error {
+            crate::locks::LockError::Busy(id) => GatewayError::TokenBusy(id),
+            crate::locks::LockError::ClusterUnavailable(cause) => {
+                GatewayError::ClusterUnavailable(cause.into())
+            }
+        }
     }
 }
 

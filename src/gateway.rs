@@ -10,10 +10,13 @@ use ipnet::IpNet;
 use crate::audit::chain::AuditKey;
 use crate::audit::writer::Trail;
 use crate::caller::Authenticator;
+use crate::cluster::Cluster;
+use crate::config::ClusterConfig;
 use crate::config::{AuditConfig, Config, ConfigError, ConfigErrors, Mode, DEFAULT_TOKEN_ENV};
 use crate::layers::detach::InFlight;
 use crate::locks::TokenLocks;
 use crate::metrics::Metrics;
+use crate::ratelimit::shared::SharedBuckets;
 use crate::ratelimit::unauthenticated::Unauthenticated;
 use crate::secret::{self, Secret};
 use crate::token::edit::Limits;
@@ -59,6 +62,12 @@ pub struct Gateway {
     /// Per-token serialisation of changes, shared across reloads so in-flight and new requests
     /// for one token still take turns.
     pub locks: Arc<TokenLocks>,
+    /// `[cluster]`: the Redis the replicas share (SPEC §11), kept across reloads.
+    pub cluster: Option<Arc<Cluster>>,
+    /// The replicas' shared rate-limit buckets, with `[cluster]`.
+    pub shared_limits: Option<Arc<SharedBuckets>>,
+    /// This replica's name in the audit trail: `cluster.instance`, else the host name.
+    pub origin: Arc<str>,
     /// The requests that run on after their caller is gone (SPEC §6), for shutdown to wait for;
     /// shared across reloads.
     pub in_flight: Arc<InFlight>,
@@ -84,7 +93,20 @@ impl Gateway {
     /// [`Gateway::build`] into an existing metrics registry.
     fn build_with(config: &Config, metrics: Arc<Metrics>) -> Result<Gateway, ConfigErrors> {
         let mut errors = Vec::new();
+        metrics.set_cluster_up(true);
+        let cluster = match config.cluster.as_ref().map(|c| cluster(c, metrics.clone())) {
+            Some(Ok(cluster)) => Some(Arc::new(cluster)),
+            Some(Err(error)) => {
+                errors.push(error);
+                None
+            }
+            None => None,
+        };
+        let shared_limits = cluster
+            .as_ref()
+            .map(|cluster| Arc::new(SharedBuckets::new(cluster.clone())));
         let upstream = Upstream::new(&config.upstream, &config.rate_limit, metrics.clone())
+            .map(|upstream| upstream.with_shared(shared_limits.clone()))
             .map_err(|(key, message)| errors.push(ConfigError { key, message }))
             .ok();
         let held_credential = match config.upstream.mode {
@@ -161,7 +183,20 @@ impl Gateway {
             trail: None,
             audit_reads: audit.reads,
             rate_limit_dry_run: config.rate_limit.dry_run,
-            locks: Arc::new(TokenLocks::default()),
+            locks: Arc::new(match &cluster {
+                // A lease longer than any request can live (SPEC §11): a replica that dies
+                // holding a lock blocks its token until the lease ends, never longer.
+                Some(cluster) => TokenLocks::shared(
+                    cluster.clone(),
+                    Duration::from_millis(
+                        config.server.request_timeout_ms + config.upstream.timeout_ms,
+                    ),
+                ),
+                None => TokenLocks::default(),
+            }),
+            origin: origin(config).into(),
+            cluster,
+            shared_limits,
             in_flight: Arc::new(InFlight::default()),
             upstream_timeout: Duration::from_millis(config.upstream.timeout_ms),
             unauthenticated: Arc::new(Unauthenticated::new(
@@ -210,6 +245,15 @@ impl Gateway {
         }
         next.audit_key = self.audit_key.clone();
         next.locks = self.locks.clone();
+        // `[cluster]` needs a restart: the running connection, buckets and name stay.
+        next.cluster = self.cluster.clone();
+        next.metrics
+            .set_cluster_up(next.cluster.as_ref().is_none_or(|c| c.is_up()));
+        next.shared_limits = self.shared_limits.clone();
+        next.origin = self.origin.clone();
+        if let Some(upstream) = Arc::get_mut(&mut next.upstream) {
+            upstream.share(self.shared_limits.clone());
+        }
         next.in_flight = self.in_flight.clone();
         if next.unauthenticated.settings() == self.unauthenticated.settings() {
             next.unauthenticated = self.unauthenticated.clone();
@@ -221,11 +265,56 @@ impl Gateway {
     /// Opens the audit trail for writing (resuming its chain) and starts its writer; `serve`
     /// refuses to start when this fails.
     pub fn open_trail(&mut self, config: &AuditConfig) -> Result<(), ConfigErrors> {
-        let trail = Trail::open(config, self.audit_key.clone(), self.metrics.clone())
-            .map_err(|message| ConfigErrors::one("audit.path", message))?;
+        let trail = Trail::open(
+            config,
+            self.audit_key.clone(),
+            self.metrics.clone(),
+            self.origin.clone(),
+        )
+        .map_err(|message| ConfigErrors::one("audit.path", message))?;
         self.trail = Some(Arc::new(trail));
         Ok(())
     }
+}
+
+/// The cluster `[cluster]` describes, its URL read from the file or the environment when it
+/// holds a password. Not connected yet: the first call connects.
+fn cluster(config: &ClusterConfig, metrics: Arc<Metrics>) -> Result<Cluster, ConfigError> {
+    let (key, url): (&str, Result<Secret, String>) =
+        match (&config.url, &config.url_env, &config.url_file) {
+            (Some(url), _, _) => ("cluster.url", Ok(Secret::new(url.as_str()))),
+            (None, Some(name), _) => ("cluster.url_env", secret::from_env(name)),
+            (None, None, Some(path)) => ("cluster.url_file", secret::from_file(path)),
+            (None, None, None) => ("cluster.url", Err("is required".into())),
+        };
+    let error = |message: String| ConfigError {
+        key: key.to_string(),
+        message,
+    };
+    let url = url.map_err(error)?;
+    Cluster::new(
+        url.expose(),
+        &config.key_prefix,
+        Duration::from_millis(config.timeout_ms),
+        config.on_unavailable,
+        metrics,
+    )
+    .map_err(error)
+}
+
+/// This replica's name in the audit trail (SPEC §6 `origin`): `cluster.instance`, else the host
+/// name.
+fn origin(config: &Config) -> String {
+    let instance = config.cluster.as_ref().map_or("", |c| c.instance.as_str());
+    if !instance.is_empty() {
+        return instance.to_owned();
+    }
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "tokengate".into())
 }
 
 /// Reads the upstream access token from `access_token_file` or `access_token_env`.
@@ -278,6 +367,8 @@ pub struct RestartOnly {
     log_format: crate::config::LogFormat,
     shutdown_grace_ms: u64,
     tls: bool,
+    /// `[cluster]`'s keys, each as comparable text (the URL by its own value, never shown).
+    cluster: Vec<(&'static str, String)>,
 }
 
 impl RestartOnly {
@@ -298,6 +389,19 @@ impl RestartOnly {
             log_format: config.log.format,
             shutdown_grace_ms: config.server.shutdown_grace_ms,
             tls: config.server.tls.is_some(),
+            cluster: match &config.cluster {
+                None => vec![("[cluster]", String::new())],
+                Some(c) => vec![
+                    ("[cluster]", "on".into()),
+                    ("cluster.url", c.url.clone().unwrap_or_default()),
+                    ("cluster.url_env", c.url_env.clone().unwrap_or_default()),
+                    ("cluster.url_file", format!("{:?}", c.url_file)),
+                    ("cluster.instance", c.instance.clone()),
+                    ("cluster.key_prefix", c.key_prefix.clone()),
+                    ("cluster.timeout_ms", c.timeout_ms.to_string()),
+                    ("cluster.on_unavailable", format!("{:?}", c.on_unavailable)),
+                ],
+            },
         }
     }
 
@@ -343,6 +447,15 @@ impl RestartOnly {
             self.shutdown_grace_ms != next.shutdown_grace_ms,
         );
         differs("server.tls (turned on or off)", self.tls != next.tls);
+        if self.cluster.len() != next.cluster.len() {
+            changed.push("[cluster] (turned on or off)");
+        } else {
+            for ((key, was), (_, is)) in self.cluster.iter().zip(&next.cluster) {
+                if was != is {
+                    changed.push(key);
+                }
+            }
+        }
         changed
     }
 }

@@ -57,6 +57,7 @@ pub mod admin;
 pub mod audit;
 pub mod caller;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod connections;
 pub mod context;

@@ -65,6 +65,9 @@ pub struct Metrics {
     rate_limited: Family<ClientClass, Counter>,
     rate_limited_dry_run: Family<ClientClass, Counter>,
     rate_limit_buckets: Gauge,
+    cluster_up: Gauge,
+    cluster_errors: Counter,
+    cluster_lock_wait: Histogram,
     unauthenticated_addresses: Gauge,
     policy_refusals: Family<ClientRule, Counter>,
     audit_records: Counter,
@@ -129,6 +132,9 @@ impl Metrics {
         let rate_limited = Family::<ClientClass, Counter>::default();
         let rate_limited_dry_run = Family::<ClientClass, Counter>::default();
         let rate_limit_buckets = Gauge::default();
+        let cluster_up = Gauge::default();
+        let cluster_errors = Counter::default();
+        let cluster_lock_wait = Histogram::new(exponential_buckets(0.000_1, 2.0, 16));
         let unauthenticated_addresses = Gauge::default();
         let policy_refusals = Family::<ClientRule, Counter>::default();
         let audit_records = Counter::default();
@@ -232,6 +238,21 @@ impl Metrics {
             rate_limit_buckets.clone(),
         );
         registry.register(
+            "tokengate_cluster_up",
+            "1 while the shared Redis answers (or no [cluster] is configured), 0 while it cannot be reached",
+            cluster_up.clone(),
+        );
+        registry.register(
+            "tokengate_cluster_errors",
+            "Calls to the shared Redis that failed or timed out",
+            cluster_errors.clone(),
+        );
+        registry.register(
+            "tokengate_cluster_lock_wait_seconds",
+            "Time a change waited for its tokens' shared locks",
+            cluster_lock_wait.clone(),
+        );
+        registry.register(
             "tokengate_patch_window_seconds",
             "Time from a PATCH's read of the token being answered to its full PUT being sent (usage in between is undone by the PUT)",
             patch_window.clone(),
@@ -262,6 +283,9 @@ impl Metrics {
             rate_limited,
             rate_limited_dry_run,
             rate_limit_buckets,
+            cluster_up,
+            cluster_errors,
+            cluster_lock_wait,
             unauthenticated_addresses,
             policy_refusals,
             audit_records,
@@ -334,6 +358,21 @@ impl Metrics {
     pub fn set_rate_limit_buckets(&self, buckets: usize) {
         self.rate_limit_buckets
             .set(i64::try_from(buckets).unwrap_or(i64::MAX));
+    }
+
+    /// Whether the shared Redis answers (SPEC §11).
+    pub fn set_cluster_up(&self, up: bool) {
+        self.cluster_up.set(i64::from(up));
+    }
+
+    /// Counts a failed or timed-out call to the shared Redis.
+    pub fn cluster_error(&self) {
+        self.cluster_errors.inc();
+    }
+
+    /// Records how long a change waited for its tokens' shared locks.
+    pub fn cluster_lock_wait(&self, waited: Duration) {
+        self.cluster_lock_wait.observe(waited.as_secs_f64());
     }
 
     /// Sets how many source addresses the unauthenticated limit tracks.

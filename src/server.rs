@@ -117,7 +117,7 @@ pub async fn run_reloading(
     // closes.
     let unauthenticated = live.current().gateway.unauthenticated.clone();
     append_summaries(&trail, unauthenticated.drain()).await;
-    if let Err(error) = trail.flush().await {
+    if let Err(error) = trail.close().await {
         tracing::error!("the audit trail could not be flushed: {error}");
     }
     tracing::info!("stopped");
@@ -147,7 +147,10 @@ async fn write_summaries(live: Arc<Live>, trail: Arc<Trail>) {
 /// Appends one summary record each; a record that cannot be written is logged with its count.
 async fn append_summaries(trail: &Trail, summaries: Vec<Summary>) {
     for summary in summaries {
-        if let Err(error) = trail.append(record::suppressed(&summary)).await {
+        if let Err(error) = trail
+            .append(record::suppressed(&summary, trail.origin()))
+            .await
+        {
             tracing::error!(
                 source_ip = %summary.ip,
                 suppressed = summary.suppressed,

@@ -24,7 +24,7 @@ use crate::layers::check::CheckLayer;
 use crate::layers::detach::DetachLayer;
 use crate::layers::patch::PatchLayer;
 use crate::layers::policy::PolicyLayer;
-use crate::layers::rate_limit::{ChargeBatch, RateLimit};
+use crate::layers::rate_limit::RateLimit;
 use crate::layers::read_body::ReadBodyLayer;
 use crate::layers::request_context::RequestContextLayer;
 use crate::layers::rescue::RescueLayer;
@@ -42,7 +42,11 @@ pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>,
 /// one allocation per request.
 pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
     let audit = AuditPolicy::new(trail, gateway.audit_reads);
-    let rate_limit = RateLimit::new(gateway.metrics.clone(), gateway.rate_limit_dry_run);
+    let rate_limit = RateLimit::new(
+        gateway.metrics.clone(),
+        gateway.rate_limit_dry_run,
+        gateway.shared_limits.clone(),
+    );
 
     // Below the body read: the request is `Request<Bytes>`.
     let with_body = ServiceBuilder::new()
@@ -52,7 +56,7 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
             gateway.metrics.clone(),
         )))
         // Charge the rest of a batch's cost, now that its ids are known.
-        .layer(CheckLayer::new(ChargeBatch(rate_limit.clone())))
+        .layer(rate_limit.batch_rest())
         // A batch update in fan-out mode: each id goes on below as a PATCH of its own.
         .layer(BatchFanoutLayer::new(
             gateway.limits.batch_update,
@@ -95,7 +99,7 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         // Map the request to a SPEC §2 route; nothing else is ever forwarded.
         .layer(CheckLayer::new(Route))
         // Charge the caller's bucket for its class (reads or writes) before anything is spent.
-        .layer(CheckLayer::new(rate_limit))
+        .layer(rate_limit.first())
         // Refuse operations outside the caller's allow list.
         .layer(CheckLayer::new(Authorize))
         // Read the body whole, within the size cap and the request deadline.

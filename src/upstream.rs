@@ -26,6 +26,7 @@ use crate::config::{AuthScheme, Mode, RateLimitConfig, UpstreamConfig};
 use crate::context::{RequestContext, UpstreamFacts};
 use crate::error::{BoxError, GatewayError};
 use crate::metrics::Metrics;
+use crate::ratelimit::shared::SharedBuckets;
 use crate::ratelimit::UpstreamLimit;
 use crate::route::Operation;
 use crate::secret::{strip_bearer, Secret};
@@ -195,6 +196,8 @@ pub struct Upstream {
     timeout: Duration,
     mode: Mode,
     limit: UpstreamLimit,
+    /// With `[cluster]`, the global cap is one bucket every replica shares.
+    shared: Option<Arc<SharedBuckets>>,
     metrics: Arc<Metrics>,
 }
 
@@ -236,8 +239,20 @@ impl Upstream {
             timeout,
             mode: config.mode,
             limit: UpstreamLimit::new(rates),
+            shared: None,
             metrics,
         })
+    }
+
+    /// The client with its global cap shared through `shared` (SPEC §11), when given.
+    pub fn with_shared(mut self, shared: Option<Arc<SharedBuckets>>) -> Upstream {
+        self.share(shared);
+        self
+    }
+
+    /// Shares the global cap through `shared` (a reload keeps the running cluster's).
+    pub fn share(&mut self, shared: Option<Arc<SharedBuckets>>) {
+        self.shared = shared;
     }
 
     /// The base URL (for start-up logs; it holds no secret).
@@ -385,7 +400,16 @@ impl Upstream {
     }
 
     async fn take_room(&self, served: Served<'_>) -> Result<(), GatewayError> {
-        let refused = match self.limit.acquire().await {
+        let decided = match &self.shared {
+            None => self.limit.acquire().await,
+            Some(shared) => self.limit.acquire_shared(shared).await.ok_or_else(|| {
+                GatewayError::ClusterUnavailable(
+                    "the shared upstream cap cannot be reached (cluster.on_unavailable = \"refuse\")"
+                        .into(),
+                )
+            })?,
+        };
+        let refused = match decided {
             Ok(false) => return Ok(()),
             Ok(true) => {
                 self.metrics

@@ -9,10 +9,12 @@
 //!   fail-closed;
 //! - [`verify`]: listing a trail's files, checking a whole trail (`tokengate audit verify`), and
 //!   reading the verified tail a writer resumes from;
-//! - [`repair`]: cutting a torn last line off the live file (`tokengate audit repair`).
+//! - [`repair`]: cutting a torn last line off the live file (`tokengate audit repair`);
+//! - [`lock`]: one writer per trail (`<path>.lock`, held while a process writes).
 
 pub mod canonical;
 pub mod chain;
+pub mod lock;
 pub mod record;
 pub mod repair;
 pub mod verify;

@@ -238,8 +238,13 @@ struct Answer<'a> {
 
 /// The `intent` record of a request about to be forwarded, at most `max_record_bytes` long once
 /// sealed (`audit.max_record_bytes`).
-pub fn intent(context: &RequestContext, op: Operation, max_record_bytes: usize) -> Draft {
-    draft(context, op, "intent", None, max_record_bytes)
+pub fn intent(
+    context: &RequestContext,
+    op: Operation,
+    origin: &str,
+    max_record_bytes: usize,
+) -> Draft {
+    draft(context, op, origin, "intent", None, max_record_bytes)
 }
 
 /// The `outcome` record of a finished request, answered with `status` (and the SPEC §9 `code`
@@ -247,6 +252,7 @@ pub fn intent(context: &RequestContext, op: Operation, max_record_bytes: usize) 
 pub fn outcome(
     context: &RequestContext,
     op: Operation,
+    origin: &str,
     status: u16,
     code: Option<&str>,
     max_record_bytes: usize,
@@ -254,6 +260,7 @@ pub fn outcome(
     draft(
         context,
         op,
+        origin,
         "outcome",
         Some(Answer { status, code }),
         max_record_bytes,
@@ -265,7 +272,7 @@ pub fn outcome(
 /// `rate_limited`, `status` 429, `suppressed` the number of refusals not recorded one by one,
 /// and the method, path and operation of the first of them; a request id of its own, and the time
 /// from the first to the last of them as `duration_ms`.
-pub fn suppressed(summary: &Summary) -> Draft {
+pub fn suppressed(summary: &Summary, origin: &str) -> Draft {
     let mut m = Members::new();
     m.name("caller_request_id").extend_from_slice(b"null");
     m.name("client").extend_from_slice(b"null");
@@ -273,6 +280,7 @@ pub fn suppressed(summary: &Summary) -> Draft {
     m.end_run(); // hash
     m.string("method", summary.method.as_str());
     m.string("op", summary.op.as_str());
+    m.string("origin", origin);
     m.string("outcome", Outcome::Rejected.as_str());
     m.string("path", &summary.path);
     m.string("phase", "outcome");
@@ -297,6 +305,7 @@ pub fn suppressed(summary: &Summary) -> Draft {
 fn draft(
     context: &RequestContext,
     op: Operation,
+    origin: &str,
     phase: &str,
     answer: Option<Answer<'_>>,
     limit: usize,
@@ -326,7 +335,16 @@ fn draft(
             split: Split::Whole,
         },
     ];
-    let whole = render(context, op, phase, answer.as_ref(), &facts, &slots, false);
+    let whole = render(
+        context,
+        op,
+        origin,
+        phase,
+        answer.as_ref(),
+        &facts,
+        &slots,
+        false,
+    );
     if whole.sealed_len() <= limit {
         return whole;
     }
@@ -334,6 +352,7 @@ fn draft(
     render(
         context,
         op,
+        origin,
         phase,
         answer.as_ref(),
         &facts,
@@ -349,12 +368,14 @@ struct Facts<'a> {
 }
 
 /// Every member, in canonical order: `caller_request_id client duration_ms` | hash | `method op
-/// outcome path phase` | prev | `reason request request_id` | seq | `source_ip status token_ids
+/// origin outcome path phase` | prev | `reason request request_id` | seq | `source_ip status token_ids
 /// truncated` | ts | `upstream_message upstream_status upstream_success` | v. `slots` hold the
 /// canonical JSON of `request` and `upstream_message` (null when absent), as [`fit`] left them.
+#[allow(clippy::too_many_arguments)]
 fn render(
     context: &RequestContext,
     op: Operation,
+    origin: &str,
     phase: &str,
     answer: Option<&Answer<'_>>,
     facts: &Facts<'_>,
@@ -371,6 +392,7 @@ fn render(
     m.end_run(); // hash
     m.string("method", context.method.as_str());
     m.string("op", op.as_str());
+    m.string("origin", origin);
     if let Some(answer) = &answer {
         let outcome = Outcome::of(context.forwarded(), answer.code);
         m.string("outcome", outcome.as_str());
@@ -634,7 +656,7 @@ mod tests {
             Some(awkward.into()),
             Duration::from_secs(5),
         );
-        let intent_before_facts = intent(&context, Operation::Update, LIMIT);
+        let intent_before_facts = intent(&context, Operation::Update, "test", LIMIT);
         context.set_client("team-a".into());
         context.set_token_ids(vec![7, 9]);
         context.set_request(
@@ -647,11 +669,12 @@ mod tests {
         });
         let drafts = [
             intent_before_facts,
-            intent(&context, Operation::Update, LIMIT),
-            outcome(&context, Operation::Update, 200, None, LIMIT),
+            intent(&context, Operation::Update, "test", LIMIT),
+            outcome(&context, Operation::Update, "test", 200, None, LIMIT),
             outcome(
                 &context,
                 Operation::Update,
+                "test",
                 504,
                 Some("upstream_timeout"),
                 LIMIT,
@@ -683,13 +706,14 @@ mod tests {
         assert_eq!(first["client"], Value::Null);
         assert_eq!(first["request"], Value::Null);
         assert_eq!(first["token_ids"], json!([]));
+        assert_eq!(first["origin"], "test");
         assert_eq!(
             first.len(),
-            15,
-            "an intent has 10 members of its own and 5 of the writer"
+            16,
+            "an intent has 11 members of its own and 5 of the writer"
         );
         let forwarded = record(2);
-        assert_eq!(forwarded.len(), 22);
+        assert_eq!(forwarded.len(), 23);
         assert_eq!(forwarded["phase"], "outcome");
         assert_eq!(forwarded["outcome"], "forwarded");
         assert_eq!(forwarded["reason"], Value::Null);
@@ -741,8 +765,8 @@ mod tests {
         let context = context_with(request, r#"{"success":true,"message":"ok"}"#);
         let limit = 40_000;
         for draft in [
-            intent(&context, Operation::Create, limit),
-            outcome(&context, Operation::Create, 200, None, limit),
+            intent(&context, Operation::Create, "test", limit),
+            outcome(&context, Operation::Create, "test", 200, None, limit),
         ] {
             let (sealed, hash) = seal(&draft, &key, 9, GENESIS);
             assert!(sealed.len() <= limit, "{} bytes", sealed.len());
@@ -761,12 +785,12 @@ mod tests {
             json!({"a": "a".repeat(30_000), "b": "b".repeat(25_000), "c": "c".repeat(100)}),
             r#"{"success":false,"message":"fine"}"#,
         );
-        let draft = intent(&context, Operation::Create, 32_768);
+        let draft = intent(&context, Operation::Create, "test", 32_768);
         let record: Map<String, Value> =
             serde_json::from_slice(&seal(&draft, &key, 1, GENESIS).0).unwrap();
         assert_eq!(record["request"]["a"]["omitted"], true);
         assert_eq!(record["request"]["b"], "b".repeat(25_000).as_str());
-        let draft = intent(&context, Operation::Create, 20_000);
+        let draft = intent(&context, Operation::Create, "test", 20_000);
         let record: Map<String, Value> =
             serde_json::from_slice(&seal(&draft, &key, 1, GENESIS).0).unwrap();
         assert_eq!(record["request"]["a"]["omitted"], true);
@@ -778,7 +802,7 @@ mod tests {
             json!({"name": "x"}),
             &json!({"success": false, "message": message}).to_string(),
         );
-        let draft = outcome(&context, Operation::Create, 200, None, 32_768);
+        let draft = outcome(&context, Operation::Create, "test", 200, None, 32_768);
         let (sealed, _) = seal(&draft, &key, 1, GENESIS);
         let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();
         assert!(sealed.len() <= 32_768);
@@ -787,7 +811,7 @@ mod tests {
         // Within the limit: no `truncated` member at all.
         let record: Map<String, Value> = serde_json::from_slice(
             &seal(
-                &intent(&context, Operation::Create, LIMIT),
+                &intent(&context, Operation::Create, "test", LIMIT),
                 &key,
                 1,
                 GENESIS,
@@ -808,7 +832,7 @@ mod tests {
         }
         let request = Value::Object(request);
         let context = context_with(request.clone(), "{}");
-        let draft = intent(&context, Operation::Create, 32_768);
+        let draft = intent(&context, Operation::Create, "test", 32_768);
         let (sealed, _) = seal(&draft, &key, 1, GENESIS);
         assert!(sealed.len() <= 32_768);
         let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();

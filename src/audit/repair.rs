@@ -76,6 +76,8 @@ pub enum RepairError {
 
 /// Cuts the torn last line, if any, off the live file `path` of the trail sealed with `key`.
 pub fn repair(path: &Path, key: &AuditKey) -> Result<Repair, RepairError> {
+    // Never cut a file a running gateway writes (SPEC §6, one writer per trail).
+    let _lock = super::lock::TrailLock::take(path).map_err(RepairError::Io)?;
     let io = |what: &str, e: io::Error| RepairError::Io(format!("{what} {}: {e}", path.display()));
     let mut file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(file) => file,

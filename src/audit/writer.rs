@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant as Deadline;
 
 use super::chain::{AuditKey, GENESIS};
+use super::lock::TrailLock;
 use super::record::Draft;
 use super::verify::{present_files, tail};
 use crate::config::{AuditConfig, Fsync};
@@ -63,6 +64,10 @@ enum Job {
     Flush {
         done: oneshot::Sender<Result<(), AuditError>>,
     },
+    /// A flush after which the writer stops, releasing the trail (and its lock): shutdown.
+    Close {
+        done: oneshot::Sender<Result<(), AuditError>>,
+    },
 }
 
 impl Job {
@@ -70,7 +75,7 @@ impl Job {
     fn bytes(&self) -> u64 {
         match self {
             Job::Append { record, .. } => record.len() as u64,
-            Job::Flush { .. } => 0,
+            Job::Flush { .. } | Job::Close { .. } => 0,
         }
     }
 }
@@ -158,6 +163,8 @@ pub struct Trail {
     max_record_bytes: usize,
     /// `audit.queue_bytes`: past it, records are refused at once.
     queue_bytes: u64,
+    /// The replica that writes this trail, in every record (SPEC §6 `origin`).
+    origin: Arc<str>,
 }
 
 impl Trail {
@@ -167,6 +174,7 @@ impl Trail {
         config: &AuditConfig,
         key: AuditKey,
         metrics: Arc<Metrics>,
+        origin: Arc<str>,
     ) -> Result<Trail, String> {
         let sink = Sink::open(config, &key)?;
         let (queue, jobs) = sync_channel(QUEUE);
@@ -201,6 +209,7 @@ impl Trail {
             faults,
             max_record_bytes: config.max_record_bytes,
             queue_bytes: config.queue_bytes,
+            origin,
         })
     }
 
@@ -219,6 +228,11 @@ impl Trail {
     /// The longest a record may be once sealed (`audit.max_record_bytes`).
     pub fn max_record_bytes(&self) -> usize {
         self.max_record_bytes
+    }
+
+    /// The replica that writes this trail (`origin` in every record).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     /// Appends one record (without `v`, `seq`, `ts`, `prev`, `hash`, which the writer adds) and
@@ -255,6 +269,14 @@ impl Trail {
     pub async fn flush(&self) -> Result<(), AuditError> {
         let (done, answer) = oneshot::channel();
         self.submit(Job::Flush { done }, answer, Deadline::now() + WAIT)
+            .await
+    }
+
+    /// Flushes the trail and stops its writer, which releases the trail's lock (SPEC §6: one
+    /// writer per trail) even while handles to it remain: at shutdown. Appends after it fail.
+    pub async fn close(&self) -> Result<(), AuditError> {
+        let (done, answer) = oneshot::channel();
+        self.submit(Job::Close { done }, answer, Deadline::now() + WAIT)
             .await
     }
 
@@ -352,6 +374,8 @@ enum Sink {
 }
 
 struct FileSink {
+    /// Held for as long as the trail is written: one writer per trail (SPEC §6).
+    _lock: TrailLock,
     path: PathBuf,
     rotate_bytes: u64,
     /// The open live file and its (device, inode), or none after a failure.
@@ -382,6 +406,7 @@ impl Sink {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
+        let lock = TrailLock::take(&path)?;
         // Only the newest record is needed to resume (SPEC §6, retention): older rotated files
         // may have been archived or deleted, and a gap among them is for `verify` to report.
         let (files, rotated) = present_files(&path)
@@ -408,6 +433,7 @@ impl Sink {
             }
         };
         let mut sink = FileSink {
+            _lock: lock,
             path,
             rotate_bytes: config.rotate_bytes,
             file: None,
@@ -577,10 +603,11 @@ impl Writer {
             }
             self.health.busy_since_ms.store(0, Ordering::Relaxed);
             self.report(&result);
+            let closing = batch.iter().any(|job| matches!(job, Job::Close { .. }));
             for job in batch {
                 let done = match job {
                     Job::Append { done, .. } => done,
-                    Job::Flush { done } => Some(done),
+                    Job::Flush { done } | Job::Close { done } => Some(done),
                 };
                 if let Some(done) = done {
                     let _ = done.send(result.clone());
@@ -593,14 +620,21 @@ impl Writer {
                 .fetch_sub(bytes, Ordering::Relaxed)
                 .saturating_sub(bytes);
             self.metrics.set_audit_queue_bytes(left);
+            if closing {
+                return;
+            }
         }
     }
 
     /// Seals and writes every record of the batch with one write, then syncs once.
     fn commit(&mut self, batch: &[Job]) -> Result<(), AuditError> {
-        let flush_only = batch.iter().all(|job| matches!(job, Job::Flush { .. }));
+        let flush_only = batch
+            .iter()
+            .all(|job| matches!(job, Job::Flush { .. } | Job::Close { .. }));
         // A flush that shares a batch with appends still asks for the fsync.
-        let flush_asked = batch.iter().any(|job| matches!(job, Job::Flush { .. }));
+        let flush_asked = batch
+            .iter()
+            .any(|job| matches!(job, Job::Flush { .. } | Job::Close { .. }));
         let ts = timestamp(SystemTime::now());
         // What is on disk before this batch: a failed write or sync cuts the file back to it.
         let (seq, prev, size_before) = match &mut self.sink {

@@ -37,6 +37,43 @@ pub struct Config {
     pub log: LogConfig,
     /// The internal callers and what each may do.
     pub clients: Vec<ClientConfig>,
+    /// `[cluster]`: several replicas sharing their state through Redis (SPEC §11); absent, one
+    /// process with its state in memory.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]` (SPEC §11): a change needs a restart.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The Redis URL, when it carries no password (`redis://host:port/db`).
+    pub url: Option<String>,
+    /// Environment variable holding the URL (for one with a password).
+    pub url_env: Option<String>,
+    /// File holding the URL (for one with a password).
+    pub url_file: Option<PathBuf>,
+    /// This replica's name in the audit trail (`origin`); the host name when empty.
+    pub instance: String,
+    /// The prefix of every key the replicas share.
+    pub key_prefix: String,
+    /// The longest one call to Redis may take.
+    pub timeout_ms: u64,
+    /// What rate limits do while Redis cannot be reached.
+    pub on_unavailable: crate::cluster::OnUnavailable,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            url: None,
+            url_env: None,
+            url_file: None,
+            instance: String::new(),
+            key_prefix: "tokengate:".into(),
+            timeout_ms: 50,
+            on_unavailable: crate::cluster::OnUnavailable::Local,
+        }
+    }
 }
 
 /// `[server]`
@@ -719,7 +756,73 @@ impl Config {
             }
             self.check_policy(i, client, &mut fault);
         }
+        if let Some(cluster) = &self.cluster {
+            check_cluster(cluster, &mut fault);
+        }
         errors
+    }
+}
+
+/// The rules of `[cluster]`: one source of the URL, and no password written in the file.
+fn check_cluster(cluster: &ClusterConfig, fault: &mut impl FnMut(String, String)) {
+    let sources = [
+        cluster.url.is_some(),
+        cluster.url_env.is_some(),
+        cluster.url_file.is_some(),
+    ];
+    match sources.iter().filter(|set| **set).count() {
+        0 => fault(
+            "cluster.url".into(),
+            "is required: set cluster.url, or cluster.url_env / cluster.url_file for a URL with a password".into(),
+        ),
+        1 => {}
+        _ => fault(
+            "cluster.url".into(),
+            "set one of cluster.url, cluster.url_env and cluster.url_file".into(),
+        ),
+    }
+    if let Some(url) = &cluster.url {
+        let authority = url
+            .split_once("://")
+            .map_or(url.as_str(), |(_, rest)| rest)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        if authority.contains('@') {
+            fault(
+                "cluster.url".into(),
+                "holds credentials, and secrets are never written in the configuration: put the URL in cluster.url_env or cluster.url_file".into(),
+            );
+        } else if !url.starts_with("redis://") {
+            fault(
+                "cluster.url".into(),
+                "must be a redis:// URL (redis://host:port/db)".into(),
+            );
+        }
+    }
+    if !(1..=10_000).contains(&cluster.timeout_ms) {
+        fault(
+            "cluster.timeout_ms".into(),
+            "must be from 1 to 10000".into(),
+        );
+    }
+    if cluster.key_prefix.is_empty()
+        || cluster.key_prefix.len() > 64
+        || cluster
+            .key_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
+        fault(
+            "cluster.key_prefix".into(),
+            "must be 1 to 64 characters without white space".into(),
+        );
+    }
+    if !cluster.instance.is_empty() && !valid_client_name(&cluster.instance) {
+        fault(
+            "cluster.instance".into(),
+            "must be 1 to 64 characters of letters, digits, `.`, `_` or `-` (or empty: the host name)".into(),
+        );
     }
 }
 

@@ -58,7 +58,12 @@ impl AuditPolicy {
     /// Writes the intent record of `context`, waiting no later than its deadline; the change
     /// must not be sent if this fails.
     async fn intent(&self, context: &RequestContext, op: Operation) -> Result<(), GatewayError> {
-        let record = record::intent(context, op, self.trail.max_record_bytes());
+        let record = record::intent(
+            context,
+            op,
+            self.trail.origin(),
+            self.trail.max_record_bytes(),
+        );
         self.trail
             .append_until(record, context.deadline)
             .await
@@ -83,7 +88,14 @@ impl AuditPolicy {
         status: u16,
         code: Option<&str>,
     ) {
-        let record = record::outcome(context, op, status, code, self.trail.max_record_bytes());
+        let record = record::outcome(
+            context,
+            op,
+            self.trail.origin(),
+            status,
+            code,
+            self.trail.max_record_bytes(),
+        );
         let written = if context.forwarded() {
             self.trail.append(record).await
         } else if code == Some(AUDIT_UNAVAILABLE) {

@@ -2,38 +2,76 @@
 //! is spent on the request, and, once a batch's ids are known, the rest of its cost.
 //!
 //! A configured client has its own buckets; a pass-through identity has buckets of the
-//! `[rate_limit]` defaults from a bounded table, made when it is first seen. With
-//! `rate_limit.dry_run` a would-be refusal is counted and logged, and the request goes on.
+//! `[rate_limit]` defaults from a bounded table, made when it is first seen. With `[cluster]` the
+//! bucket every replica shares decides (SPEC §11; this replica's own decides while Redis cannot be
+//! reached and `cluster.on_unavailable = "local"`, and a 503 `cluster_unavailable` comes instead
+//! with `"refuse"`); without it, nothing is awaited here. With `rate_limit.dry_run` a would-be
+//! refusal is counted and logged, and the request goes on.
 
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::Request;
+use futures_util::future::{ready, Either, Ready};
+use http::{Request, Response};
+use tower::{Layer, Service};
 
-use super::check::Check;
+use super::BoxFuture;
 use crate::caller::Caller;
 use crate::context::RequestContext;
-use crate::error::GatewayError;
+use crate::error::{Body, GatewayError};
 use crate::metrics::Metrics;
-use crate::ratelimit::{Class, Decision};
+use crate::ratelimit::shared::SharedBuckets;
+use crate::ratelimit::{CallerLimits, Class, Decision};
 use crate::route::Route;
 use crate::token::edit::Edit;
 
-/// Charges one unit of the caller's class.
+/// Which part of a request's cost a layer charges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Part {
+    /// One unit, before anything else is spent on the request.
+    First,
+    /// The rest of a batch's cost, once its ids are known (after validation). If the rest is not
+    /// available, the batch is a 429 and its first unit stays spent.
+    BatchRest,
+}
+
+/// Charges callers' buckets.
 #[derive(Clone, Debug)]
 pub struct RateLimit {
     metrics: Arc<Metrics>,
     dry_run: bool,
+    shared: Option<Arc<SharedBuckets>>,
 }
 
 impl RateLimit {
-    /// Charges callers, counting refusals in `metrics`; refuses nothing when `dry_run`.
-    pub fn new(metrics: Arc<Metrics>, dry_run: bool) -> Self {
-        RateLimit { metrics, dry_run }
+    /// Charges callers, counting refusals in `metrics`; refuses nothing when `dry_run`; in the
+    /// buckets every replica shares when `shared` is given.
+    pub fn new(metrics: Arc<Metrics>, dry_run: bool, shared: Option<Arc<SharedBuckets>>) -> Self {
+        RateLimit {
+            metrics,
+            dry_run,
+            shared,
+        }
     }
 
-    /// Charges `cost` units (the rest of a batch: `batch` is true) of the request's class.
-    fn charge<B>(&self, request: &Request<B>, batch: bool) -> Result<(), GatewayError> {
+    /// The layer charging the first unit.
+    pub fn first(&self) -> RateLimitLayer {
+        RateLimitLayer {
+            limit: self.clone(),
+            part: Part::First,
+        }
+    }
+
+    /// The layer charging the rest of a batch's cost.
+    pub fn batch_rest(&self) -> RateLimitLayer {
+        RateLimitLayer {
+            limit: self.clone(),
+            part: Part::BatchRest,
+        }
+    }
+
+    /// What `part` of `request` costs, and from whose buckets; `None` when nothing is charged.
+    fn cost_of<B>(&self, request: &Request<B>, part: Part) -> Result<Option<Charge>, GatewayError> {
         let extensions = request.extensions();
         let (Some(caller), Some(route)) = (extensions.get::<Caller>(), extensions.get::<Route>())
         else {
@@ -42,39 +80,47 @@ impl RateLimit {
             ));
         };
         let Some(limits) = &caller.limits else {
-            return Ok(());
+            return Ok(None);
         };
         let class = Class::of(route.operation());
-        let bucket = limits.bucket(class);
-        let cost = if batch {
-            // The first unit was charged before the body was read; a batch costs one per id,
-            // capped at the bucket size.
-            extensions
+        let cost = match part {
+            Part::First => 1,
+            // A batch costs one per id, capped at the bucket size; the first was charged already.
+            Part::BatchRest => extensions
                 .get::<Edit>()
                 .and_then(Edit::batch_len)
                 .map_or(0, |n| {
-                    (n.min(bucket.burst() as usize) as u32).saturating_sub(1)
-                })
-        } else {
-            1
+                    (n.min(limits.bucket(class).burst() as usize) as u32).saturating_sub(1)
+                }),
         };
         if cost == 0 {
-            return Ok(());
+            return Ok(None);
         }
-        let context = RequestContext::of(request)?;
-        let decision = bucket.charge(cost);
-        context.set_rate(decision.status());
+        Ok(Some(Charge {
+            context: RequestContext::of(request)?.clone(),
+            caller: caller.name.clone(),
+            label: caller.metric_label().into(),
+            limits: limits.clone(),
+            class,
+            cost,
+        }))
+    }
+
+    /// What the caller is told of `decision`: its `RateLimit` fields, and a 429 when refused.
+    fn decided(&self, charge: &Charge, decision: Decision) -> Result<(), GatewayError> {
+        charge.context.set_rate(decision.status());
         let Decision::Refused { status, .. } = decision else {
             return Ok(());
         };
+        let class = charge.class.as_str();
         self.metrics
-            .rate_limited(caller.metric_label(), class.as_str(), self.dry_run);
+            .rate_limited(&charge.label, class, self.dry_run);
         if self.dry_run {
             tracing::info!(
-                request_id = %context.id,
-                client = caller.metric_label(),
-                class = class.as_str(),
-                cost,
+                request_id = %charge.context.id,
+                client = &*charge.label,
+                class,
+                cost = charge.cost,
                 "rate limit would refuse this request (rate_limit.dry_run)"
             );
             return Ok(());
@@ -86,19 +132,100 @@ impl RateLimit {
     }
 }
 
-impl<B> Check<B> for RateLimit {
-    fn check(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
-        self.charge(request, false)
+/// One charge to make.
+struct Charge {
+    context: Arc<RequestContext>,
+    /// The caller's name: the key of its shared buckets.
+    caller: Arc<str>,
+    label: Arc<str>,
+    limits: Arc<CallerLimits>,
+    class: Class,
+    cost: u32,
+}
+
+impl Charge {
+    /// The shared bucket's name: `rl:<caller>:<class>` (a client name, or `token:<12 hex>`).
+    fn shared_name(&self) -> String {
+        format!("rl:{}:{}", self.caller, self.class.as_str())
     }
 }
 
-/// Charges the rest of a batch once its ids are known (after validation). If the rest is not
-/// available, the batch is a 429 and its first unit stays spent.
+/// Builds [`RateLimited`].
 #[derive(Clone, Debug)]
-pub struct ChargeBatch(pub RateLimit);
+pub struct RateLimitLayer {
+    limit: RateLimit,
+    part: Part,
+}
 
-impl Check<Bytes> for ChargeBatch {
-    fn check(&self, request: &mut Request<Bytes>) -> Result<(), GatewayError> {
-        self.0.charge(request, true)
+impl<S> Layer<S> for RateLimitLayer {
+    type Service = RateLimited<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimited {
+            limit: self.limit.clone(),
+            part: self.part,
+            inner,
+        }
+    }
+}
+
+/// Charges the caller's bucket, then calls the inner service.
+#[derive(Clone, Debug)]
+pub struct RateLimited<S> {
+    limit: RateLimit,
+    part: Part,
+    inner: S,
+}
+
+type Answer = Result<Response<Body>, GatewayError>;
+
+impl<S, B> Service<Request<B>> for RateLimited<S>
+where
+    S: Service<Request<B>, Response = Response<Body>, Error = GatewayError>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = GatewayError;
+    type Future = Either<Either<Ready<Answer>, S::Future>, BoxFuture<Answer>>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let charge = match self.limit.cost_of(&request, self.part) {
+            Ok(Some(charge)) => charge,
+            Ok(None) => return Either::Left(Either::Right(self.inner.call(request))),
+            Err(refusal) => return Either::Left(Either::Left(ready(Err(refusal)))),
+        };
+        let Some(shared) = self.limit.shared.clone() else {
+            // One process: the decision is at hand.
+            let decision = charge.limits.bucket(charge.class).charge(charge.cost);
+            return Either::Left(match self.limit.decided(&charge, decision) {
+                Ok(()) => Either::Right(self.inner.call(request)),
+                Err(refusal) => Either::Left(ready(Err(refusal))),
+            });
+        };
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let limit = self.limit.clone();
+        Either::Right(Box::pin(async move {
+            let bucket = charge.limits.bucket(charge.class);
+            let Some(decision) = shared
+                .charge_or_fall_back(&charge.shared_name(), bucket, charge.cost)
+                .await
+            else {
+                return Err(GatewayError::ClusterUnavailable(
+                    "the shared rate limits cannot be reached (cluster.on_unavailable = \"refuse\")"
+                        .into(),
+                ));
+            };
+            limit.decided(&charge, decision)?;
+            inner.call(request).await
+        }))
     }
 }

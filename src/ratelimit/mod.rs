@@ -8,6 +8,7 @@
 //! name, get theirs from a bounded table ([`identities`]).
 
 pub mod identities;
+pub mod shared;
 pub mod unauthenticated;
 
 use std::fmt;
@@ -24,6 +25,7 @@ use governor::{Quota, RateLimiter};
 
 use crate::config::{ClientConfig, RateLimitConfig};
 use crate::route::Operation;
+use shared::SharedBuckets;
 
 /// Which bucket of a caller an operation draws from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -192,6 +194,11 @@ impl<C: Clock> Bucket<C> {
         self.burst
     }
 
+    /// The time one request's worth takes to come back.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
     /// Takes `cost` requests' worth, all or nothing. A cost above the burst is charged as the
     /// burst: the largest batch empties the bucket but is never impossible.
     pub fn charge(&self, cost: u32) -> Decision {
@@ -229,7 +236,8 @@ impl<C: Clock> Bucket<C> {
         }
     }
 
-    fn status(&self, remaining: u32, reset: u64) -> RateStatus {
+    /// What the caller is told: `remaining` requests at once, more in `reset` seconds.
+    pub(crate) fn status(&self, remaining: u32, reset: u64) -> RateStatus {
         RateStatus {
             policy: self.policy,
             quota: self.quota,
@@ -241,7 +249,7 @@ impl<C: Clock> Bucket<C> {
 }
 
 /// Seconds rounded up, at least 1: a `Retry-After` of 0 would invite an immediate retry.
-fn whole_seconds(duration: Duration) -> u64 {
+pub(crate) fn whole_seconds(duration: Duration) -> u64 {
     let seconds = duration.as_secs() + u64::from(duration.subsec_nanos() > 0);
     seconds.max(1)
 }
@@ -369,17 +377,37 @@ impl<C: Clock> UpstreamLimit<C> {
     /// refusal when there is none in that time. In dry run nothing waits: `Ok(true)` says the
     /// request would have been refused, for the caller to count and log.
     pub async fn acquire(&self) -> Result<bool, RateStatus> {
+        let decided = self
+            .acquire_with(|| std::future::ready(Some(self.bucket.charge(1))))
+            .await;
+        // This process's own bucket always decides.
+        decided.unwrap_or(Ok(false))
+    }
+
+    /// [`Self::acquire`] from the bucket every replica shares (SPEC §11), or this one while Redis
+    /// cannot be reached and `cluster.on_unavailable = "local"`; `None` when it cannot be
+    /// reached and must refuse (`"refuse"`).
+    pub async fn acquire_shared(&self, shared: &SharedBuckets) -> Option<Result<bool, RateStatus>> {
+        self.acquire_with(|| shared.charge_or_fall_back("rl:upstream", &self.bucket, 1))
+            .await
+    }
+
+    async fn acquire_with<F, Fut>(&self, charge: F) -> Option<Result<bool, RateStatus>>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Option<Decision>>,
+    {
         let started = Instant::now();
         loop {
-            let (status, wait) = match self.bucket.charge(1) {
-                Decision::Allowed(_) => return Ok(false),
-                Decision::Refused { .. } if self.dry_run => return Ok(true),
+            let (status, wait) = match charge().await? {
+                Decision::Allowed(_) => return Some(Ok(false)),
+                Decision::Refused { .. } if self.dry_run => return Some(Ok(true)),
                 Decision::Refused { status, wait } => (status, wait),
             };
             // Sleep until the bucket should have room, if that is within the budget; another
             // request may take the room first, so check again after.
             if started.elapsed() + wait > Self::MAX_WAIT {
-                return Err(status);
+                return Some(Err(status));
             }
             tokio::time::sleep(wait).await;
         }

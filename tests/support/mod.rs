@@ -3,6 +3,7 @@
 //! that fail in chosen ways. (A directory module, so Cargo does not build it as a test binary.)
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -121,6 +122,8 @@ pub struct Options {
     pub limits: String,
     /// The `[server.tls]` lines (plain HTTP when empty).
     pub server_tls: String,
+    /// A `[cluster]` table (and anything else) at the end of the file.
+    pub tail: String,
     /// More `[server]` lines (such as `max_connections = 2`).
     pub server_extra: String,
 }
@@ -158,6 +161,7 @@ impl Options {
             limits: String::new(),
             server_tls: String::new(),
             server_extra: String::new(),
+            tail: String::new(),
         }
     }
 
@@ -239,7 +243,8 @@ hmac_key_file = {audit_key:?}
 
 [log]
 format = "text"
-{clients}"#,
+{clients}
+{tail}"#,
             audit_path = audit_path.display().to_string(),
             audit_key = audit_key.display().to_string(),
             audit_extra = self.audit_extra,
@@ -252,6 +257,7 @@ format = "text"
             } else {
                 format!("[server.tls]\n{}", self.server_tls)
             },
+            tail = self.tail,
             max_body = self.max_body_bytes,
             request_timeout = self.request_timeout_ms,
             grace = self.shutdown_grace_ms,

@@ -1,11 +1,6 @@
-//! Per-token serialisation (SPEC §4.5): requests that change the same token through this gateway
-//! run one after another, so no PATCH's read-merge-write interleaves with another change.
-//!
-//! A fixed set of striped locks rather than a lock per id: memory stays bounded however many ids
-//! are used, and two ids share a stripe rarely (1 in 1024), which costs only waiting, never
-//! correctness. A request that changes several tokens at once (a native batch update, a batch
-//! delete) takes their stripes in ascending order, so no two requests ever wait on each other in a
-//! cycle.
+//! Token locks in one process: a fixed set of striped locks rather than a lock per id, so memory
+//! stays bounded however many ids are used, and two ids share a stripe rarely (1 in 1024), which
+//! costs only waiting, never correctness.
 
 use std::sync::Arc;
 
@@ -14,30 +9,25 @@ use tokio::time::Instant;
 
 use crate::route::TokenId;
 
-/// A token's lock was still held by another change at the request's deadline (SPEC §6: waiting
-/// for a token's lock ends at the request's deadline, so a stuck change cannot queue others
-/// behind it without bound). Nothing was forwarded.
-#[derive(Clone, Copy, Debug, thiserror::Error)]
-#[error("another change of token {0} was still in progress at the request's deadline")]
-pub struct LockTimeout(pub TokenId);
+use super::LockError;
 
 const STRIPES: usize = 1024;
 
-/// The locks of every token id.
+/// The locks of every token id in this process.
 #[derive(Debug)]
-pub struct TokenLocks {
+pub struct LocalLocks {
     stripes: Vec<Arc<Mutex<()>>>,
 }
 
-impl Default for TokenLocks {
+impl Default for LocalLocks {
     fn default() -> Self {
-        TokenLocks {
+        LocalLocks {
             stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
         }
     }
 }
 
-impl TokenLocks {
+impl LocalLocks {
     /// Waits for the locks of every id of `ids`, until `deadline` at most (the request's); they
     /// are held until the guards are dropped. At the deadline, the locks taken so far are
     /// released and the id still waited for is named.
@@ -45,7 +35,7 @@ impl TokenLocks {
         &self,
         ids: &[TokenId],
         deadline: Instant,
-    ) -> Result<Vec<OwnedMutexGuard<()>>, LockTimeout> {
+    ) -> Result<Vec<OwnedMutexGuard<()>>, LockError> {
         // Ids are sequential upstream: the low bits spread them evenly.
         let mut stripes: Vec<(usize, TokenId)> = ids
             .iter()
@@ -58,7 +48,7 @@ impl TokenLocks {
             let lock = self.stripes[stripe].clone().lock_owned();
             match tokio::time::timeout_at(deadline, lock).await {
                 Ok(guard) => guards.push(guard),
-                Err(_) => return Err(LockTimeout(id)),
+                Err(_) => return Err(LockError::Busy(id)),
             }
         }
         Ok(guards)
@@ -79,7 +69,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_waits_for_any_of_its_tokens_and_batches_never_deadlock() {
-        let locks = Arc::new(TokenLocks::default());
+        let locks = Arc::new(LocalLocks::default());
         let later = || Instant::now() + Duration::from_secs(30);
         // A change of token 7 holds its lock: a batch naming 7 among others waits for it.
         let held = locks.lock(&ids(&[7]), later()).await.unwrap();
@@ -121,17 +111,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_for_a_lock_ends_at_the_deadline_and_releases_what_it_took() {
-        let locks = TokenLocks::default();
+        let locks = LocalLocks::default();
         let held = locks
             .lock(&ids(&[9]), Instant::now() + Duration::from_secs(30))
             .await
             .unwrap();
         let started = Instant::now();
-        let timeout = locks
+        let busy = locks
             .lock(&ids(&[3, 9]), started + Duration::from_millis(100))
             .await
             .unwrap_err();
-        assert_eq!(timeout.0.get(), 9);
+        assert!(matches!(busy, LockError::Busy(id) if id.get() == 9));
         assert!(started.elapsed() < Duration::from_secs(2));
         // Token 3's lock, taken on the way, was released.
         let three = locks
