@@ -233,15 +233,17 @@ metric() { # $1 admin port, $2 metric name (a plain counter or a histogram's _co
 #   rps p50_ms p99_ms cpu_us_per_request fsyncs_per_s non2xx requests rss_kib_halfway
 measure() {
   local url=$1 c=$2 s=$3 script=$4 pid=${5:-} admin=${6:-}
-  local t0=0 t1=0 f0=0 f1=0 rss=0 out wrk_pid
+  local t0=0 t1=0 f0=0 f1=0 rss=0 out wrk_pid wrk_out
+  # A file of its own: several measures may run at once (bench/scale.sh cluster).
+  wrk_out=$(mktemp "$work/wrk.XXXXXX")
   [ -n "$pid" ] && t0=$(cpu_ticks "$pid")
   [ -n "$admin" ] && f0=$(metric "$admin" tokengate_audit_fsync_seconds_count)
   wrk -t"$(( c < 2 ? c : 2 ))" -c"$c" -d"${s}s" --timeout 10s --latency -s "$script" "$url" \
-    > "$work/wrk.out" 2>&1 &
+    > "$wrk_out" 2>&1 &
   wrk_pid=$!
   if [ -n "$pid" ]; then sleep "$(( s / 2 ))"; rss=$(rss_kib "$pid"); fi
   wait "$wrk_pid" || true
-  out=$(cat "$work/wrk.out")
+  out=$(cat "$wrk_out")
   [ -n "$pid" ] && t1=$(cpu_ticks "$pid")
   [ -n "$admin" ] && f1=$(metric "$admin" tokengate_audit_fsync_seconds_count)
   WRK="$out" T0=$t0 T1=$t1 F0=${f0:-0} F1=${f1:-0} S=$s RSS=$rss HZ=$(getconf CLK_TCK) python3 - <<'PY'

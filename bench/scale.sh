@@ -19,6 +19,8 @@
 #   soak         steady audited PUT load for SOAK_SECONDS; resident size every 30 s
 #   identities   pass-through mode, every request a new token (IDENTITIES of them, default
 #                1 000 000): identities tracked and resident size stay flat past max_identities
+#   cluster      shared state in Redis against one process (GET, PATCH), three replicas against
+#                one (installs redis-server when missing)
 #   window       the read-to-write window of a PATCH (tokengate_patch_window_seconds) at 1, 16
 #                and 64 connections
 #   addresses    refusals before authentication from ADDRESSES source addresses (default
@@ -327,6 +329,65 @@ PY
 )"
   done
   stop_pid "$tg_pid"
+}
+
+study_cluster() {
+  need redis-server redis-server
+  local redis_port c=64 r
+  redis_port=$(free_port)
+  mkdir -p "$work/redis"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no --dir "$work/redis" \
+    > /dev/null 2>&1 &
+  local redis_pid=$!
+  pids+=("$redis_pid")
+  sleep 0.5
+  local cluster="[cluster]
+url = \"redis://127.0.0.1:$redis_port/0\"
+instance = \"bench\""
+  echo; echo "### Shared state in Redis against one process (SPEC §11), $c connections"
+  echo "(trail to standard output; CPU of tokengate, and of redis-server, per request)"
+  echo "| case | state | requests/s | p50 ms | p99 ms | tokengate CPU µs/request | redis CPU µs/request |"
+  echo "|---|---|---:|---:|---:|---:|---:|"
+  tokengate_config local - always
+  tokengate_config shared - always "$cluster"
+  local case state r0 r1
+  for case in get patch; do
+    for state in local shared; do
+      start_tokengate "$state"
+      r0=$(cpu_ticks "$redis_pid")
+      r=$(measure "http://127.0.0.1:$tg_port" "$c" "$secs" "$work/$case.lua" "$tg_pid")
+      r1=$(cpu_ticks "$redis_pid")
+      printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$case" "$state" "$(field 1 "$r")" "$(field 2 "$r")" \
+        "$(field 3 "$r")" "$(field 4 "$r")" \
+        "$(awk -v t=$(( r1 - r0 )) -v hz="$(getconf CLK_TCK)" -v n="$(field 7 "$r")" 'BEGIN { printf "%.1f", n ? t / hz * 1e6 / n : 0 }')"
+      stop_pid "$tg_pid"
+    done
+  done
+
+  echo; echo "### Three replicas against one (GET, $c connections in all, shared state)"
+  local i ports=() rps=0
+  for i in 1 2 3; do
+    tokengate_config "replica-$i" - always "$cluster"
+    sed -i "s/instance = \"bench\"/instance = \"replica-$i\"/" "$work/replica-$i/tokengate.toml"
+    start_tokengate "replica-$i"
+    ports+=("$tg_port")
+  done
+  r=$(measure "http://127.0.0.1:${ports[0]}" "$c" "$secs" "$work/get.lua")
+  echo "| replicas | requests/s in all | p99 ms (worst) |"
+  echo "|---:|---:|---:|"
+  printf '| 1 | %s | %s |\n' "$(field 1 "$r")" "$(field 3 "$r")"
+  local outs=() worst=0
+  for i in 0 1 2; do
+    ( measure "http://127.0.0.1:${ports[$i]}" $(( c / 3 )) "$secs" "$work/get.lua" > "$work/three-$i.out" ) &
+    outs+=($!)
+  done
+  wait "${outs[@]}"
+  for i in 0 1 2; do
+    r=$(cat "$work/three-$i.out")
+    rps=$(awk -v a="$rps" -v b="$(field 1 "$r")" 'BEGIN { print a + b }')
+    worst=$(awk -v a="$worst" -v b="$(field 3 "$r")" 'BEGIN { print (b > a) ? b : a }')
+  done
+  printf '| 3 | %s | %s |\n' "$rps" "$worst"
 }
 
 for study in "${studies[@]}"; do

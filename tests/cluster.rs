@@ -376,3 +376,32 @@ async fn a_second_serve_on_the_same_trail_refuses_to_start() {
     );
     drop(first);
 }
+
+/// SPEC §11: `tokengate check` connects to Redis and says whether it answers.
+#[tokio::test]
+async fn check_connects_to_redis_and_reports_it() {
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    write_secrets(dir.path(), false);
+    let mut options = Options::new("127.0.0.1:1".parse().unwrap());
+    options.tail = format!(
+        "[cluster]\nurl = \"{}\"\ninstance = \"replica-a\"\ntimeout_ms = 200\n",
+        redis.url()
+    );
+    let config = dir.path().join("tokengate.toml");
+    std::fs::write(&config, options.toml(dir.path())).unwrap();
+    let check = || run_cli(&["check", "--config", config.to_str().unwrap()], &[]);
+    let (code, out, err) = check();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("cluster") && out.contains("instance replica-a") && out.contains("answers"),
+        "{out}"
+    );
+    redis.pause();
+    let (code, out, _) = check();
+    assert_eq!(code, 0, "an outage is reported, not refused");
+    assert!(out.contains("does NOT answer"), "{out}");
+    redis.resume();
+}

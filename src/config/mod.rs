@@ -1185,6 +1185,46 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_url_has_one_source_and_no_password_in_the_file() {
+        let keys = |text: &str| -> Vec<String> {
+            match Config::parse(text) {
+                Ok(_) => Vec::new(),
+                Err(errors) => errors.0.into_iter().map(|e| e.key).collect(),
+            }
+        };
+        assert_eq!(
+            keys("[cluster]\nurl = \"redis://127.0.0.1:6379/0\"\n"),
+            Vec::<String>::new()
+        );
+        let config = Config::parse("[cluster]\nurl_env = \"REDIS_URL\"\n").unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(
+            (cluster.key_prefix.as_str(), cluster.timeout_ms),
+            ("tokengate:", 50)
+        );
+        assert_eq!(keys("[cluster]\n"), ["cluster.url"]);
+        assert_eq!(
+            keys("[cluster]\nurl = \"redis://:hunter2@10.0.0.1/0\"\n"),
+            ["cluster.url"]
+        );
+        let error = Config::parse("[cluster]\nurl = \"redis://:hunter2@10.0.0.1/0\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("hunter2") && error.contains("url_env"),
+            "{error}"
+        );
+        assert_eq!(
+            keys("[cluster]\nurl = \"redis://a/0\"\nurl_env = \"X\"\n"),
+            ["cluster.url"]
+        );
+        assert_eq!(
+            keys("[cluster]\nurl = \"redis://a/0\"\ntimeout_ms = 0\ninstance = \"a b\"\non_unavailable = \"refuse\"\n"),
+            ["cluster.timeout_ms", "cluster.instance"]
+        );
+    }
+
+    #[test]
     fn connection_and_header_caps_are_checked_at_load() {
         let config = Config::parse("").unwrap();
         assert_eq!(config.server.max_connections, 10_000);
