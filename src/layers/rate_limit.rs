@@ -70,8 +70,13 @@ impl RateLimit {
         }
     }
 
-    /// What `part` of `request` costs, and from whose buckets; `None` when nothing is charged.
-    fn cost_of<B>(&self, request: &Request<B>, part: Part) -> Result<Option<Charge>, GatewayError> {
+    /// What `part` of `request` costs: its caller, class and cost; `None` when nothing is
+    /// charged.
+    fn cost_of<'r, B>(
+        &self,
+        request: &'r Request<B>,
+        part: Part,
+    ) -> Result<Option<Cost<'r>>, GatewayError> {
         let extensions = request.extensions();
         let (Some(caller), Some(route)) = (extensions.get::<Caller>(), extensions.get::<Route>())
         else {
@@ -93,34 +98,31 @@ impl RateLimit {
                     (n.min(limits.bucket(class).burst() as usize) as u32).saturating_sub(1)
                 }),
         };
-        if cost == 0 {
-            return Ok(None);
-        }
-        Ok(Some(Charge {
-            context: RequestContext::of(request)?.clone(),
-            caller: caller.name.clone(),
-            label: caller.metric_label().into(),
-            limits: limits.clone(),
-            class,
-            cost,
-        }))
+        Ok((cost > 0).then_some((caller, limits, class, cost)))
     }
 
-    /// What the caller is told of `decision`: its `RateLimit` fields, and a 429 when refused.
-    fn decided(&self, charge: &Charge, decision: Decision) -> Result<(), GatewayError> {
-        charge.context.set_rate(decision.status());
+    /// What the caller is told of `decision` on `class`: its `RateLimit` fields, and a 429 when
+    /// refused.
+    fn decided(
+        &self,
+        context: &RequestContext,
+        label: &str,
+        class: Class,
+        cost: u32,
+        decision: Decision,
+    ) -> Result<(), GatewayError> {
+        context.set_rate(decision.status());
         let Decision::Refused { status, .. } = decision else {
             return Ok(());
         };
-        let class = charge.class.as_str();
         self.metrics
-            .rate_limited(&charge.label, class, self.dry_run);
+            .rate_limited(label, class.as_str(), self.dry_run);
         if self.dry_run {
             tracing::info!(
-                request_id = %charge.context.id,
-                client = &*charge.label,
-                class,
-                cost = charge.cost,
+                request_id = %context.id,
+                client = label,
+                class = class.as_str(),
+                cost,
                 "rate limit would refuse this request (rate_limit.dry_run)"
             );
             return Ok(());
@@ -132,12 +134,15 @@ impl RateLimit {
     }
 }
 
-/// One charge to make.
+/// What a request costs: its caller, the caller's buckets, the class and the units.
+type Cost<'r> = (&'r Caller, &'r Arc<CallerLimits>, Class, u32);
+
+/// One charge to make in the shared buckets, owned: it is awaited.
 struct Charge {
     context: Arc<RequestContext>,
     /// The caller's name: the key of its shared buckets.
     caller: Arc<str>,
-    label: Arc<str>,
+    label: String,
     limits: Arc<CallerLimits>,
     class: Class,
     cost: u32,
@@ -197,18 +202,33 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let charge = match self.limit.cost_of(&request, self.part) {
+        let (caller, limits, class, cost) = match self.limit.cost_of(&request, self.part) {
             Ok(Some(charge)) => charge,
             Ok(None) => return Either::Left(Either::Right(self.inner.call(request))),
             Err(refusal) => return Either::Left(Either::Left(ready(Err(refusal)))),
         };
         let Some(shared) = self.limit.shared.clone() else {
-            // One process: the decision is at hand.
-            let decision = charge.limits.bucket(charge.class).charge(charge.cost);
-            return Either::Left(match self.limit.decided(&charge, decision) {
+            // One process: the decision is at hand, and nothing is allocated for it.
+            let decision = limits.bucket(class).charge(cost);
+            let decided = RequestContext::of(&request).and_then(|context| {
+                self.limit
+                    .decided(context, caller.metric_label(), class, cost, decision)
+            });
+            return Either::Left(match decided {
                 Ok(()) => Either::Right(self.inner.call(request)),
                 Err(refusal) => Either::Left(ready(Err(refusal))),
             });
+        };
+        let charge = match RequestContext::of(&request) {
+            Ok(context) => Charge {
+                context: context.clone(),
+                caller: caller.name.clone(),
+                label: caller.metric_label().to_owned(),
+                limits: limits.clone(),
+                class,
+                cost,
+            },
+            Err(error) => return Either::Left(Either::Left(ready(Err(error)))),
         };
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -224,7 +244,13 @@ where
                         .into(),
                 ));
             };
-            limit.decided(&charge, decision)?;
+            limit.decided(
+                &charge.context,
+                &charge.label,
+                charge.class,
+                charge.cost,
+                decision,
+            )?;
             inner.call(request).await
         }))
     }
