@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::time::Instant;
 
+use crate::audit::changes::Change;
 use crate::error::GatewayError;
 use crate::ratelimit::RateStatus;
 use crate::route::Operation;
@@ -142,6 +143,9 @@ pub struct RequestContext {
     read_at: Mutex<Option<Instant>>,
     /// The fields a PATCH's full `PUT` wrote when a later step failed (SPEC §4.5 "partial").
     partial: OnceLock<Vec<String>>,
+    /// What the change does to each token it names (SPEC §6.1), one intent record each; empty
+    /// for a request that is not a change of tokens (a key reveal).
+    changes: Mutex<Arc<[Change]>>,
 }
 
 impl RequestContext {
@@ -174,6 +178,7 @@ impl RequestContext {
             prepaid: AtomicU32::new(0),
             read_at: Mutex::new(None),
             partial: OnceLock::new(),
+            changes: Mutex::new(Arc::new([])),
         }
     }
 
@@ -200,6 +205,7 @@ impl RequestContext {
             prepaid: AtomicU32::new(0),
             read_at: Mutex::new(None),
             partial: OnceLock::new(),
+            changes: Mutex::new(Arc::new([])),
         };
         part.set_token_ids(vec![token_id]);
         part
@@ -251,8 +257,23 @@ impl RequestContext {
     /// belong to the first change's records, not to the next one's.
     pub fn next_change(&self, body: serde_json::Value) {
         self.set_request(body);
+        self.set_changes(Vec::new());
         *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.forwarded.store(false, Ordering::Relaxed);
+    }
+
+    /// Records what the change does to each token it names, for its intent records.
+    pub fn set_changes(&self, changes: Vec<Change>) {
+        *self.changes.lock().unwrap_or_else(|p| p.into_inner()) = changes.into();
+    }
+
+    /// What the change does to each token it names: one intent and one outcome record each when
+    /// there are several (a batch delete), none when empty.
+    pub fn changes(&self) -> Arc<[Change]> {
+        self.changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Marks the request as sent upstream (after its intent record is durable).

@@ -142,6 +142,10 @@ pub enum GatewayError {
     /// No upstream answer within `upstream.timeout_ms` (or the request's deadline).
     #[error("the upstream did not answer within {0} ms")]
     UpstreamTimeout(u64),
+    /// The request's deadline passed (waiting for a token's lock, say) before the upstream could
+    /// be asked: nothing was sent.
+    #[error("server.request_timeout_ms ran out before the upstream was asked; nothing was sent")]
+    DeadlinePassed,
 }
 
 impl GatewayError {
@@ -174,7 +178,7 @@ impl GatewayError {
             GatewayError::Internal(_) => "internal",
             GatewayError::UpstreamUnavailable { .. } => "upstream_unavailable",
             GatewayError::UpstreamAuthFailed => "upstream_auth_failed",
-            GatewayError::UpstreamTimeout(_) => "upstream_timeout",
+            GatewayError::UpstreamTimeout(_) | GatewayError::DeadlinePassed => "upstream_timeout",
             GatewayError::Partial { cause, .. } => cause.code(),
         }
     }
@@ -208,7 +212,9 @@ impl GatewayError {
             GatewayError::UpstreamUnavailable { .. } | GatewayError::UpstreamAuthFailed => {
                 StatusCode::BAD_GATEWAY
             }
-            GatewayError::UpstreamTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::UpstreamTimeout(_) | GatewayError::DeadlinePassed => {
+                StatusCode::GATEWAY_TIMEOUT
+            }
             GatewayError::Partial { cause, .. } => cause.status(),
         }
     }

@@ -57,6 +57,8 @@ pub struct Gateway {
     pub trail: Option<Arc<Trail>>,
     /// `audit.reads`.
     pub audit_reads: bool,
+    /// `audit.capture_before`: read each token before a change that does not read it anyway.
+    pub audit_capture_before: bool,
     /// `rate_limit.dry_run`.
     pub rate_limit_dry_run: bool,
     /// Per-token serialisation of changes, shared across reloads so in-flight and new requests
@@ -182,6 +184,7 @@ impl Gateway {
             audit_key,
             trail: None,
             audit_reads: audit.reads,
+            audit_capture_before: audit.capture_before,
             rate_limit_dry_run: config.rate_limit.dry_run,
             locks: Arc::new(match &cluster {
                 // A lease longer than any request can live (SPEC §11): a replica that dies

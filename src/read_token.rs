@@ -1,11 +1,16 @@
-//! Reads one token from the upstream (`GET /api/token/{id}`) for a check of the gateway's own:
-//! `name_prefix` needs the current name of a token before it is changed, revealed or deleted.
+//! Reads tokens from the upstream (`GET /api/token/{id}`) for the gateway's own needs:
+//! `name_prefix` needs the current name of a token before it is changed, revealed or deleted,
+//! a PATCH the token to merge into, and the audit trail what a token was before a change
+//! (SPEC §6.1). What was read is kept in [`KnownTokens`] so no step reads a token twice.
 //!
 //! The read carries the caller's credential (so it sees exactly what the caller's change would
 //! touch), counts against the global upstream rate limit, and is never the answer the audit
 //! record reports.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value};
 
@@ -16,8 +21,68 @@ use crate::headers;
 use crate::route::{Endpoint, TokenId};
 use crate::upstream::{Served, Upstream, UpstreamRequest};
 
+/// How many tokens of one request are read from the upstream at once.
+pub const READS_AT_ONCE: usize = 4;
+
 /// gorm's text for a missing row, which new-api returns verbatim for an unknown or foreign id.
 const RECORD_NOT_FOUND: &str = "record not found";
+
+/// A token as the upstream stores it, read once and shared by every step that needs it.
+pub type Stored = Arc<Map<String, Value>>;
+
+/// The tokens a request names as the gateway read them under their locks for it (or, for the
+/// status-only `PUT` that follows a PATCH's full one, as that full `PUT` left them), so no later
+/// step reads them again: a request extension.
+#[derive(Clone, Debug, Default)]
+pub struct KnownTokens {
+    tokens: Vec<(TokenId, Stored)>,
+    /// Whether they are the `before` of the change's intent records (SPEC §6.1): every token the
+    /// change names was read for it (a PATCH, a fan-out id, `audit.capture_before`), not only
+    /// some to confirm stored values or for `name_prefix`.
+    pub recorded: bool,
+}
+
+impl KnownTokens {
+    /// `tokens`, read under their locks; `recorded` when they are what the change's records say.
+    pub fn read(tokens: Vec<(TokenId, Stored)>, recorded: bool) -> KnownTokens {
+        KnownTokens { tokens, recorded }
+    }
+
+    /// Token `id`, if it was read.
+    pub fn get(&self, id: TokenId) -> Option<&Stored> {
+        self.tokens
+            .iter()
+            .find(|(known, _)| *known == id)
+            .map(|(_, token)| token)
+    }
+
+    /// Adds tokens read later (a token already known keeps its first read).
+    pub fn extend(&mut self, tokens: Vec<(TokenId, Stored)>) {
+        for (id, token) in tokens {
+            if self.get(id).is_none() {
+                self.tokens.push((id, token));
+            }
+        }
+    }
+}
+
+/// Reads each token of `ids` ([`read_token`]), [`READS_AT_ONCE`] at a time; the first failure
+/// (a missing token is [`GatewayError::TokenNotFound`]) fails them all.
+pub async fn read_tokens(
+    upstream: &Upstream,
+    caller: &Caller,
+    context: &RequestContext,
+    ids: impl IntoIterator<Item = TokenId>,
+) -> Result<Vec<(TokenId, Stored)>, GatewayError> {
+    futures_util::stream::iter(ids)
+        .map(|id| async move {
+            let token = read_token(upstream, caller, context, id).await?;
+            Ok::<_, GatewayError>((id, Arc::new(token)))
+        })
+        .buffered(READS_AT_ONCE)
+        .try_collect()
+        .await
+}
 
 /// The token `id` as the upstream stores it (the `data` object of its answer; the key in it is
 /// masked by new-api E2 and later, and must never be logged either way).

@@ -20,6 +20,7 @@ use crate::layers::audit::{AuditIntentLayer, AuditOutcomeLayer, AuditPolicy};
 use crate::layers::authenticate::Authenticate;
 use crate::layers::authorize::Authorize;
 use crate::layers::batch_update::BatchFanoutLayer;
+use crate::layers::capture_before::CaptureBeforeLayer;
 use crate::layers::check::CheckLayer;
 use crate::layers::detach::DetachLayer;
 use crate::layers::patch::PatchLayer;
@@ -41,7 +42,7 @@ pub type GatewayService = BoxCloneSyncService<Request<Incoming>, Response<Body>,
 /// is hard work for the compiler's trait solver (minutes per build), and a box per segment costs
 /// one allocation per request.
 pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
-    let audit = AuditPolicy::new(trail, gateway.audit_reads);
+    let audit = AuditPolicy::new(trail, gateway.audit_reads, &gateway.limits.extra_fields);
     let rate_limit = RateLimit::new(
         gateway.metrics.clone(),
         gateway.rate_limit_dry_run,
@@ -75,6 +76,11 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
         .layer(PolicyLayer::new(
             gateway.upstream.clone(),
             gateway.metrics.clone(),
+        ))
+        // What each token was before the change, read for its intent record (audit.capture_before).
+        .layer(CaptureBeforeLayer::new(
+            gateway.upstream.clone(),
+            gateway.audit_capture_before,
         ))
         // The intent record, durable before anything is sent; 503 when the trail cannot be written.
         .layer(AuditIntentLayer::new(audit.clone()))

@@ -269,6 +269,9 @@ impl Upstream {
         if let Some(served) = request.served {
             self.admit(served).await?;
         }
+        if Instant::now() >= request.deadline {
+            return Err(GatewayError::DeadlinePassed);
+        }
         let uri = self
             .url
             .uri(request.path_and_query)

@@ -39,7 +39,7 @@ async fn a_forwarded_change_has_an_intent_then_an_outcome() {
     );
     assert_eq!(outcome["prev"], intent["hash"]);
     for record in [intent, outcome] {
-        assert_eq!(record["v"], 1);
+        assert_eq!(record["v"], 2);
         assert_eq!(record["client"], "admin");
         assert_eq!(record["op"], "create");
         assert_eq!(record["method"], "POST");
@@ -215,20 +215,27 @@ async fn upstream_failures_and_timeouts_are_outcomes_after_an_intent() {
         let mut options = Options::new(fake_upstream(fake).await);
         options.upstream_timeout_ms = 300;
         let gateway = TestGateway::start(options).await;
-        let reply = admin(gateway.addr, "DELETE", "/api/token/9", None).await;
+        // A create: nothing is read before it (a delete's before-read would fail first).
+        let reply = admin(gateway.addr, "POST", "/api/token/", Some(r#"{"name":"x"}"#)).await;
         let all = audit_records(&gateway.audit_path);
         let mine = of_request(&all, &reply);
         assert_eq!(mine.len(), 2, "{reason}: {all:#?}");
         assert_eq!(mine[0]["phase"], "intent");
         assert_eq!(mine[1]["outcome"], outcome, "{reason}");
         assert_eq!(mine[1]["reason"], reason);
-        assert_eq!(mine[1]["token_ids"], json!([9]));
+        assert_eq!(mine[1]["token_ids"], json!([]));
     }
 }
 
 #[tokio::test]
 async fn an_http_200_failure_is_recorded_from_the_body() {
-    let (_upstream, gateway) = emulator_and_gateway().await;
+    // Without the before-read, which would find no token 424242 and refuse with 404 itself.
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.audit_extra = "capture_before = false\n".into();
+    let gateway = TestGateway::start(options).await;
     let reply = admin(gateway.addr, "DELETE", "/api/token/424242", None).await;
     assert_eq!(
         (reply.status, reply.json()["success"].as_bool()),

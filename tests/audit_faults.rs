@@ -479,6 +479,16 @@ async fn audit_repair_cuts_a_torn_last_line_and_serve_resumes_the_chain() {
     assert_eq!(std::fs::read_to_string(&trail).unwrap(), changed);
 }
 
+/// How many requests other than reads (a change's before-read) reached the upstream.
+fn writes_seen(upstream: &tokengate::emulator::RunningEmulator) -> usize {
+    upstream
+        .emulator
+        .seen()
+        .iter()
+        .filter(|r| r.method != http::Method::GET)
+        .count()
+}
+
 /// A full update of token `id` (every editable field).
 fn full_update(id: i64, quota: u64) -> String {
     format!(
@@ -518,7 +528,11 @@ async fn a_stuck_disk_refuses_a_change_once_within_three_seconds() {
         took >= Duration::from_millis(2_500) && took < Duration::from_millis(4_500),
         "answered after {took:?}: one wait of 3 s for the intent, none for the refusal's record"
     );
-    assert!(upstream.emulator.seen().is_empty(), "nothing was forwarded");
+    assert_eq!(
+        writes_seen(&upstream),
+        0,
+        "nothing was forwarded (the before-read only)"
+    );
     until_ready(&gateway, 503).await;
 
     // The disk thaws: the refusal's record, queued meanwhile, is written, and the trail verifies.
@@ -590,9 +604,11 @@ async fn changes_of_one_token_on_a_stuck_disk_are_all_answered_by_their_deadline
     for put in puts {
         let (reply, took) = put.await.unwrap();
         assert_eq!(reply.status, 503, "{}", reply.text());
+        // The lock's last holder may get it with no time left to read the token before: it
+        // is refused at its deadline too, nothing sent.
         let code = reply.code();
         assert!(
-            code == "audit_unavailable" || code == "token_busy",
+            code == "audit_unavailable" || code == "token_busy" || code == "upstream_timeout",
             "{}",
             reply.text()
         );
@@ -602,7 +618,7 @@ async fn changes_of_one_token_on_a_stuck_disk_are_all_answered_by_their_deadline
         );
         ids.push(reply.headers["x-request-id"].to_str().unwrap().to_owned());
     }
-    assert!(upstream.emulator.seen().is_empty(), "nothing was forwarded");
+    assert_eq!(writes_seen(&upstream), 0, "nothing was forwarded");
     gateway.trail.faults().stall(false);
     until_ready(&gateway, 200).await;
     // Every refusal is in the trail once the disk thaws.

@@ -215,6 +215,9 @@ async fn native_mode_forwards_one_request() {
         .unwrap();
     let mut options = Options::new(emulator.addr);
     options.upstream_extra = "batch_update = \"native\"\n".into();
+    // The emulator (new-api) has no batch update and no tokens 873 and 869 for the before-read
+    // to find: this test is about what is forwarded.
+    options.audit_extra = "capture_before = false\n".into();
     let gateway = TestGateway::start(options).await;
     let reply = batch(
         &gateway,
@@ -237,10 +240,24 @@ async fn native_mode_forwards_one_request() {
     // new-api has no such route: its own answer reaches the caller untouched.
     assert_eq!(reply.status, 404);
     assert!(reply.text().contains("Invalid URL"), "{}", reply.text());
-    // One intent and one outcome for the one request, naming every id.
+    // One request upstream, and an intent and an outcome per id (SPEC §6.1: each id's own
+    // `before`, null here without the before-read).
     let records = records_of(&gateway, &reply);
-    assert_eq!(records.len(), 2);
-    assert_eq!(records[0]["token_ids"], json!([873, 869]));
+    assert_eq!(records.len(), 4);
+    let ids: Vec<(&str, &Value)> = records
+        .iter()
+        .map(|r| (r["phase"].as_str().unwrap(), &r["token_ids"]))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("intent", &json!([873])),
+            ("intent", &json!([869])),
+            ("outcome", &json!([873])),
+            ("outcome", &json!([869]))
+        ]
+    );
+    assert_eq!(records[0]["before"], Value::Null);
 }
 
 #[tokio::test]

@@ -102,7 +102,13 @@ async fn each_route_reaches_the_upstream_in_canonical_form() {
             "{method} {path}: {}",
             reply.text()
         );
-        let seen = upstream.emulator.seen();
+        // A change is preceded by the read of what its tokens were (SPEC §6.1).
+        let seen: Vec<_> = upstream
+            .emulator
+            .seen()
+            .into_iter()
+            .filter(|r| method == "GET" || r.method != http::Method::GET)
+            .collect();
         assert_eq!(seen.len(), 1, "{method} {path}");
         assert_eq!(seen[0].method.as_str(), method, "{method} {path}");
         assert_eq!(seen[0].uri.to_string(), expected, "{method} {path}");

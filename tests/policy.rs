@@ -607,7 +607,8 @@ async fn a_native_batch_update_judges_every_stored_token() {
     assert_eq!(methods, ["GET", "GET", "PUT"], "{seen:?}");
     assert_eq!(seen[2].uri.path(), "/api/token/batch");
 
-    // Disabling alone is judged by name_prefix only: no other rule refuses it.
+    // Disabling alone is judged by name_prefix only: no other rule refuses it (the one read is
+    // the trail's, of what the token was: SPEC §6.1).
     upstream.emulator.clear_seen();
     let body = format!(r#"{{"ids":[{unlimited}],"update_fields":["status"],"status":2}}"#);
     team(&gateway, "PUT", "/api/token/batch", Some(&body)).await;
@@ -617,5 +618,5 @@ async fn a_native_batch_update_judges_every_stored_token() {
         .iter()
         .map(|s| s.method.to_string())
         .collect();
-    assert_eq!(methods, ["PUT"]);
+    assert_eq!(methods, ["GET", "PUT"]);
 }

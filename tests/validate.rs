@@ -216,7 +216,7 @@ type RunningEmulatorRef<'a> = &'a tokengate::emulator::Emulator;
 
 #[tokio::test]
 async fn create_field_rules() {
-    let (upstream, gateway) = emulator_and_gateway().await;
+    let (upstream, gateway) = unread_gateway().await;
     // Group `auto`: the only one on which new-api keeps `auto_groups` (SPEC §4.2).
     let base = json!({"name": "base", "group": "auto"});
     for (field, value, expect) in field_cases() {
@@ -247,7 +247,7 @@ async fn create_field_rules() {
 
 #[tokio::test]
 async fn full_update_field_rules_and_completeness() {
-    let (upstream, gateway) = emulator_and_gateway().await;
+    let (upstream, gateway) = unread_gateway().await;
     let id = upstream.emulator.insert_token(
         USER_ID,
         NewToken {
@@ -371,7 +371,7 @@ async fn full_update_field_rules_and_completeness() {
 
 #[tokio::test]
 async fn status_only_rules() {
-    let (upstream, gateway) = emulator_and_gateway().await;
+    let (upstream, gateway) = unread_gateway().await;
     let em = &upstream.emulator;
     let id = em.insert_token(
         USER_ID,
@@ -460,7 +460,7 @@ async fn status_only_rules() {
 
 #[tokio::test]
 async fn batch_id_lists() {
-    let (upstream, gateway) = emulator_and_gateway().await;
+    let (upstream, gateway) = unread_gateway().await;
     let em = &upstream.emulator;
     let hundred: Vec<i64> = (1..=100).collect();
     let hundred_one: Vec<i64> = (1..=101).collect();
@@ -496,7 +496,7 @@ async fn batch_id_lists() {
 
 #[tokio::test]
 async fn json_and_media_type_faults() {
-    let (upstream, gateway) = emulator_and_gateway().await;
+    let (upstream, gateway) = unread_gateway().await;
     let em = &upstream.emulator;
     let deep = format!(
         "{{\"name\":\"x\",\"auto_groups\":{}1{}}}",
@@ -585,7 +585,7 @@ async fn json_and_media_type_faults() {
 
 #[tokio::test]
 async fn every_fault_in_a_body_is_reported() {
-    let (upstream, gateway) = emulator_and_gateway().await;
+    let (upstream, gateway) = unread_gateway().await;
     let body =
         json!({"name": "", "remain_qouta": 5, "expired_time": 0, "allow_ips": "1.1.1.1,2.2.2.2"});
     let reply = admin(gateway.addr, "POST", "/api/token/", Some(&body.to_string())).await;
@@ -619,7 +619,7 @@ async fn every_fault_in_a_body_is_reported() {
 
 #[tokio::test]
 async fn get_edit_put_round_trip_needs_no_field_removed_by_hand() {
-    let (upstream, gateway) = emulator_and_gateway().await;
+    let (upstream, gateway) = unread_gateway().await;
     let created = admin(
         gateway.addr,
         "POST",
@@ -663,4 +663,19 @@ async fn get_edit_put_round_trip_needs_no_field_removed_by_hand() {
         (stored.model_limits_enabled, stored.model_limits.as_str()),
         (true, "gpt-4o")
     );
+}
+
+/// An emulator and a gateway that reads no token before a change (`audit.capture_before =
+/// false`): these bodies name tokens that do not exist, and what is checked here is what reaches
+/// the upstream of them.
+async fn unread_gateway() -> (tokengate::emulator::RunningEmulator, TestGateway) {
+    let emulator = tokengate::emulator::Emulator::spawn(tokengate::emulator::EmulatorConfig::new(
+        UPSTREAM_TOKEN,
+        USER_ID,
+    ))
+    .await
+    .unwrap();
+    let mut options = Options::new(emulator.addr);
+    options.audit_extra = "capture_before = false\n".into();
+    (emulator, TestGateway::start(options).await)
 }

@@ -699,7 +699,7 @@ impl Rig {
             .enable_all()
             .build()
             .unwrap();
-        let (upstream, gateway) = runtime.block_on(emulator_and_gateway());
+        let (upstream, gateway) = runtime.block_on(unread_gateway());
         let client = {
             let _guard = runtime.enter();
             Client::builder(TokioExecutor::new()).build_http()
@@ -895,4 +895,19 @@ fn random_objects_reach_the_upstream_only_if_accepted() {
         accepted > 0 && refused > 0,
         "{accepted} accepted, {refused} refused"
     );
+}
+
+/// An emulator and a gateway that reads no token before a change (`audit.capture_before =
+/// false`): these bodies name tokens that do not exist, and what is checked here is what reaches
+/// the upstream of them.
+async fn unread_gateway() -> (tokengate::emulator::RunningEmulator, TestGateway) {
+    let emulator = tokengate::emulator::Emulator::spawn(tokengate::emulator::EmulatorConfig::new(
+        UPSTREAM_TOKEN,
+        USER_ID,
+    ))
+    .await
+    .unwrap();
+    let mut options = Options::new(emulator.addr);
+    options.audit_extra = "capture_before = false\n".into();
+    (emulator, TestGateway::start(options).await)
 }

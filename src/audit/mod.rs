@@ -4,6 +4,7 @@
 //! - [`canonical`]: RFC 8785 canonical JSON, the bytes that are hashed and written;
 //! - [`chain`]: the audit key, the HMAC-SHA256 `hash` of a record and its `prev` link
 //!   ([`chain::seal`], [`chain::line`]: what the writer appends);
+//! - [`changes`]: what a change does to a token (`before`, `changes`);
 //! - [`record`]: the fields of an `intent` or `outcome` record, from the request's context;
 //! - [`writer`]: the one writer thread: bounded queue, group-commit fsync, rotation, resume,
 //!   fail-closed;
@@ -14,6 +15,7 @@
 
 pub mod canonical;
 pub mod chain;
+pub mod changes;
 pub mod lock;
 pub mod record;
 pub mod repair;

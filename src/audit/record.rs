@@ -11,15 +11,19 @@
 //! `{"bytes":N,"omitted":true,"sha256":"<hex>"}` (N and the SHA-256 of the value's canonical
 //! JSON, so whoever holds the value can prove it is the one recorded) until it fits, and the
 //! record carries `"truncated":true`. The values that can be replaced are each member of
-//! `request` (then `request` whole, if that is not enough) and `upstream_message`, the values
-//! that come from outside; `before` and the `from`/`to` of `changes` (SPEC §6.1) join them as
-//! [`Slot`]s when records carry them.
+//! `request` and of `before`, each `from` and `to` of `changes` (SPEC §6.1), and
+//! `upstream_message`: the values that come from outside (then `request`, `before` or `changes`
+//! whole, if that is not enough).
+//!
+//! Records are version 2 (`"v":2`): intents of changes carry `before` and `changes`. Version 1
+//! records, which lack them, stay readable by every tool.
 
 use std::borrow::Cow;
 use std::ops::Range;
 
 use super::canonical;
 use super::chain::AuditKey;
+use super::changes::Change;
 use crate::context::{RequestContext, RequestId};
 use crate::ratelimit::unauthenticated::Summary;
 use crate::route::Operation;
@@ -78,10 +82,13 @@ pub struct Draft {
 }
 
 /// The most bytes the writer adds to a draft when it seals it: `"hash":"<64 hex>"` and
-/// `"prev":"<64 hex>"` (73 each), `"seq":<up to 20 digits>` (26), `"ts":"<24>"` (31), `"v":1`
+/// `"prev":"<64 hex>"` (73 each), `"seq":<up to 20 digits>` (26), `"ts":"<24>"` (31), `"v":2`
 /// (5), a comma for each (5) and one more where a run ends (5), the braces and the newline: 221,
 /// rounded up.
 pub const SEALED_OVERHEAD: usize = 256;
+
+/// The record format the writer writes (`v`).
+pub const VERSION: &str = "2";
 
 impl Draft {
     /// The bytes the draft holds (the queue and the write buffer are bounded by them).
@@ -125,7 +132,7 @@ impl Draft {
             Some(("prev", prev.as_bytes(), true)),
             Some(("seq", seq_text.format(seq).as_bytes(), false)),
             Some(("ts", ts.as_bytes(), true)),
-            Some(("v", b"1", false)),
+            Some(("v", VERSION.as_bytes(), false)),
         ];
         out.push(b'{');
         let mut first = true;
@@ -237,31 +244,42 @@ struct Answer<'a> {
 }
 
 /// The `intent` record of a request about to be forwarded, at most `max_record_bytes` long once
-/// sealed (`audit.max_record_bytes`).
+/// sealed (`audit.max_record_bytes`): with `before` and `changes` when it is a change of a token
+/// (`change`, whose token is then the record's only one).
 pub fn intent(
     context: &RequestContext,
     op: Operation,
     origin: &str,
+    change: Option<&Change>,
     max_record_bytes: usize,
 ) -> Draft {
-    draft(context, op, origin, "intent", None, max_record_bytes)
+    let token = change.and_then(|c| c.token_id);
+    draft(
+        context,
+        (op, origin, "intent"),
+        token,
+        change,
+        None,
+        max_record_bytes,
+    )
 }
 
 /// The `outcome` record of a finished request, answered with `status` (and the SPEC §9 `code`
-/// when the gateway made the answer), at most `max_record_bytes` long once sealed.
+/// when the gateway made the answer), at most `max_record_bytes` long once sealed; about `token`
+/// alone when given (one id of a batch delete), else every token the request names.
 pub fn outcome(
     context: &RequestContext,
     op: Operation,
     origin: &str,
-    status: u16,
-    code: Option<&str>,
+    token: Option<u64>,
+    (status, code): (u16, Option<&str>),
     max_record_bytes: usize,
 ) -> Draft {
     draft(
         context,
-        op,
-        origin,
-        "outcome",
+        (op, origin, "outcome"),
+        token,
+        None,
         Some(Answer { status, code }),
         max_record_bytes,
     )
@@ -304,9 +322,9 @@ pub fn suppressed(summary: &Summary, origin: &str) -> Draft {
 /// with its largest values omitted ([`fit`]).
 fn draft(
     context: &RequestContext,
-    op: Operation,
-    origin: &str,
-    phase: &str,
+    (op, origin, phase): (Operation, &str, &str),
+    token: Option<u64>,
+    change: Option<&Change>,
     answer: Option<Answer<'_>>,
     limit: usize,
 ) -> Draft {
@@ -334,31 +352,39 @@ fn draft(
             value: message.as_deref().map(Cow::Borrowed),
             split: Split::Whole,
         },
+        Slot {
+            value: change.and_then(|c| c.before.as_deref()).map(Cow::Borrowed),
+            split: Split::Members,
+        },
+        Slot {
+            value: change.and_then(|c| c.changes.as_deref()).map(Cow::Borrowed),
+            split: Split::Changes,
+        },
     ];
-    let whole = render(
-        context,
+    let what = What {
         op,
         origin,
         phase,
-        answer.as_ref(),
-        &facts,
-        &slots,
-        false,
-    );
+        token,
+        changed: change.is_some(),
+    };
+    let whole = render(context, &what, answer.as_ref(), &facts, &slots, false);
     if whole.sealed_len() <= limit {
         return whole;
     }
     let truncated = fit(&mut slots, whole.sealed_len() - limit);
-    render(
-        context,
-        op,
-        origin,
-        phase,
-        answer.as_ref(),
-        &facts,
-        &slots,
-        truncated,
-    )
+    render(context, &what, answer.as_ref(), &facts, &slots, truncated)
+}
+
+/// What a record is about, beside the request's context.
+struct What<'a> {
+    op: Operation,
+    origin: &'a str,
+    phase: &'a str,
+    /// The one token the record is about, when the request names several (a batch delete).
+    token: Option<u64>,
+    /// Whether it is the intent of a change, with `before` and `changes`.
+    changed: bool,
 }
 
 /// What an outcome record tells of the upstream's answer.
@@ -367,44 +393,47 @@ struct Facts<'a> {
     success: Option<bool>,
 }
 
-/// Every member, in canonical order: `caller_request_id client duration_ms` | hash | `method op
-/// origin outcome path phase` | prev | `reason request request_id` | seq | `source_ip status token_ids
-/// truncated` | ts | `upstream_message upstream_status upstream_success` | v. `slots` hold the
-/// canonical JSON of `request` and `upstream_message` (null when absent), as [`fit`] left them.
-#[allow(clippy::too_many_arguments)]
+/// Every member, in canonical order: `before caller_request_id changes client duration_ms` |
+/// hash | `method op origin outcome path phase` | prev | `reason request request_id` | seq |
+/// `source_ip status token_ids truncated` | ts | `upstream_message upstream_status
+/// upstream_success` | v. `slots` hold the canonical JSON of `request`, `upstream_message`,
+/// `before` and `changes` (null when absent), as [`fit`] left them.
 fn render(
     context: &RequestContext,
-    op: Operation,
-    origin: &str,
-    phase: &str,
+    what: &What<'_>,
     answer: Option<&Answer<'_>>,
     facts: &Facts<'_>,
-    slots: &[Slot<'_>; 2],
+    slots: &[Slot<'_>; 4],
     truncated: bool,
 ) -> Draft {
-    let [request, message] = slots;
+    let [request, message, before, changes] = slots;
     let mut m = Members::new();
+    if what.changed {
+        m.name("before").extend_from_slice(before.json());
+    }
     m.optional_string("caller_request_id", context.caller_request_id.as_deref());
+    if what.changed {
+        m.name("changes").extend_from_slice(changes.json());
+    }
     m.optional_string("client", context.client());
     if answer.is_some() {
         m.integer("duration_ms", context.started.elapsed().as_millis() as u64);
     }
     m.end_run(); // hash
     m.string("method", context.method.as_str());
-    m.string("op", op.as_str());
-    m.string("origin", origin);
+    m.string("op", what.op.as_str());
+    m.string("origin", what.origin);
     if let Some(answer) = &answer {
         let outcome = Outcome::of(context.forwarded(), answer.code);
         m.string("outcome", outcome.as_str());
     }
     m.string("path", &context.path);
-    m.string("phase", phase);
+    m.string("phase", what.phase);
     m.end_run(); // prev
     if let Some(answer) = &answer {
         m.optional_string("reason", answer.code);
     }
-    m.name("request")
-        .extend_from_slice(request.value.as_deref().unwrap_or(b"null"));
+    m.name("request").extend_from_slice(request.json());
     m.string("request_id", context.id.as_str());
     m.end_run(); // seq
     m.string("source_ip", &context.source_ip().ip.to_string());
@@ -413,7 +442,13 @@ fn render(
     }
     let out = m.name("token_ids");
     out.push(b'[');
-    for (i, id) in context.token_ids().iter().enumerate() {
+    let ids = what.token.as_slice();
+    let ids = if ids.is_empty() {
+        context.token_ids()
+    } else {
+        ids
+    };
+    for (i, id) in ids.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
@@ -425,8 +460,7 @@ fn render(
     }
     m.end_run(); // ts
     if answer.is_some() {
-        m.name("upstream_message")
-            .extend_from_slice(message.value.as_deref().unwrap_or(b"null"));
+        m.name("upstream_message").extend_from_slice(message.json());
         match facts.upstream {
             Some(u) => m.integer("upstream_status", u64::from(u.status)),
             None => m.name("upstream_status").extend_from_slice(b"null"),
@@ -448,6 +482,13 @@ struct Slot<'a> {
     split: Split,
 }
 
+impl Slot<'_> {
+    /// The value's canonical JSON, `null` when absent.
+    fn json(&self) -> &[u8] {
+        self.value.as_deref().unwrap_or(b"null")
+    }
+}
+
 /// How a [`Slot`]'s value is taken apart for omission.
 #[derive(Clone, Copy)]
 enum Split {
@@ -456,6 +497,9 @@ enum Split {
     Members,
     /// The value only as a whole (`upstream_message`).
     Whole,
+    /// An array of `{"field","from","to"}` (`changes`): each `from` and `to` on its own, largest
+    /// first, then the whole array if that is not enough.
+    Changes,
 }
 
 /// Replaces the largest values of `slots` by their omission objects until their canonical JSON
@@ -467,9 +511,14 @@ fn fit(slots: &mut [Slot<'_>], excess: usize) -> bool {
     let mut candidates: Vec<(usize, Range<usize>)> = Vec::new();
     for (i, slot) in slots.iter().enumerate() {
         let Some(value) = &slot.value else { continue };
-        match (slot.split, members(value)) {
-            (Split::Members, Some(ranges)) => candidates.extend(ranges.into_iter().map(|r| (i, r))),
-            _ => candidates.push((i, 0..value.len())),
+        let parts = match slot.split {
+            Split::Members => members(value),
+            Split::Changes => from_and_to(value),
+            Split::Whole => None,
+        };
+        match parts {
+            Some(ranges) => candidates.extend(ranges.into_iter().map(|r| (i, r))),
+            None => candidates.push((i, 0..value.len())),
         }
     }
     candidates.sort_by_key(|(_, range)| std::cmp::Reverse(range.len()));
@@ -577,6 +626,32 @@ fn members(object: &[u8]) -> Option<Vec<Range<usize>>> {
     }
 }
 
+/// Where each `from` and `to` value lies in the compact JSON array of `{"field","from","to"}`
+/// objects `changes` (canonical JSON: in that order), or `None` if it is not one.
+fn from_and_to(changes: &[u8]) -> Option<Vec<Range<usize>>> {
+    if changes.first() != Some(&b'[') || changes.last() != Some(&b']') {
+        return None;
+    }
+    let mut ranges = Vec::new();
+    if changes.len() == 2 {
+        return Some(ranges);
+    }
+    let mut at = 1;
+    loop {
+        let end = value_end(changes, at)?;
+        let values = members(&changes[at..end])?;
+        let [_, from, to] = values.as_slice() else {
+            return None;
+        };
+        ranges.extend([from, to].map(|r| at + r.start..at + r.end));
+        match changes.get(end) {
+            Some(b',') => at = end + 1,
+            Some(b']') if end + 1 == changes.len() => return Some(ranges),
+            _ => return None,
+        }
+    }
+}
+
 /// Where the string starting at `start` (its opening quote) ends: just after its closing quote.
 fn string_end(bytes: &[u8], start: usize) -> Option<usize> {
     let mut at = start + 1;
@@ -656,7 +731,7 @@ mod tests {
             Some(awkward.into()),
             Duration::from_secs(5),
         );
-        let intent_before_facts = intent(&context, Operation::Update, "test", LIMIT);
+        let intent_before_facts = intent(&context, Operation::Update, "test", None, LIMIT);
         context.set_client("team-a".into());
         context.set_token_ids(vec![7, 9]);
         context.set_request(
@@ -669,14 +744,21 @@ mod tests {
         });
         let drafts = [
             intent_before_facts,
-            intent(&context, Operation::Update, "test", LIMIT),
-            outcome(&context, Operation::Update, "test", 200, None, LIMIT),
+            intent(&context, Operation::Update, "test", None, LIMIT),
             outcome(
                 &context,
                 Operation::Update,
                 "test",
-                504,
-                Some("upstream_timeout"),
+                None,
+                (200, None),
+                LIMIT,
+            ),
+            outcome(
+                &context,
+                Operation::Update,
+                "test",
+                None,
+                (504, Some("upstream_timeout")),
                 LIMIT,
             ),
         ];
@@ -695,7 +777,7 @@ mod tests {
             assert_eq!(hash_of(&key, &record), hash);
             assert_eq!(record["seq"], i as u64 + 1);
             assert_eq!(record["prev"], prev.as_str());
-            assert_eq!(record["v"], 1);
+            assert_eq!(record["v"], 2);
             assert_eq!(record["caller_request_id"], awkward);
             prev = hash;
         }
@@ -765,8 +847,15 @@ mod tests {
         let context = context_with(request, r#"{"success":true,"message":"ok"}"#);
         let limit = 40_000;
         for draft in [
-            intent(&context, Operation::Create, "test", limit),
-            outcome(&context, Operation::Create, "test", 200, None, limit),
+            intent(&context, Operation::Create, "test", None, limit),
+            outcome(
+                &context,
+                Operation::Create,
+                "test",
+                None,
+                (200, None),
+                limit,
+            ),
         ] {
             let (sealed, hash) = seal(&draft, &key, 9, GENESIS);
             assert!(sealed.len() <= limit, "{} bytes", sealed.len());
@@ -785,12 +874,12 @@ mod tests {
             json!({"a": "a".repeat(30_000), "b": "b".repeat(25_000), "c": "c".repeat(100)}),
             r#"{"success":false,"message":"fine"}"#,
         );
-        let draft = intent(&context, Operation::Create, "test", 32_768);
+        let draft = intent(&context, Operation::Create, "test", None, 32_768);
         let record: Map<String, Value> =
             serde_json::from_slice(&seal(&draft, &key, 1, GENESIS).0).unwrap();
         assert_eq!(record["request"]["a"]["omitted"], true);
         assert_eq!(record["request"]["b"], "b".repeat(25_000).as_str());
-        let draft = intent(&context, Operation::Create, "test", 20_000);
+        let draft = intent(&context, Operation::Create, "test", None, 20_000);
         let record: Map<String, Value> =
             serde_json::from_slice(&seal(&draft, &key, 1, GENESIS).0).unwrap();
         assert_eq!(record["request"]["a"]["omitted"], true);
@@ -802,7 +891,14 @@ mod tests {
             json!({"name": "x"}),
             &json!({"success": false, "message": message}).to_string(),
         );
-        let draft = outcome(&context, Operation::Create, "test", 200, None, 32_768);
+        let draft = outcome(
+            &context,
+            Operation::Create,
+            "test",
+            None,
+            (200, None),
+            32_768,
+        );
         let (sealed, _) = seal(&draft, &key, 1, GENESIS);
         let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();
         assert!(sealed.len() <= 32_768);
@@ -811,7 +907,7 @@ mod tests {
         // Within the limit: no `truncated` member at all.
         let record: Map<String, Value> = serde_json::from_slice(
             &seal(
-                &intent(&context, Operation::Create, "test", LIMIT),
+                &intent(&context, Operation::Create, "test", None, LIMIT),
                 &key,
                 1,
                 GENESIS,
@@ -820,6 +916,100 @@ mod tests {
         )
         .unwrap();
         assert!(!record.contains_key("truncated"));
+    }
+
+    #[test]
+    fn an_intent_of_a_change_carries_before_and_changes_and_sheds_their_largest_values() {
+        let key = AuditKey::new(b"0123456789abcdef0123456789abcdef").unwrap();
+        let context = context_with(json!({"id": 7, "model_limits": "b"}), "{}");
+        let long = "m".repeat(30_000);
+        let before = json!({"model_limits": long, "name": "ci", "status": 1});
+        let changes = json!([
+            {"field": "model_limits", "from": long, "to": "b"},
+            {"field": "status", "from": 1, "to": 2},
+        ]);
+        let bytes = |v: &Value| Some(crate::audit::canonical::canonical(v).into());
+        let change = Change {
+            token_id: Some(7),
+            before: bytes(&before),
+            changes: bytes(&changes),
+        };
+        let draft = intent(&context, Operation::Update, "test", Some(&change), LIMIT);
+        let (sealed, hash) = seal(&draft, &key, 1, GENESIS);
+        let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();
+        assert_eq!(line(&record), sealed, "members in canonical order");
+        assert_eq!(hash_of(&key, &record), hash);
+        assert_eq!((&record["before"], &record["changes"]), (&before, &changes));
+        assert_eq!(record["token_ids"], json!([7]));
+        assert_eq!(record["v"], 2);
+        // Over the limit: both copies of the long value go, each kept as its size and hash.
+        let draft = intent(&context, Operation::Update, "test", Some(&change), 20_000);
+        let (sealed, hash) = seal(&draft, &key, 1, GENESIS);
+        assert!(sealed.len() <= 20_000, "{}", sealed.len());
+        let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();
+        assert_eq!(line(&record), sealed);
+        assert_eq!(hash_of(&key, &record), hash);
+        assert_eq!(record["truncated"], true);
+        assert_eq!(record["before"]["model_limits"], omission_of(&json!(long)));
+        assert_eq!(record["before"]["name"], "ci");
+        assert_eq!(record["changes"][0]["from"], omission_of(&json!(long)));
+        assert_eq!(record["changes"][0]["to"], "b");
+        assert_eq!(record["changes"][1], changes[1]);
+        // An intent with nothing read has both null; an outcome has neither; a record about one
+        // id of several names that id alone.
+        let unread = Change::unread(9);
+        context.set_token_ids(vec![8, 9]);
+        let draft = intent(
+            &context,
+            Operation::BatchDelete,
+            "test",
+            Some(&unread),
+            LIMIT,
+        );
+        let record: Map<String, Value> =
+            serde_json::from_slice(&seal(&draft, &key, 1, GENESIS).0).unwrap();
+        assert_eq!(
+            (&record["before"], &record["changes"]),
+            (&Value::Null, &Value::Null)
+        );
+        assert_eq!(record["token_ids"], json!([9]));
+        let draft = outcome(
+            &context,
+            Operation::BatchDelete,
+            "test",
+            Some(8),
+            (200, None),
+            LIMIT,
+        );
+        let record: Map<String, Value> =
+            serde_json::from_slice(&seal(&draft, &key, 1, GENESIS).0).unwrap();
+        assert!(!record.contains_key("before") && !record.contains_key("changes"));
+        assert_eq!(record["token_ids"], json!([8]));
+    }
+
+    #[test]
+    fn from_and_to_are_found_in_compact_changes() {
+        let text =
+            br#"[{"field":"a","from":"x]","to":{"y":[1]}},{"field":"b","from":null,"to":-1}]"#;
+        let values: Vec<&str> = from_and_to(text)
+            .unwrap()
+            .iter()
+            .map(|r| std::str::from_utf8(&text[r.clone()]).unwrap())
+            .collect();
+        assert_eq!(values, [r#""x]""#, r#"{"y":[1]}"#, "null", "-1"]);
+        assert_eq!(from_and_to(b"[]").unwrap(), Vec::<Range<usize>>::new());
+        for bad in [
+            &b"{}"[..],
+            b"[1]",
+            b"[{\"field\":1}]",
+            b"[{\"field\":1,\"from\":2,\"to\":3},]",
+        ] {
+            assert!(
+                from_and_to(bad).is_none(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]
@@ -832,7 +1022,7 @@ mod tests {
         }
         let request = Value::Object(request);
         let context = context_with(request.clone(), "{}");
-        let draft = intent(&context, Operation::Create, "test", 32_768);
+        let draft = intent(&context, Operation::Create, "test", None, 32_768);
         let (sealed, _) = seal(&draft, &key, 1, GENESIS);
         assert!(sealed.len() <= 32_768);
         let record: Map<String, Value> = serde_json::from_slice(&sealed).unwrap();

@@ -184,7 +184,7 @@ struct Chain {
 }
 
 /// Verifies the trail made of `files`, oldest first: each line one JSON object in canonical form,
-/// `v` 1, its `hash` the HMAC of the rest under `key`, its `prev` the previous record's `hash`,
+/// `v` 1 or 2, its `hash` the HMAC of the rest under `key`, its `prev` the previous record's `hash`,
 /// its `seq` the previous one plus 1, and the last line complete. Empty files are allowed.
 /// Returns the first bad record.
 ///
@@ -269,7 +269,7 @@ fn check_later_start(record: &Map<String, Value>, seq: u64) -> Result<(), Fault>
 /// A fault found in one record: its `seq` if readable, and the reason.
 type Fault = (Option<u64>, String);
 
-/// Checks one line (without its `\n`) on its own: a canonical JSON object, `v` 1, a `seq`, and a
+/// Checks one line (without its `\n`) on its own: a canonical JSON object, `v` 1 or 2, a `seq`, and a
 /// `hash` that verifies. Returns the record, its `seq` and its `hash`.
 fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64, String), Fault> {
     let value: Value = serde_json::from_slice(bytes)
@@ -279,8 +279,8 @@ fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64
     };
     let seq = record.get("seq").and_then(Value::as_u64);
     match record.get("v") {
-        Some(v) if v.as_u64() == Some(1) => {}
-        Some(v) => return Err((seq, format!("v is {v}, not 1"))),
+        Some(v) if matches!(v.as_u64(), Some(1 | 2)) => {}
+        Some(v) => return Err((seq, format!("v is {v}, not 1 or 2"))),
         None => return Err((seq, "the record has no v".to_owned())),
     }
     let Some(hash) = record.get("hash").and_then(Value::as_str) else {
@@ -770,17 +770,33 @@ mod tests {
     }
 
     #[test]
-    fn v_must_be_1() {
+    fn v_must_be_1_or_2() {
+        // A trail written before the upgrade (v 1) and after it (v 2) is one chain.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
-        let Value::Object(mut record) = json!({"v": 2, "seq": 1, "prev": GENESIS}) else {
+        let mut prev = GENESIS.to_string();
+        let mut text = Vec::new();
+        for (seq, v) in [(1, 1), (2, 2)] {
+            let Value::Object(mut record) = json!({"v": v, "seq": seq, "prev": prev}) else {
+                unreachable!()
+            };
+            seal(&key(), &mut record);
+            prev = record["hash"].as_str().unwrap().to_owned();
+            text.extend(line(&record));
+        }
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(
+            verify(std::slice::from_ref(&path), &key()).unwrap().records,
+            2
+        );
+        let Value::Object(mut record) = json!({"v": 3, "seq": 1, "prev": GENESIS}) else {
             unreachable!()
         };
         seal(&key(), &mut record);
         std::fs::write(&path, line(&record)).unwrap();
         let f = failure(std::slice::from_ref(&path));
         assert_eq!((f.line, f.seq), (1, Some(1)));
-        assert!(f.reason.contains("v is 2"), "{f}");
+        assert!(f.reason.contains("v is 3"), "{f}");
     }
 
     #[test]

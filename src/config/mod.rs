@@ -330,6 +330,11 @@ pub struct AuditConfig {
     pub rotate_bytes: u64,
     /// Whether reads (`list`, `search`, `get`) are audited too.
     pub reads: bool,
+    /// Whether full and status-only updates, deletes and batch deletes read each token under its
+    /// lock first, so their intent records say what it was and what the change does to it (SPEC
+    /// §6.1 `before`/`changes`): one more upstream request per id, counted by the upstream cap.
+    /// A reload applies it.
+    pub capture_before: bool,
     /// The longest a record's line may be, newline included (SPEC §6, format): a longer record
     /// has its largest values omitted (size and SHA-256 kept) and says `"truncated": true`. The
     /// default is the line limit of Vector's file source, so every log shipper reads the trail.
@@ -364,6 +369,7 @@ impl Default for AuditConfig {
             hmac_key_file: None,
             rotate_bytes: 104_857_600,
             reads: false,
+            capture_before: true,
             max_record_bytes: 102_400,
             queue_bytes: 64 << 20,
             min_free_bytes: 64 << 20,

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod authenticate;
 pub mod authorize;
 pub mod batch_update;
+pub mod capture_before;
 pub mod check;
 pub mod detach;
 pub mod patch;

@@ -22,22 +22,17 @@ use tower::{Layer, Service, ServiceExt};
 use super::audit::AuditPolicy;
 use super::validate::unix_now;
 use super::BoxFuture;
+use crate::audit::changes;
 use crate::caller::Caller;
 use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::locks::TokenLocks;
-use crate::read_token::read_token;
+use crate::read_token::{read_token, KnownTokens};
 use crate::route::{Endpoint, Route, TokenId};
 use crate::token::edit::{Edit, Limits, TokenFields};
 use crate::token::fields::Status;
 use crate::token::patch::merge;
 use crate::upstream::{Served, Upstream};
-
-/// A token as the gateway read it under its lock for this request (or, for the status-only
-/// `PUT` that follows a PATCH's full one, as that full `PUT` wrote it), so a later check does not
-/// read it again.
-#[derive(Clone, Debug)]
-pub struct KnownToken(pub TokenId, pub Arc<Map<String, Value>>);
 
 /// Builds [`Patch`].
 #[derive(Clone, Debug)]
@@ -129,18 +124,14 @@ where
             // answer is the caller's.
             let context = RequestContext::of(&request)?.clone();
             let mut follow_up = status_only_request(&request, id, status_after);
-            // The status-only PUT puts into use the token the full PUT wrote.
-            if let Some(edit @ Edit::Update(_)) = request.extensions().get::<Edit>() {
-                if let Value::Object(written) = edit.to_value() {
-                    let mut token = request
-                        .extensions()
-                        .get::<KnownToken>()
-                        .map_or_else(Map::new, |known| (*known.1).clone());
-                    token.extend(written);
-                    follow_up
-                        .extensions_mut()
-                        .insert(KnownToken(id, Arc::new(token)));
-                }
+            // The status-only PUT puts into use the token the full PUT wrote: policy judges it,
+            // and its intent says it was the `before`.
+            let extensions = request.extensions();
+            let stored = extensions.get::<KnownTokens>().and_then(|k| k.get(id));
+            if let Some(after) = stored.and_then(|s| changes::after(s, extensions.get::<Edit>()?)) {
+                follow_up
+                    .extensions_mut()
+                    .insert(KnownTokens::read(vec![(id, Arc::new(after))], true));
             }
             let first = inner.call(request).await?;
             if !context.upstream().is_some_and(|answer| answer.succeeded()) {
@@ -211,22 +202,25 @@ async fn confirm_stored_values(
         ));
     };
     let stored = match read_token(&layer.upstream, caller, &context, id).await {
-        Ok(stored) => stored,
-        // Nothing is stored: no value is a stored one.
-        Err(GatewayError::TokenNotFound(_)) => Map::new(),
+        Ok(stored) => Some(stored),
+        // Nothing is stored: no value is a stored one (the upstream says the rest).
+        Err(GatewayError::TokenNotFound(_)) => None,
         Err(other) => return Err(other),
     };
-    edit.confirm(&stored).map_err(GatewayError::from)?;
+    edit.confirm(stored.as_ref().unwrap_or(&Map::new()))
+        .map_err(GatewayError::from)?;
     let extensions = request.extensions_mut();
-    extensions.insert(KnownToken(id, Arc::new(stored)));
     extensions.insert(edit);
+    if let Some(stored) = stored {
+        extensions.insert(KnownTokens::read(vec![(id, Arc::new(stored))], false));
+    }
     Ok(())
 }
 
 /// The tokens a request changes, whose changes take turns (SPEC §4.5): a PATCH's or a delete's
 /// token, a `PUT`'s, and every id of a batch that comes down whole (a native batch update, a batch
 /// delete). A fan-out batch comes down as one PATCH per id.
-fn changed_tokens(request: &Request<Bytes>) -> Vec<TokenId> {
+pub(crate) fn changed_tokens<B>(request: &Request<B>) -> Vec<TokenId> {
     let edited = || {
         request
             .extensions()
@@ -281,9 +275,10 @@ async fn to_full_update(
     layer.upstream.prepay(served, requests).await?;
     let stored = read_token(&layer.upstream, caller, &context, id).await?;
     context.set_read_at(Instant::now());
-    request
-        .extensions_mut()
-        .insert(KnownToken(id, Arc::new(stored.clone())));
+    request.extensions_mut().insert(KnownTokens::read(
+        vec![(id, Arc::new(stored.clone()))],
+        true,
+    ));
     if let (true, Some(status)) = (status_alone, patch.status) {
         set_edit(request, &context, status_only(id, status));
         return Ok(None);

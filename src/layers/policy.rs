@@ -12,12 +12,10 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use futures_util::future::Either;
-use futures_util::{StreamExt, TryStreamExt};
 use http::{Request, Response};
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
-use super::patch::KnownToken;
 use super::validate::unix_now;
 use super::BoxFuture;
 use crate::caller::Caller;
@@ -25,14 +23,11 @@ use crate::context::RequestContext;
 use crate::error::{Body, GatewayError};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyRefusal, Violation};
-use crate::read_token::{current_name, read_token};
+use crate::read_token::{current_name, read_tokens, KnownTokens, Stored};
 use crate::route::{Endpoint, Route, TokenId};
 use crate::token::edit::{Edit, TokenFields};
 use crate::token::fields::Status;
 use crate::upstream::Upstream;
-
-/// How many current names are read from the upstream at once for one batch.
-const NAME_READS_AT_ONCE: usize = 4;
 
 /// Builds [`PolicyCheck`].
 #[derive(Clone, Debug)]
@@ -84,7 +79,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<Bytes>) -> Self::Future {
+    fn call(&mut self, mut request: Request<Bytes>) -> Self::Future {
         // Requests that nothing in the caller's policy can refuse (reads, and every request of a
         // client that refuses nothing) pass without a boxed future.
         let extensions = request.extensions();
@@ -100,8 +95,18 @@ where
         let upstream = self.upstream.clone();
         let metrics = self.metrics.clone();
         Either::Right(Box::pin(async move {
-            let violations = judge(&upstream, &request).await?;
+            let (violations, read) = judge(&upstream, &request).await?;
             if violations.is_empty() {
+                // What was read under the locks serves the steps below (the trail's `before`).
+                if !read.is_empty() {
+                    let extensions = request.extensions_mut();
+                    match extensions.get_mut::<KnownTokens>() {
+                        Some(known) => known.extend(read),
+                        None => {
+                            extensions.insert(KnownTokens::read(read, false));
+                        }
+                    }
+                }
                 return inner.call(request).await;
             }
             let client = request.extensions().get::<Caller>();
@@ -126,11 +131,12 @@ pub(crate) fn refusal(
 /// Every rule the request breaks: first those of the token it would store, then (only if those
 /// pass, so a refused request costs the upstream nothing) those that need the tokens it names as
 /// the upstream stores them: `name_prefix` on their current names, and, for a change that puts a
-/// token into use or a native batch update, every rule on the token as it will be stored.
+/// token into use or a native batch update, every rule on the token as it will be stored. Returns
+/// them with the tokens it read (those not known already).
 async fn judge(
     upstream: &Upstream,
     request: &Request<Bytes>,
-) -> Result<Vec<Violation>, GatewayError> {
+) -> Result<(Vec<Violation>, Vec<(TokenId, Stored)>), GatewayError> {
     let extensions = request.extensions();
     let (Some(caller), Some(route)) = (extensions.get::<Caller>(), extensions.get::<Route>())
     else {
@@ -139,31 +145,37 @@ async fn judge(
         ));
     };
     let Some(policy) = &caller.policy else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     };
     let now = unix_now();
     let edit = extensions.get::<Edit>();
     let violations = edit.map_or_else(Vec::new, |edit| policy.judge_edit(edit, now));
     let stored_change = edit.and_then(StoredChange::of);
     if !violations.is_empty() || (stored_change.is_none() && !policy.checks_current_names()) {
-        return Ok(violations);
+        return Ok((violations, Vec::new()));
     }
     let context = RequestContext::of(request)?;
-    let known = extensions.get::<KnownToken>();
-    let tokens = futures_util::stream::iter(existing_ids(route, edit))
-        .map(|id| async move {
-            if let Some(KnownToken(_, token)) = known.filter(|k| k.0 == id) {
-                return Ok((id, token.clone()));
-            }
-            let token = read_token(upstream, caller, context, id).await?;
-            Ok::<_, GatewayError>((id, Arc::new(token)))
-        })
-        .buffered(NAME_READS_AT_ONCE)
-        .try_collect::<Vec<_>>()
-        .await?;
+    let known = extensions.get::<KnownTokens>();
+    let ids = existing_ids(route, edit);
+    let unread = ids
+        .iter()
+        .filter(|id| known.and_then(|k| k.get(**id)).is_none());
+    let read = read_tokens(
+        upstream,
+        caller,
+        context,
+        unread.copied().collect::<Vec<_>>(),
+    )
+    .await?;
+    let tokens = ids.iter().filter_map(|id| {
+        let token = known
+            .and_then(|k| k.get(*id))
+            .or_else(|| read.iter().find(|(r, _)| r == id).map(|(_, t)| t))?;
+        Some((*id, token))
+    });
     let mut violations = Vec::new();
-    for (id, token) in &tokens {
-        violations.extend(policy.judge_current_name(*id, &current_name(token)));
+    for (id, token) in tokens {
+        violations.extend(policy.judge_current_name(id, &current_name(token)));
         if let Some(change) = &stored_change {
             let judged = policy.judge_stored(&change.apply(token), now);
             violations.extend(judged.into_iter().map(|mut violation| {
@@ -173,7 +185,7 @@ async fn judge(
             }));
         }
     }
-    Ok(violations)
+    Ok((violations, read))
 }
 
 /// A change judged on each token it names as stored, with the change applied (SPEC §5).

@@ -406,7 +406,7 @@ impl IdsBody {
 }
 
 /// Whether `sent` is the `stored` value (numbers by value: `-0` is 0).
-fn same_value(stored: Option<&Value>, sent: &Value) -> bool {
+pub(crate) fn same_value(stored: Option<&Value>, sent: &Value) -> bool {
     let number = |v: &Value| match v {
         Value::Number(n) if n.as_f64() == Some(0.0) => Some(0.0),
         Value::Number(n) => n.as_f64(),
