@@ -25,6 +25,8 @@
 #                and 64 connections
 #   addresses    refusals before authentication from ADDRESSES source addresses (default
 #                100 000) over 127.0.0.0/8: addresses tracked and resident size stay bounded
+#   before       full updates with audit.capture_before on and off: the before-read's cost in
+#                CPU per request and upstream requests per change (two rounds, alternating)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${SECONDS_PER_RUN:-8}
@@ -388,6 +390,36 @@ instance = \"bench\""
     worst=$(awk -v a="$worst" -v b="$(field 3 "$r")" 'BEGIN { print (b > a) ? b : a }')
   done
   printf '| 3 | %s | %s |\n' "$rps" "$worst"
+}
+
+# Upstream requests sent so far: every exchange, of every operation, is timed once.
+upstream_requests() {
+  curl -sf "http://127.0.0.1:$1/metrics" |
+    awk '$1 ~ /^tokengate_upstream_duration_seconds_count/ { n += $2 } END { print n + 0 }'
+}
+
+study_before() {
+  local c=64 r u0 u1 round state
+  echo; echo "### The before-read of a full update (SPEC §6.1), $c connections, fsync = \"always\""
+  echo "| round | audit.capture_before | requests/s | p50 ms | p99 ms | CPU µs/request | upstream requests per change |"
+  echo "|---:|---|---:|---:|---:|---:|---:|"
+  for state in true false; do
+    tokengate_config "before-$state" "$work/before-$state/trail.jsonl" always
+    sed -i "s/^\[audit\]\$/[audit]\ncapture_before = $state/" "$work/before-$state/tokengate.toml"
+  done
+  for round in 1 2; do
+    for state in true false; do
+      start_tokengate "before-$state"
+      u0=$(upstream_requests "$tg_admin")
+      r=$(measure "http://127.0.0.1:$tg_port" "$c" "$secs" "$work/put.lua" "$tg_pid")
+      u1=$(upstream_requests "$tg_admin")
+      [ "$(field 6 "$r")" = 0 ] || echo "  ($(field 6 "$r") answers were not 2xx)"
+      printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$round" "$state" "$(field 1 "$r")" "$(field 2 "$r")" \
+        "$(field 3 "$r")" "$(field 4 "$r")" \
+        "$(awk -v u=$(( u1 - u0 )) -v n="$(field 7 "$r")" 'BEGIN { printf "%.2f", n ? u / n : 0 }')"
+      stop_pid "$tg_pid"
+    done
+  done
 }
 
 for study in "${studies[@]}"; do

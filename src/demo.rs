@@ -408,14 +408,16 @@ fn summary(record: &Value) -> String {
         record["token_ids"]
     );
     if record["phase"] == "intent" {
-        let request = record["request"].to_string();
-        let shown: String = request.chars().take(110).collect();
-        let more = if shown.len() < request.len() {
-            "…"
-        } else {
-            ""
+        // A change of a token says what it changed (SPEC §6.1); a create or a refusal, what it
+        // asked for.
+        let (what, text) = match (&record["before"], record["changes"].as_array()) {
+            (Value::Object(_), Some(changes)) => ("changes", changed(changes)),
+            (Value::Object(_), None) => ("deletes", record["before"].to_string()),
+            _ => ("request", record["request"].to_string()),
         };
-        let _ = write!(line, "  request {shown}{more}");
+        let shown: String = text.chars().take(110).collect();
+        let more = if shown.len() < text.len() { "…" } else { "" };
+        let _ = write!(line, "  {what} {shown}{more}");
     } else {
         let _ = write!(
             line,
@@ -440,4 +442,23 @@ fn summary(record: &Value) -> String {
             .unwrap_or("")
     );
     line
+}
+
+/// `changes` as a person reads them: `field: from → to`, comma-separated (`none` for a no-op).
+fn changed(changes: &[Value]) -> String {
+    if changes.is_empty() {
+        return "none".into();
+    }
+    let each: Vec<String> = changes
+        .iter()
+        .map(|c| {
+            format!(
+                "{}: {} → {}",
+                c["field"].as_str().unwrap_or("?"),
+                c["from"],
+                c["to"]
+            )
+        })
+        .collect();
+    each.join(", ")
 }

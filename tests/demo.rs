@@ -19,6 +19,7 @@ fn the_demo_runs_to_the_end_and_shows_every_step() {
         "#2 outcome create",
         "forwarded 200 upstream_success=true",
         "A full update",
+        "changes remain_quota: 500000 → 600000",
         "rejected 400 incomplete_update",
         "did you mean `remain_quota`?",
         "→ PATCH /api/token/",
@@ -31,6 +32,7 @@ fn the_demo_runs_to_the_end_and_shows_every_step() {
         "retry-after: 1",
         "ratelimit-policy: \"reads\";q=60;w=60",
         "→ DELETE /api/token/",
+        "delete       tokens [3]  deletes {",
         "#19 outcome delete",
         "audit verify: OK, 19 records, chain intact, head ",
     ] {
