@@ -9,12 +9,15 @@
 //!   fail-closed;
 //! - [`verify`]: listing a trail's files, checking a whole trail (`tokengate audit verify`), and
 //!   reading the verified tail a writer resumes from;
+//! - [`query`]: the changes a trail records, paired, filtered and printed while the chain is
+//!   checked (`tokengate audit query`);
 //! - [`repair`]: cutting a torn last line off the live file (`tokengate audit repair`);
 //! - [`lock`]: one writer per trail (`<path>.lock`, held while a process writes).
 
 pub mod canonical;
 pub mod chain;
 pub mod lock;
+pub mod query;
 pub mod record;
 pub mod repair;
 pub mod verify;
