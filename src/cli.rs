@@ -682,11 +682,17 @@ fn audit_query(args: &AuditQueryArgs) -> ExitCode {
                     summary.first_seq
                 ));
             }
-            let matched = if report.printed == 1 {
+            let mut matched = if report.printed == 1 {
                 "1 change matches".to_owned()
             } else {
                 format!("{} changes match", report.printed)
             };
+            if report.unknown > 0 {
+                matched.push_str(&format!(
+                    " ({} with an unknown result: an intent with no outcome record)",
+                    report.unknown
+                ));
+            }
             eprintln!("{verdict}; {matched}");
             ExitCode::SUCCESS
         }

@@ -345,7 +345,11 @@ fn an_intent_with_no_outcome_is_a_change_whose_result_is_unknown() {
         assert_eq!(code, 0);
         assert_eq!(ids(&stdout), ["2"], "{args:?}");
     }
-    let (_, stdout, _) = trail.query(&["--failed", "--format", "json"]);
+    let (_, stdout, stderr) = trail.query(&["--failed", "--format", "json"]);
+    assert!(
+        stderr.contains("1 change matches (1 with an unknown result"),
+        "{stderr}"
+    );
     let unknown = &json_lines(&stdout)[0];
     assert_eq!(unknown["outcome"], Value::Null);
     assert_eq!(unknown["result"], "unknown");
