@@ -1,5 +1,5 @@
-//! The command line (SPEC §7): `serve`, `check`, `keys new`, `audit verify`, `audit repair`,
-//! `emulator`, `health`.
+//! The command line (SPEC §7): `serve`, `check`, `keys new`, `audit verify`, `audit query`,
+//! `audit repair`, `emulator`, `health`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::audit::chain::AuditKey;
+use crate::audit::query::{self, Filter, Format, Stop};
 use crate::audit::repair::{repair, Repair, RepairError};
 use crate::audit::verify::{trail_files, verify};
 use crate::caller::{key_digest_hex, new_key};
@@ -88,6 +89,11 @@ pub enum AuditCommand {
     /// hash (exit 0 only for an intact trail, 1 at the first bad record, 2 on a usage, config or
     /// key problem).
     Verify(AuditVerifyArgs),
+    /// Print the changes the trail records, one line per request and token id (an intent and its
+    /// outcome paired), oldest first, filtered; the chain is checked while it is read (exit 0
+    /// when the trail is intact, whatever matched; 1 at the first bad record, which is named; 2 on
+    /// a usage, config or key problem).
+    Query(AuditQueryArgs),
     /// Cut a torn last line (a crash in the middle of a write) off the live file, keeping the
     /// bytes in `<audit.path>.torn`, so that `serve` resumes the chain; nothing else is ever
     /// rewritten (exit 0 when the trail then ends in a record that verifies, or nothing was torn;
@@ -111,6 +117,50 @@ pub struct AuditVerifyArgs {
     /// `<audit.path>` (k the oldest rotated file left: older ones may have been archived).
     #[arg(value_name = "FILES")]
     pub files: Vec<PathBuf>,
+}
+
+/// `audit query` arguments.
+#[derive(Debug, Args)]
+pub struct AuditQueryArgs {
+    /// The trail and its key, as for `audit verify`.
+    #[command(flatten)]
+    pub trail: AuditVerifyArgs,
+    /// Only changes that name this token id.
+    #[arg(long, value_name = "ID")]
+    pub token: Option<u64>,
+    /// Only changes made by this client (the `[[clients]]` name).
+    #[arg(long, value_name = "NAME")]
+    pub client: Option<String>,
+    /// Only changes of this operation.
+    #[arg(long, value_name = "OP", value_parser = clap::builder::PossibleValuesParser::new(
+        crate::route::Operation::ALL.map(crate::route::Operation::as_str)
+    ))]
+    pub op: Option<String>,
+    /// Only changes with this outcome (`unknown`: an intent with no outcome record).
+    #[arg(long, value_name = "O", value_parser = clap::builder::PossibleValuesParser::new(query::RESULTS))]
+    pub outcome: Option<String>,
+    /// Only changes that are not a forwarded success: rejected, upstream_error, timeout,
+    /// `upstream_success` false or an error status, or no outcome record (result unknown).
+    #[arg(long)]
+    pub failed: bool,
+    /// Only changes at or after T: RFC 3339 (2026-11-22T15:20:01Z) or that long before now (45s,
+    /// 30m, 12h, 7d).
+    #[arg(long, value_name = "T", value_parser = time_arg)]
+    pub since: Option<i64>,
+    /// Only changes before T (as for --since).
+    #[arg(long, value_name = "T", value_parser = time_arg)]
+    pub until: Option<i64>,
+    /// One line of text per change, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+}
+
+/// `--since`/`--until`: milliseconds since the Unix epoch (a span counted back from now).
+fn time_arg(text: &str) -> Result<i64, String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    query::parse_time(text, now)
 }
 
 /// `emulator` arguments.
@@ -158,6 +208,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => audit_verify(&args),
+        Command::Audit {
+            command: AuditCommand::Query(args),
+        } => audit_query(&args),
         Command::Audit {
             command: AuditCommand::Repair(args),
         } => audit_repair(&args.config),
@@ -502,7 +555,10 @@ fn keys_new(client: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
+/// The key and the files of the trail that `args` name, as `audit verify` and `audit query` find
+/// them (`verb` says which, in messages); a problem is reported here and comes back as the exit
+/// code to return.
+fn trail_and_key(args: &AuditVerifyArgs, verb: &str) -> Result<(AuditKey, Vec<PathBuf>), ExitCode> {
     let path = &args.config.config;
     let needs_config = args.files.is_empty() || (args.key_file.is_none() && args.key_env.is_none());
     let config = if needs_config {
@@ -510,7 +566,7 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
             Ok(config) => Some(config),
             Err(errors) => {
                 report(path, &errors);
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
         }
     } else {
@@ -529,7 +585,7 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
         Ok(key) => key,
         Err(error) => {
             eprintln!("tokengate: {error}");
-            return ExitCode::from(2);
+            return Err(ExitCode::from(2));
         }
     };
     let files = match (&config, args.files.is_empty()) {
@@ -537,24 +593,35 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
             let live = &config.audit.path;
             if live.as_os_str() == "-" {
                 eprintln!(
-                    "tokengate: audit.path is `-` (standard output): name the files to verify"
+                    "tokengate: audit.path is `-` (standard output): name the files to {verb}"
                 );
-                return ExitCode::from(2);
+                return Err(ExitCode::from(2));
             }
             match trail_files(live) {
                 Ok(files) => files,
                 Err(error) => {
                     eprintln!("tokengate: audit trail {}: {error}", live.display());
-                    return ExitCode::FAILURE;
+                    return Err(ExitCode::FAILURE);
                 }
             }
         }
         _ => args.files.clone(),
     };
+    Ok((key, files))
+}
+
+/// `n word` or `n words`.
+fn plural(n: u64, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
+}
+
+fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
+    let (key, files) = match trail_and_key(args, "verify") {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
     match verify(&files, &key) {
         Ok(summary) => {
-            let plural =
-                |n: u64, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
             println!(
                 "audit trail intact: {} in {}, last seq {}",
                 plural(summary.records, "record"),
@@ -574,6 +641,71 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
         }
         Err(failure) => {
             eprintln!("tokengate: audit trail broken at {failure}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `audit query`: the changes go to standard output; the verdict on the trail (intact, with its
+/// record count, or broken at a named record) and any note on the output go to standard error,
+/// so that the output holds changes only.
+fn audit_query(args: &AuditQueryArgs) -> ExitCode {
+    let (key, files) = match trail_and_key(&args.trail, "query") {
+        Ok(found) => found,
+        Err(code) => return code,
+    };
+    let filter = Filter {
+        token: args.token,
+        client: args.client.clone(),
+        op: args.op.clone(),
+        outcome: args.outcome.clone(),
+        failed: args.failed,
+        since: args.since,
+        until: args.until,
+    };
+    let out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
+    match query::run(&files, &key, filter, args.format, out) {
+        Ok(report) => {
+            for note in &report.notes {
+                eprintln!("tokengate: note: {note}");
+            }
+            let summary = &report.summary;
+            let mut verdict = format!(
+                "audit trail intact: {} in {}, last seq {}",
+                plural(summary.records, "record"),
+                plural(summary.files as u64, "file"),
+                summary.last_seq
+            );
+            if summary.first_seq > 1 {
+                verdict.push_str(&format!(
+                    " (starts at seq {}; earlier files are not present)",
+                    summary.first_seq
+                ));
+            }
+            let mut matched = if report.printed == 1 {
+                "1 change matches".to_owned()
+            } else {
+                format!("{} changes match", report.printed)
+            };
+            if report.unknown > 0 {
+                matched.push_str(&format!(
+                    " ({} with an unknown result: an intent with no outcome record)",
+                    report.unknown
+                ));
+            }
+            eprintln!("{verdict}; {matched}");
+            ExitCode::SUCCESS
+        }
+        Err(Stop::Broken(failure)) => {
+            eprintln!("tokengate: audit trail broken at {failure}");
+            ExitCode::FAILURE
+        }
+        // `| head`: the reader has gone; end as a process killed by SIGPIPE would.
+        Err(Stop::Output(error)) if error.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::from(141)
+        }
+        Err(Stop::Output(error)) => {
+            eprintln!("tokengate: cannot write the output: {error}");
             ExitCode::FAILURE
         }
     }

@@ -10,6 +10,8 @@
 //!   fail-closed;
 //! - [`verify`]: listing a trail's files, checking a whole trail (`tokengate audit verify`), and
 //!   reading the verified tail a writer resumes from;
+//! - [`query`]: the changes a trail records, paired, filtered and printed while the chain is
+//!   checked (`tokengate audit query`);
 //! - [`repair`]: cutting a torn last line off the live file (`tokengate audit repair`);
 //! - [`lock`]: one writer per trail (`<path>.lock`, held while a process writes).
 
@@ -17,6 +19,7 @@ pub mod canonical;
 pub mod chain;
 pub mod changes;
 pub mod lock;
+pub mod query;
 pub mod record;
 pub mod repair;
 pub mod verify;

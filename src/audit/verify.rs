@@ -2,9 +2,10 @@
 //! `prev` link, `seq` without gaps, and the order of the files. The first bad record is reported
 //! by file, line and `seq`.
 //!
-//! [`trail_files`] lists the files of a trail in order, [`verify`] reads them all (streaming, one
-//! line at a time), and [`tail`] reads only the end of the last one (what the writer resumes
-//! from).
+//! [`trail_files`] lists the files of a trail in order, [`Records`] reads them all (streaming, one
+//! line at a time, each record checked before it is handed out: `verify` and `audit query` both
+//! read through it), [`verify`] reads them to the end, and [`tail`] reads only the end of the last
+//! one (what the writer resumes from).
 
 use std::fmt;
 use std::fs::File;
@@ -184,8 +185,8 @@ struct Chain {
 }
 
 /// Verifies the trail made of `files`, oldest first: each line one JSON object in canonical form,
-/// `v` 1 or 2, its `hash` the HMAC of the rest under `key`, its `prev` the previous record's `hash`,
-/// its `seq` the previous one plus 1, and the last line complete. Empty files are allowed.
+/// `v` 1 or 2, its `hash` the HMAC of the rest under `key`, its `prev` the previous record's
+/// `hash`, its `seq` the previous one plus 1, and the last line complete. Empty files are allowed.
 /// Returns the first bad record.
 ///
 /// The first record is either the trail's very first (`seq` 1, `prev` [`GENESIS`]) or, when the
@@ -194,62 +195,175 @@ struct Chain {
 /// must link up. A record with `seq` above 1 and a genesis `prev` is refused: it claims to start a
 /// chain it is not the start of.
 pub fn verify(files: &[PathBuf], key: &AuditKey) -> Result<Summary, Failure> {
-    let mut chain = Chain {
-        records: 0,
-        first_seq: 0,
-        last_seq: 0,
-        head: GENESIS.to_owned(),
-    };
-    let mut buf = Vec::with_capacity(4096);
-    for file in files {
-        let handle = File::open(file)
-            .map_err(|e| Failure::new(file, 0, None, format!("cannot open: {e}")))?;
-        let mut reader = BufReader::with_capacity(64 << 10, handle);
-        let mut number = 0usize;
+    let mut records = Records::new(files, key);
+    for record in &mut records {
+        record?;
+    }
+    Ok(records.summary())
+}
+
+/// One record of a trail as [`Records`] yields it: its hash, its `prev` link and its `seq`
+/// already checked against the records before it.
+#[derive(Debug)]
+pub struct Verified {
+    /// The index, in the files given to [`Records::new`], of the file holding it.
+    pub file: usize,
+    /// Its line in that file, from 1.
+    pub line: usize,
+    /// Its `seq`.
+    pub seq: u64,
+    /// The record, `hash` included.
+    pub record: Map<String, Value>,
+}
+
+/// The records of a trail, read and checked one line at a time (the streaming reader behind
+/// [`verify`] and `tokengate audit query`): memory holds one line, never the trail, whatever its
+/// size. Each item is a record that verified and links to the one before it, or the first bad
+/// record, after which the iterator ends: a reader never sees a record past a break, so nothing
+/// built on it can silently read a forged trail. Once it has ended without a failure,
+/// [`Records::summary`] tells what the intact trail held.
+pub struct Records<'a> {
+    files: &'a [PathBuf],
+    key: &'a AuditKey,
+    /// The next file to open.
+    next_file: usize,
+    /// The file being read: its index and reader.
+    reader: Option<(usize, BufReader<File>)>,
+    /// The number of the last line read in the current file.
+    number: usize,
+    buf: Vec<u8>,
+    chain: Chain,
+    /// Set at the first bad record: nothing is read after it.
+    ended: bool,
+}
+
+impl<'a> Records<'a> {
+    /// Reads the trail made of `files`, oldest first, checking records under `key` (the checks of
+    /// [`verify`]).
+    pub fn new(files: &'a [PathBuf], key: &'a AuditKey) -> Records<'a> {
+        Records {
+            files,
+            key,
+            next_file: 0,
+            reader: None,
+            number: 0,
+            buf: Vec::with_capacity(4096),
+            chain: Chain {
+                records: 0,
+                first_seq: 0,
+                last_seq: 0,
+                head: GENESIS.to_owned(),
+            },
+            ended: false,
+        }
+    }
+
+    /// The files being read, as given.
+    pub fn files(&self) -> &'a [PathBuf] {
+        self.files
+    }
+
+    /// What the records read so far hold: the whole trail's summary once the iterator has ended
+    /// without a failure.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            records: self.chain.records,
+            files: self.files.len(),
+            head: self.chain.head.clone(),
+            last_seq: self.chain.last_seq,
+            first_seq: self.chain.first_seq,
+        }
+    }
+
+    /// Ends the iteration with `failure`.
+    fn fail(&mut self, failure: Failure) -> Option<Result<Verified, Failure>> {
+        self.ended = true;
+        self.reader = None;
+        Some(Err(failure))
+    }
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<Verified, Failure>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.ended {
+            return None;
+        }
         loop {
-            buf.clear();
-            let read = (&mut reader)
+            let Some((index, reader)) = self.reader.as_mut() else {
+                let index = self.next_file;
+                let file = self.files.get(index)?;
+                self.next_file += 1;
+                self.number = 0;
+                match File::open(file) {
+                    Ok(handle) => {
+                        self.reader = Some((index, BufReader::with_capacity(64 << 10, handle)))
+                    }
+                    Err(e) => {
+                        return self.fail(Failure::new(file, 0, None, format!("cannot open: {e}")))
+                    }
+                }
+                continue;
+            };
+            let index = *index;
+            let file = &self.files[index];
+            self.buf.clear();
+            let read = match reader
                 .take(MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut buf)
-                .map_err(|e| Failure::new(file, number + 1, None, format!("cannot read: {e}")))?;
+                .read_until(b'\n', &mut self.buf)
+            {
+                Ok(read) => read,
+                Err(e) => {
+                    let failure =
+                        Failure::new(file, self.number + 1, None, format!("cannot read: {e}"));
+                    return self.fail(failure);
+                }
+            };
             if read == 0 {
-                break;
+                self.reader = None;
+                continue;
             }
-            number += 1;
-            if buf.last() != Some(&b'\n') {
-                let reason = if buf.len() > MAX_LINE_BYTES {
+            self.number += 1;
+            let number = self.number;
+            if self.buf.last() != Some(&b'\n') {
+                let reason = if self.buf.len() > MAX_LINE_BYTES {
                     format!("the line is longer than {MAX_LINE_BYTES} bytes")
                 } else {
                     "the last line is incomplete (no newline at its end): a torn write".to_owned()
                 };
-                return Err(Failure::new(file, number, None, reason));
+                return self.fail(Failure::new(file, number, None, reason));
             }
+            let chain = &self.chain;
             let first = chain.records == 0;
-            let (seq, hash) = check_record(&buf[..buf.len() - 1], key)
-                .and_then(|(record, seq, hash)| {
+            let checked = check_record(&self.buf[..self.buf.len() - 1], self.key).and_then(
+                |(record, seq, hash)| {
                     if first && seq > 1 {
                         check_later_start(&record, seq)?;
                     } else {
                         check_link(&record, seq, chain.last_seq + 1, &chain.head)?;
                     }
-                    Ok((seq, hash))
-                })
-                .map_err(|(seq, reason)| Failure::new(file, number, seq, reason))?;
+                    Ok((record, seq, hash))
+                },
+            );
+            let (record, seq, hash) = match checked {
+                Ok(checked) => checked,
+                Err((seq, reason)) => return self.fail(Failure::new(file, number, seq, reason)),
+            };
             if first {
-                chain.first_seq = seq;
+                self.chain.first_seq = seq;
             }
-            chain.records += 1;
-            chain.last_seq = seq;
-            chain.head = hash;
+            self.chain.records += 1;
+            self.chain.last_seq = seq;
+            self.chain.head = hash;
+            return Some(Ok(Verified {
+                file: index,
+                line: number,
+                seq,
+                record,
+            }));
         }
     }
-    Ok(Summary {
-        records: chain.records,
-        files: files.len(),
-        head: chain.head,
-        last_seq: chain.last_seq,
-        first_seq: chain.first_seq,
-    })
 }
 
 /// Checks the first record of a trail whose oldest records are not present: its `prev` must be a
@@ -269,8 +383,12 @@ fn check_later_start(record: &Map<String, Value>, seq: u64) -> Result<(), Fault>
 /// A fault found in one record: its `seq` if readable, and the reason.
 type Fault = (Option<u64>, String);
 
-/// Checks one line (without its `\n`) on its own: a canonical JSON object, `v` 1 or 2, a `seq`, and a
-/// `hash` that verifies. Returns the record, its `seq` and its `hash`.
+/// The record versions read: 1, and 2 (SPEC §6: version 2 adds `origin` and the fields of §6.1;
+/// version 1 records stay readable by every tool).
+const VERSIONS: [u64; 2] = [1, 2];
+
+/// Checks one line (without its `\n`) on its own: a canonical JSON object, `v` 1 or 2, a `seq`,
+/// and a `hash` that verifies. Returns the record, its `seq` and its `hash`.
 fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64, String), Fault> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| (None, format!("the line is not valid JSON: {e}")))?;
@@ -279,7 +397,7 @@ fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64
     };
     let seq = record.get("seq").and_then(Value::as_u64);
     match record.get("v") {
-        Some(v) if matches!(v.as_u64(), Some(1 | 2)) => {}
+        Some(v) if v.as_u64().is_some_and(|v| VERSIONS.contains(&v)) => {}
         Some(v) => return Err((seq, format!("v is {v}, not 1 or 2"))),
         None => return Err((seq, "the record has no v".to_owned())),
     }
@@ -771,32 +889,72 @@ mod tests {
 
     #[test]
     fn v_must_be_1_or_2() {
-        // A trail written before the upgrade (v 1) and after it (v 2) is one chain.
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
-        let mut prev = GENESIS.to_string();
-        let mut text = Vec::new();
-        for (seq, v) in [(1, 1), (2, 2)] {
-            let Value::Object(mut record) = json!({"v": v, "seq": seq, "prev": prev}) else {
-                unreachable!()
-            };
-            seal(&key(), &mut record);
-            prev = record["hash"].as_str().unwrap().to_owned();
-            text.extend(line(&record));
-        }
-        std::fs::write(&path, &text).unwrap();
+        // Version 2 (SPEC §6.1) reads as version 1 does, and the two mix in one trail.
+        let Value::Object(mut first) = json!({"v": 2, "seq": 1, "prev": GENESIS}) else {
+            unreachable!()
+        };
+        seal(&key(), &mut first);
+        let Value::Object(mut second) = json!({"v": 1, "seq": 2, "prev": first["hash"]}) else {
+            unreachable!()
+        };
+        seal(&key(), &mut second);
+        let mut bytes = line(&first);
+        bytes.extend(line(&second));
+        std::fs::write(&path, &bytes).unwrap();
         assert_eq!(
             verify(std::slice::from_ref(&path), &key()).unwrap().records,
             2
         );
-        let Value::Object(mut record) = json!({"v": 3, "seq": 1, "prev": GENESIS}) else {
-            unreachable!()
-        };
-        seal(&key(), &mut record);
-        std::fs::write(&path, line(&record)).unwrap();
-        let f = failure(std::slice::from_ref(&path));
-        assert_eq!((f.line, f.seq), (1, Some(1)));
-        assert!(f.reason.contains("v is 3"), "{f}");
+        for v in [json!(3), json!(0), json!("2"), Value::Null] {
+            let Value::Object(mut record) = json!({"v": v, "seq": 1, "prev": GENESIS}) else {
+                unreachable!()
+            };
+            seal(&key(), &mut record);
+            std::fs::write(&path, line(&record)).unwrap();
+            let f = failure(std::slice::from_ref(&path));
+            assert_eq!((f.line, f.seq), (1, Some(1)));
+            assert!(f.reason.contains("not 1 or 2"), "{f}");
+        }
+    }
+
+    #[test]
+    fn records_are_yielded_in_order_and_stop_at_the_first_bad_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, files, hashes) = trail(dir.path(), &[2, 0, 3]);
+        let seen: Vec<(usize, usize, u64, String)> = Records::new(&files, &key())
+            .map(|r| {
+                let r = r.unwrap();
+                (
+                    r.file,
+                    r.line,
+                    r.seq,
+                    r.record["hash"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                (0, 1, 1, hashes[0].clone()),
+                (0, 2, 2, hashes[1].clone()),
+                (2, 1, 3, hashes[2].clone()),
+                (2, 2, 4, hashes[3].clone()),
+                (2, 3, 5, hashes[4].clone()),
+            ]
+        );
+        let mut l = lines(&files[2]);
+        l[1] = l[1].replace("\"op\":\"delete\"", "\"op\":\"create\"");
+        write_lines(&files[2], &l);
+        let key = key();
+        let mut records = Records::new(&files, &key);
+        let read: Vec<_> = records.by_ref().collect();
+        assert_eq!(read.len(), 4, "three good records, then the failure");
+        let failure = read[3].as_ref().unwrap_err();
+        assert_eq!((failure.line, failure.seq), (2, Some(4)));
+        assert!(records.next().is_none(), "nothing is read past a break");
+        assert_eq!(records.summary().last_seq, 3);
     }
 
     #[test]
