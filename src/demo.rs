@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::audit::chain::AuditKey;
+use crate::audit::query;
 use crate::audit::verify::{trail_files, verify};
 use crate::caller::{key_digest_hex, new_key, random_hex};
 use crate::config::Config;
@@ -80,7 +81,7 @@ pub async fn run() -> Result<(), String> {
     let _ = stop.send(());
     let _ = server.await;
     drop(emulator);
-    walked?;
+    let ci = walked?;
 
     let key = AuditKey::new(secrets.audit_key.as_bytes())?;
     let files = trail_files(&config.audit.path).map_err(|e| e.to_string())?;
@@ -94,6 +95,25 @@ pub async fn run() -> Result<(), String> {
         "   audit verify: OK, {} records, chain intact, head {}",
         summary.records, summary.head
     );
+    println!();
+    println!(
+        "{}. Who changed demo-ci, from what to what: `tokengate audit query --token {ci}` (the chain is checked as it is read)",
+        walk.step + 2
+    );
+    let filter = query::Filter {
+        token: u64::try_from(ci).ok(),
+        ..query::Filter::default()
+    };
+    let mut found = Vec::new();
+    query::run(&files, &key, filter, query::Format::Text, &mut found).map_err(
+        |stop| match stop {
+            query::Stop::Broken(failure) => format!("audit query: {failure}"),
+            query::Stop::Output(error) => format!("audit query: {error}"),
+        },
+    )?;
+    for line in String::from_utf8_lossy(&found).lines() {
+        println!("   {line}");
+    }
     drop(dir);
     println!();
     println!("Done. The temporary directory is removed. Next: README.md, \"Calling it\".");
@@ -195,7 +215,8 @@ struct Walk {
 }
 
 impl Walk {
-    async fn through(&mut self) -> Result<(), String> {
+    /// Walks through the steps; returns the id of the token `demo-ci`, for the query at the end.
+    async fn through(&mut self) -> Result<i64, String> {
         self.title("Create a token: the body is checked field by field, then forwarded");
         let body = json!({"name": "demo-ci", "remain_quota": 500000, "expired_time": -1});
         self.call(Method::POST, "/api/token/", Some(body), 200)
@@ -305,7 +326,7 @@ impl Walk {
         let path = format!("/api/token/{batch_2}");
         self.call(Method::DELETE, &path, None, 200).await?;
         self.audit()?;
-        Ok(())
+        Ok(ci)
     }
 
     fn title(&mut self, title: &str) {

@@ -941,7 +941,11 @@ async fn a_trail_a_gateway_wrote_reads_as_its_changes() {
     assert_eq!(changes[2]["intent"], Value::Null);
     assert_eq!(changes[2]["outcome"]["request_id"], rid(&forbidden));
     assert_eq!(changes[3]["intent"]["request_id"], rid(&batch));
-    assert_eq!(changes[3]["intent"]["token_ids"], json!([b, c]));
+    assert_eq!(changes[4]["intent"]["request_id"], rid(&batch));
+    // Version 2: an intent (with its own `before`) and an outcome per id of a batch delete.
+    assert_eq!(changes[3]["intent"]["token_ids"], json!([b]));
+    assert_eq!(changes[4]["intent"]["token_ids"], json!([c]));
+    assert_eq!(changes[3]["intent"]["before"]["name"], "b");
     assert_eq!(
         (
             changes[3]["token_id"].clone(),

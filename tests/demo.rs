@@ -35,6 +35,9 @@ fn the_demo_runs_to_the_end_and_shows_every_step() {
         "delete       tokens [3]  deletes {",
         "#19 outcome delete",
         "audit verify: OK, 19 records, chain intact, head ",
+        "Who changed demo-ci, from what to what: `tokengate audit query --token ",
+        "update 1 forwarded 200 | remain_quota: 500000 → 600000",
+        "update 1 forwarded 200 | remain_quota: 600000 → 750000",
     ] {
         assert!(
             stdout.contains(expected),
