@@ -365,7 +365,7 @@ fn block_scalar(manifest: &str, key: &str) -> String {
     out
 }
 
-/// The lines of a manifest, trimmed, for checks of what a pod spec must hold.
+/// Whether a manifest has a line that is `wanted` once trimmed of its indentation.
 fn has_line(manifest: &str, wanted: &str) -> bool {
     manifest.lines().any(|l| l.trim() == wanted)
 }
@@ -409,6 +409,7 @@ fn the_configurations_in_the_manifests_load_and_agree_with_the_pods_and_the_imag
         );
     }
 
+    let mut shared = Vec::new();
     for (dir, pod_file, secret) in [
         ("central", "statefulset.yaml", "tokengate"),
         ("sidecar", "deployment.yaml", "team-a-tokengate"),
@@ -474,6 +475,10 @@ fn the_configurations_in_the_manifests_load_and_agree_with_the_pods_and_the_imag
         // Every container's security context drops every capability.
         assert_eq!(pod.matches(r#"drop: ["ALL"]"#).count(), containers, "{dir}");
 
+        shared.push((
+            cluster.key_prefix.clone(),
+            config.rate_limit.upstream_requests_per_second,
+        ));
         match dir {
             "central" => {
                 assert_eq!(config.server.listen.port(), 8080);
@@ -498,6 +503,11 @@ fn the_configurations_in_the_manifests_load_and_agree_with_the_pods_and_the_imag
             }
         }
     }
+    // The sidecar and the central gateway share one upstream cap and one set of token locks.
+    assert_eq!(
+        shared[0], shared[1],
+        "central and sidecar: key_prefix and upstream cap"
+    );
     let pdb = read(&repo("deploy/kubernetes/central/poddisruptionbudget.yaml"));
     assert!(has_line(&pdb, "kind: PodDisruptionBudget"));
     let service = read(&repo("deploy/kubernetes/central/service.yaml"));
