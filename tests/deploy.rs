@@ -525,6 +525,74 @@ fn the_configurations_in_the_manifests_load_and_agree_with_the_pods_and_the_imag
 }
 
 #[test]
+fn tokengate_check_accepts_each_configmap_with_its_secrets_and_reaches_redis() {
+    let Some(redis) = support::redis::RedisServer::start() else {
+        return;
+    };
+    for (dir, origin) in [("central", None), ("sidecar", Some("team-a-app"))] {
+        // The pod's paths, moved into a temporary directory: secrets as the Secret's files, the
+        // volume empty as a new claim is.
+        let root = tempfile::tempdir().unwrap();
+        let secrets = root.path().join("secrets");
+        let state = root.path().join("state");
+        std::fs::create_dir_all(&secrets).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(
+            secrets.join("upstream-token"),
+            format!("{UPSTREAM_TOKEN}\n"),
+        )
+        .unwrap();
+        std::fs::write(secrets.join("audit-key"), format!("{AUDIT_KEY}\n")).unwrap();
+        let configmap = read(&repo(&format!("deploy/kubernetes/{dir}/configmap.yaml")));
+        let toml = block_scalar(&configmap, "tokengate.toml")
+            .replace("/run/secrets/tokengate", secrets.to_str().unwrap())
+            .replace("/var/lib/tokengate", state.to_str().unwrap());
+        let config = root.path().join("tokengate.toml");
+        std::fs::write(&config, toml).unwrap();
+
+        let url = redis.url();
+        let (code, stdout, stderr) = run_cli(
+            &["check", "--config", config.to_str().unwrap()],
+            &[("TOKENGATE_REDIS_URL", url.as_str())],
+        );
+        assert_eq!(code, 0, "{dir}: {stdout}{stderr}");
+        let cluster = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("cluster"))
+            .unwrap_or_else(|| panic!("{dir}: no cluster line: {stdout}"));
+        assert!(cluster.ends_with(": answers"), "{dir}: {cluster}");
+        if let Some(origin) = origin {
+            assert!(
+                cluster.contains(&format!("(instance {origin},")),
+                "{cluster}"
+            );
+        }
+        // No secret is printed back.
+        for secret in [UPSTREAM_TOKEN, AUDIT_KEY] {
+            assert!(
+                !stdout.contains(secret) && !stderr.contains(secret),
+                "{dir}"
+            );
+        }
+
+        // Without the Redis URL's variable (a Secret not mounted), check names the key at fault.
+        let output = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+            .args(["check", "--config", config.to_str().unwrap()])
+            .env_remove("TOKENGATE_REDIS_URL")
+            .env_remove("TOKENGATE_CONFIG")
+            .output()
+            .unwrap();
+        let (code, stdout, stderr) = (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+        assert_ne!(code, 0, "{dir}: {stdout}");
+        assert!(stderr.contains("TOKENGATE_REDIS_URL"), "{dir}: {stderr}");
+    }
+}
+
+#[test]
 fn the_block_reader_takes_a_configmap_file_whole_and_nothing_after_it() {
     let manifest = "data:\n  a.toml: |\n    [x]\n    y = 1\n\n    z = \"2\"\n  b: c\n";
     assert_eq!(
