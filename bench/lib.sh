@@ -283,6 +283,9 @@ wrk.headers["Authorization"] = "Bearer $bench_key"
 LUA
   # A full update (SPEC §4.3: every field present), about 300 bytes.
   body_script put '{"id":%d,"name":"bench-token-0001","remain_quota":500000,"expired_time":-1,"unlimited_quota":false,"model_limits_enabled":true,"model_limits":"gpt-4o,gpt-4o-mini,claude-3-5-sonnet","allow_ips":"10.0.0.0/8\n192.168.1.0/24","group":"default","cross_group_retry":false,"status":1,"key":"HvS2**********S4fb"}'
+  # The same update without `status` and the masked `key`, which only the stored token can confirm
+  # (SPEC §4.2): no read is needed to check it.
+  body_script put_bare '{"id":%d,"name":"bench-token-0001","remain_quota":500000,"expired_time":-1,"unlimited_quota":false,"model_limits_enabled":true,"model_limits":"gpt-4o,gpt-4o-mini,claude-3-5-sonnet","allow_ips":"10.0.0.0/8\n192.168.1.0/24","group":"default","cross_group_retry":false}'
   cat > "$work/patch.lua" <<LUA
 $(thread_offsets)
 local headers = { ["Content-Type"] = "application/json", ["Authorization"] = "Bearer $bench_key" }
