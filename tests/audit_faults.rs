@@ -797,7 +797,10 @@ async fn memory_stays_bounded_while_the_disk_is_stuck_and_when_it_thaws() {
                     let started = Instant::now();
                     let reply = admin(addr, "POST", "/api/token/", Some(&body(i))).await;
                     reply.assert_envelope(503, "audit_unavailable");
-                    if started.elapsed() < Duration::from_millis(500) {
+                    // A refusal that waited for the disk comes at the request's deadline
+                    // (server.request_timeout_ms, 1 s here); one past audit.queue_bytes comes
+                    // before it, however slow the machine is to carry the 1 MiB body.
+                    if started.elapsed() < Duration::from_millis(900) {
                         fast += 1;
                     }
                 }
@@ -816,7 +819,7 @@ async fn memory_stays_bounded_while_the_disk_is_stuck_and_when_it_thaws() {
     assert!(queued <= 8_388_608.0, "{metrics}");
     assert!(
         fast > 250,
-        "past audit.queue_bytes the 503 comes at once ({fast} of 300 within 0.5 s)"
+        "past audit.queue_bytes the 503 comes at once, not at the deadline ({fast} of 300 before it)"
     );
     let grown = stuck.saturating_sub(before);
     assert!(
