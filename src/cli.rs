@@ -12,9 +12,9 @@ use tokio::net::TcpListener;
 
 use crate::audit::chain::AuditKey;
 use crate::audit::checkpoint::{write_key_pair, PublicKey};
-use crate::audit::signed::{verify_signed, Signatures};
 use crate::audit::query::{self, Filter, Format, Stop};
 use crate::audit::repair::{repair, Repair, RepairError};
+use crate::audit::signed::{verify_signed, Signatures};
 use crate::audit::verify::{trail_files, verify};
 use crate::caller::{key_digest_hex, new_key};
 use crate::config::{valid_client_name, Config, ConfigErrors, Mode};
@@ -456,7 +456,9 @@ fn check(path: &Path) -> ExitCode {
                 checkpoints.interval.as_secs()
             );
         }
-        None => println!("  checkpoints    none (no audit.checkpoint_key_file or audit.checkpoint_key_env)"),
+        None => println!(
+            "  checkpoints    none (no audit.checkpoint_key_file or audit.checkpoint_key_env)"
+        ),
     }
     match upstream.mode {
         Mode::Hold => {

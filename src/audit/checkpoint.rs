@@ -573,7 +573,10 @@ mod tests {
         let signature = key.sign(&text);
         public.verify(&text, &signature).unwrap();
         assert!(public
-            .verify(&message("gw", 4, &"0".repeat(64), &"1".repeat(64)), &signature)
+            .verify(
+                &message("gw", 4, &"0".repeat(64), &"1".repeat(64)),
+                &signature
+            )
             .is_err());
         let (other, _) = new_key();
         assert!(other.public_key().verify(&text, &signature).is_err());
@@ -590,8 +593,10 @@ mod tests {
     fn keys_never_show_and_bad_pem_is_refused_without_its_bytes() {
         let (key, pem) = new_key();
         assert_eq!(format!("{key:?}"), "CheckpointKey(***)");
-        let error = CheckpointKey::from_pem(b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")
-            .unwrap_err();
+        let error = CheckpointKey::from_pem(
+            b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap_err();
         assert!(error.contains("Ed25519"), "{error}");
         let error = CheckpointKey::from_pem(b"nothing").unwrap_err();
         assert!(error.contains("PKCS#8"), "{error}");

@@ -442,10 +442,7 @@ fn check_record(
         return Err((seq, "the record has no hash".to_owned()));
     };
     if key.is_none() && !is_hex_hash(hash) {
-        return Err((
-            seq,
-            "hash is not 64 lowercase hex digits".to_owned(),
-        ));
+        return Err((seq, "hash is not 64 lowercase hex digits".to_owned()));
     }
     if key.is_some_and(|key| hash_of(key, &record) != hash) {
         return Err((

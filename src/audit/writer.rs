@@ -191,8 +191,9 @@ impl Trail {
                 Some(Signer::new(settings, origin.clone(), LinesDigest::new()))
             }
             (Some(settings), Sink::File(file)) => {
-                let (files, _) = present_files(&file.path)
-                    .map_err(|e| format!("cannot read the trail at {}: {e}", file.path.display()))?;
+                let (files, _) = present_files(&file.path).map_err(|e| {
+                    format!("cannot read the trail at {}: {e}", file.path.display())
+                })?;
                 let digest = checkpoint::resume(&files, &key)
                     .map_err(|e| format!("cannot resume the signed checkpoints: {e}"))?;
                 Some(Signer::new(settings, origin.clone(), digest))
