@@ -700,3 +700,145 @@ async fn an_openssl_key_signs_and_openssl_checks_the_signatures() {
     let text = message("gw-1", 41, &"a".repeat(64), &"b".repeat(64));
     check(&ours_public, &text, &ours.sign(&text));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_turned_on_for_an_unsigned_trail_sign_it_from_seq_1_unless_its_start_is_gone() {
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public, _) = key_pair(keys.path());
+    let upstream = emulator().await;
+    let home = tempfile::tempdir().unwrap();
+    let path = home.path().join("trail.jsonl");
+    let mut unsigned = Options::new(upstream.addr);
+    unsigned.audit_path = Some(path.clone());
+    unsigned.audit_extra = "rotate_bytes = 4096\n".into();
+    let mut gateway = TestGateway::start(unsigned).await;
+    creates(gateway.addr, "unsigned", 10).await;
+    gateway.shutdown().await.unwrap();
+    drop(gateway);
+    let files = trail_files(&path).unwrap();
+    assert!(files.len() >= 3, "rotated");
+
+    // The same trail without its oldest file: the first checkpoint could not say what it
+    // covers, so the gateway refuses to start, saying why.
+    let cut = tempfile::tempdir().unwrap();
+    let cut_path = cut.path().join("trail.jsonl");
+    for file in &files[1..] {
+        std::fs::copy(file, cut.path().join(file.file_name().unwrap())).unwrap();
+    }
+    let mut options = options(&upstream, &private, 1000, 3600, Some(&cut_path));
+    let secrets = tempfile::tempdir().unwrap();
+    write_secrets(secrets.path(), false);
+    let config = tokengate::Config::parse(&options.toml(secrets.path())).unwrap();
+    let mut refused = tokengate::Gateway::build(&config).unwrap();
+    let error = refused.open_trail(&config.audit).unwrap_err().to_string();
+    assert!(
+        error.contains("holds no checkpoint") && error.contains("starts at seq"),
+        "{error}"
+    );
+    drop(refused);
+
+    // The whole trail: the first checkpoint covers it from seq 1.
+    options.audit_path = Some(path.clone());
+    let mut gateway = TestGateway::start(options).await;
+    creates(gateway.addr, "signed", 1).await;
+    gateway.shutdown().await.unwrap();
+    let records: Vec<_> = lines_of(&path).iter().map(|l| parse(l)).collect();
+    assert_eq!(runs_between_checkpoints(&records), [22, 0]);
+    let (code, stdout, stderr) = verify_public(&public, &trail_files(&path).unwrap(), false);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("checkpoints: 1 signed") && stdout.contains("last signed seq 22"),
+        "{stdout}"
+    );
+}
+
+/// A small tmpfs, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: PathBuf, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(&at).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&at)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .ok()?;
+        status.success().then_some(Tmpfs(at))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A batch that fails on a full disk is cut back, and the digest with it: the checkpoints after
+/// the fault clears cover exactly the lines on disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_takes_the_digest_back_with_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = Tmpfs::mount(dir.path().join("small"), "256k") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must be able to mount a tmpfs (run as root)"
+        );
+        eprintln!("SKIPPED: cannot mount a tmpfs on this machine (not root?)");
+        return;
+    };
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public, _) = key_pair(keys.path());
+    let upstream = emulator().await;
+    let path = mount.0.join("trail.jsonl");
+    let mut options = options(&upstream, &private, 1, 3600, Some(&path));
+    options.audit_extra.push_str("min_free_bytes = 0\n");
+    let mut gateway = TestGateway::start(options).await;
+    creates(gateway.addr, "before", 1).await;
+
+    let filler = mount.0.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    while std::io::Write::write_all(&mut file, &[0u8; 4096]).is_ok() {}
+    drop(file);
+    let mut refused = false;
+    for i in 0..64 {
+        let body = format!(r#"{{"name":"fill-{i:02}"}}"#);
+        if admin(gateway.addr, "POST", "/api/token/", Some(&body))
+            .await
+            .status
+            == 503
+        {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a full file system refuses writes");
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let reply = admin(
+            gateway.addr,
+            "POST",
+            "/api/token/",
+            Some(r#"{"name":"after"}"#),
+        )
+        .await;
+        if reply.status == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "writing resumes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gateway.shutdown().await.unwrap();
+    let files = trail_files(&path).unwrap();
+    let (code, stdout, stderr) = verify_public(&public, &files, true);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let records: Vec<_> = lines_of(&path).iter().map(|l| parse(l)).collect();
+    assert!(
+        runs_between_checkpoints(&records).iter().all(|&n| n <= 1),
+        "a checkpoint after every record"
+    );
+}

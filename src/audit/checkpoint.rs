@@ -21,8 +21,9 @@
 //!
 //! The keys: `audit.checkpoint_key_file` or `audit.checkpoint_key_env` holds the private key as
 //! PKCS#8 PEM, version 1 (what `openssl genpkey -algorithm ed25519` writes) or version 2 (with the
-//! public key, what `tokengate keys checkpoint` writes); the public key is SPKI PEM. The private
-//! key is read once, at start (a change needs a restart), and its `Debug` prints `***`.
+//! public key, what `tokengate keys checkpoint` writes); the public key is SPKI PEM. The writer
+//! signs with the key read at start (a change needs a restart: a `SIGHUP` reads and checks the
+//! key but keeps the running one), and its `Debug` prints `***`.
 
 use std::fmt;
 use std::fs::File;
@@ -93,6 +94,12 @@ impl LinesDigest {
     /// The lowercase hex SHA-256 of the lines added so far.
     pub fn hex(&self) -> String {
         hex::encode(self.context.clone().finish().as_ref())
+    }
+}
+
+impl fmt::Debug for LinesDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LinesDigest({} records)", self.records)
     }
 }
 
@@ -347,12 +354,6 @@ pub(crate) struct Signer {
     origin: Arc<str>,
     digest: LinesDigest,
     last: Instant,
-}
-
-impl fmt::Debug for LinesDigest {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LinesDigest({} records)", self.records)
-    }
 }
 
 impl Signer {
