@@ -842,3 +842,58 @@ async fn a_failed_write_takes_the_digest_back_with_the_file() {
         "a checkpoint after every record"
     );
 }
+
+/// A reload reads and checks the configuration's checkpoint key but keeps signing with the one
+/// read at start, and names each change it ignores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_running_checkpoint_key_and_says_so() {
+    let keys = tempfile::tempdir().unwrap();
+    let (private, public, _) = key_pair(&keys.path().join("first"));
+    let (other_private, _, _) = key_pair(&keys.path().join("second"));
+    let upstream = emulator().await;
+    let mut options = options(&upstream, &private, 2, 3600, None);
+    let gateway = Process::serve(&options, &[]);
+    creates(gateway.addr, "before-reload", 1).await;
+    options.audit_extra = format!(
+        "checkpoint_key_file = {:?}\ncheckpoint_every = 3\ncheckpoint_interval_s = 3600\n",
+        other_private.display().to_string()
+    );
+    let config = gateway.config_path();
+    let dir = config.parent().unwrap().to_path_buf();
+    std::fs::write(
+        &config,
+        options
+            .toml(&dir)
+            .replace("format = \"text\"", "format = \"json\""),
+    )
+    .unwrap();
+    gateway.signal("HUP");
+    gateway.wait_for("configuration reloaded", 1);
+    let output = gateway.output();
+    for key in ["audit.checkpoint_key_file", "audit.checkpoint_every"] {
+        assert!(
+            output.contains(&format!("the change to {key} is ignored")),
+            "{key}: {output}"
+        );
+    }
+    assert!(!output.contains("audit.checkpoint_interval_s"), "{output}");
+    creates(gateway.addr, "after-reload", 2).await;
+    gateway.signal("TERM");
+    let mut gateway = tokio::task::spawn_blocking(move || {
+        let mut gateway = gateway;
+        gateway.wait(Duration::from_secs(10));
+        gateway
+    })
+    .await
+    .unwrap();
+    let home = gateway.take_dir();
+    let trail = home.path().join("audit").join("trail.jsonl");
+    let records: Vec<_> = lines_of(&trail).iter().map(|l| parse(l)).collect();
+    assert_eq!(runs_between_checkpoints(&records), [2, 2, 2, 0]);
+    let (code, stdout, stderr) = verify_public(&public, &trail_files(&trail).unwrap(), true);
+    assert_eq!(
+        code, 0,
+        "signed by the first key throughout: {stdout}{stderr}"
+    );
+    assert!(stdout.contains("checkpoints: 3 signed"), "{stdout}");
+}
