@@ -98,7 +98,8 @@ pub enum KeysCommand {
 pub enum AuditCommand {
     /// Check every hash, `prev` link and `seq` of the trail; print the record count and the head
     /// hash (exit 0 only for an intact trail, 1 at the first bad record, 2 on a usage, config or
-    /// key problem).
+    /// key problem). With --public-key, also every signed checkpoint (SPEC §6.3), with or without
+    /// the audit key.
     Verify(AuditVerifyCommand),
     /// Print the changes the trail records, one line per request and token id (an intent and its
     /// outcome paired), oldest first, filtered; the chain is checked while it is read (exit 0
