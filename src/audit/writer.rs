@@ -590,7 +590,10 @@ impl Writer {
                     if self.health.healthy.load(Ordering::Relaxed)
                         && self.signer.as_ref().is_some_and(Signer::due_by_time)
                     {
+                        self.health.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+                        self.faults.wait_while_stalled();
                         let result = self.commit(&[], false);
+                        self.health.busy_since_ms.store(0, Ordering::Relaxed);
                         self.report(&result);
                     }
                     if self.dirty && last_sync.elapsed() >= TICK {
@@ -736,14 +739,15 @@ impl Writer {
                 Ok(())
             }
             Err(problem) => {
+                // The lines of the batch are cut off the file: the digest goes back with them.
                 if let (Some(signer), Some(digest)) = (&mut self.signer, digest_before) {
                     signer.restore(digest);
                 }
                 match self.rollback(first_seq, first_prev, size_before) {
-                Ok(()) => Err(AuditError(problem)),
-                Err(cut) => Err(AuditError(format!(
-                    "{problem}; then the partial write could not be cut back ({cut}): nothing more is written until it is"
-                ))),
+                    Ok(()) => Err(AuditError(problem)),
+                    Err(cut) => Err(AuditError(format!(
+                        "{problem}; then the partial write could not be cut back ({cut}): nothing more is written until it is"
+                    ))),
                 }
             }
         }
