@@ -16,7 +16,7 @@
 //! every `audit.checkpoint_every` records, when `audit.checkpoint_interval_s` has passed with
 //! records unsigned, and at a clean shutdown ([`Trail::close`]). The digest of the lines since the
 //! last checkpoint runs across batches, rotations and restarts: at start it is rebuilt from the
-//! files ([`super::checkpoint::resume`]), and a failed batch takes it back with the file.
+//! files (`checkpoint::resume`), and a failed batch takes it back with the file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
