@@ -1,5 +1,5 @@
 //! The command line (SPEC §7): `serve`, `check`, `keys new`, `audit verify`, `audit query`,
-//! `audit repair`, `emulator`, `health`.
+//! `audit repair`, `keys checkpoint`, `emulator`, `health`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -11,8 +11,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use crate::audit::chain::AuditKey;
+use crate::audit::checkpoint::{write_key_pair, PublicKey};
 use crate::audit::query::{self, Filter, Format, Stop};
 use crate::audit::repair::{repair, Repair, RepairError};
+use crate::audit::signed::{verify_signed, Signatures};
 use crate::audit::verify::{trail_files, verify};
 use crate::caller::{key_digest_hex, new_key};
 use crate::config::{valid_client_name, Config, ConfigErrors, Mode};
@@ -80,6 +82,15 @@ pub enum KeysCommand {
         #[arg(long, default_value = "new-client")]
         client: String,
     },
+    /// Make the Ed25519 key pair that signs audit checkpoints (SPEC §6.3): writes
+    /// `checkpoint.key` (PKCS#8 v2 PEM, mode 0600: the gateway's `audit.checkpoint_key_file`) and
+    /// `checkpoint.pub` (SPKI PEM: for auditors, `audit verify --public-key`). Existing files are
+    /// never overwritten.
+    Checkpoint {
+        /// The directory to write the two files into (created when missing).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 /// `audit` subcommands.
@@ -87,8 +98,9 @@ pub enum KeysCommand {
 pub enum AuditCommand {
     /// Check every hash, `prev` link and `seq` of the trail; print the record count and the head
     /// hash (exit 0 only for an intact trail, 1 at the first bad record, 2 on a usage, config or
-    /// key problem).
-    Verify(AuditVerifyArgs),
+    /// key problem). With --public-key, also every signed checkpoint (SPEC §6.3), with or without
+    /// the audit key.
+    Verify(AuditVerifyCommand),
     /// Print the changes the trail records, one line per request and token id (an intent and its
     /// outcome paired), oldest first, filtered; the chain is checked while it is read (exit 0
     /// when the trail is intact, whatever matched; 1 at the first bad record, which is named; 2 on
@@ -117,6 +129,20 @@ pub struct AuditVerifyArgs {
     /// `<audit.path>` (k the oldest rotated file left: older ones may have been archived).
     #[arg(value_name = "FILES")]
     pub files: Vec<PathBuf>,
+}
+
+/// `audit verify` arguments: the trail and its key, and the public key of its checkpoints.
+#[derive(Debug, Args)]
+pub struct AuditVerifyCommand {
+    /// The trail and its key.
+    #[command(flatten)]
+    pub trail: AuditVerifyArgs,
+    /// The checkpoint public key (SPKI PEM, `checkpoint.pub`): also check every signed
+    /// checkpoint (SPEC §6.3). With neither --key-file nor --key-env, and FILES given, no audit
+    /// key is used at all: links, `seq` and the checkpoints are checked and record hashes are not
+    /// recomputed. Without FILES, the configuration's audit key is used when it can be read.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
 }
 
 /// `audit query` arguments.
@@ -205,6 +231,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Keys {
             command: KeysCommand::New { client },
         } => keys_new(&client),
+        Command::Keys {
+            command: KeysCommand::Checkpoint { out },
+        } => keys_checkpoint(&out),
         Command::Audit {
             command: AuditCommand::Verify(args),
         } => audit_verify(&args),
@@ -414,6 +443,24 @@ fn check(path: &Path) -> ExitCode {
         "                 records at most {} bytes (larger values omitted), at most {} bytes of them waiting for the disk; not ready below {} bytes free",
         audit.max_record_bytes, audit.queue_bytes, audit.min_free_bytes
     );
+    match &gateway.checkpoints {
+        Some(checkpoints) => {
+            let source = match (&audit.checkpoint_key_file, &audit.checkpoint_key_env) {
+                (Some(file), _) => format!("file {}", file.display()),
+                (None, Some(env)) => format!("environment variable {env}"),
+                (None, None) => "nowhere".into(),
+            };
+            println!(
+                "  checkpoints    signed with the Ed25519 key from {source} (public key {}): every {} records, at least every {} s when records were written, and at shutdown; the key is read at start (a change needs a restart)",
+                checkpoints.key.public_key().to_base64(),
+                checkpoints.every,
+                checkpoints.interval.as_secs()
+            );
+        }
+        None => println!(
+            "  checkpoints    none (no audit.checkpoint_key_file or audit.checkpoint_key_env)"
+        ),
+    }
     match upstream.mode {
         Mode::Hold => {
             let source = match (&upstream.access_token_file, &upstream.access_token_env) {
@@ -615,7 +662,11 @@ fn plural(n: u64, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
-fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
+fn audit_verify(command: &AuditVerifyCommand) -> ExitCode {
+    if let Some(public) = &command.public_key {
+        return audit_verify_signed(&command.trail, public);
+    }
+    let args = &command.trail;
     let (key, files) = match trail_and_key(args, "verify") {
         Ok(found) => found,
         Err(code) => return code,
@@ -644,6 +695,155 @@ fn audit_verify(args: &AuditVerifyArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `audit verify --public-key`: every checkpoint checked with the public key (SPEC §6.3), and the
+/// records with the audit key when there is one. Which key is used: `--key-file`/`--key-env`
+/// when given; none when FILES are given without them (an auditor's run: no configuration is
+/// read); otherwise the configuration's, when it can be read, else none, and verify says why.
+fn audit_verify_signed(args: &AuditVerifyArgs, public_path: &Path) -> ExitCode {
+    let public = match PublicKey::load(public_path) {
+        Ok(public) => public,
+        Err(error) => {
+            eprintln!("tokengate: checkpoint public key: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    let key_flags = args.key_file.is_some() || args.key_env.is_some();
+    let (key, files, no_key) = if key_flags {
+        match trail_and_key(args, "verify") {
+            Ok((key, files)) => (Some(key), files, None),
+            Err(code) => return code,
+        }
+    } else if !args.files.is_empty() {
+        (
+            None,
+            args.files.clone(),
+            Some("no --key-file or --key-env given".to_owned()),
+        )
+    } else {
+        let path = &args.config.config;
+        let config = match Config::load(path) {
+            Ok(config) => config,
+            Err(errors) => {
+                report(path, &errors);
+                return ExitCode::from(2);
+            }
+        };
+        let files = match configured_files(&config, "verify") {
+            Ok(files) => files,
+            Err(code) => return code,
+        };
+        match AuditKey::load(
+            config.audit.hmac_key_env.as_deref(),
+            config.audit.hmac_key_file.as_deref(),
+        ) {
+            Ok(key) => (Some(key), files, None),
+            Err(error) => (None, files, Some(error)),
+        }
+    };
+    let (summary, signatures) = match verify_signed(&files, key.as_ref(), &public) {
+        Ok(found) => found,
+        Err(failure) => {
+            eprintln!("tokengate: audit trail broken at {failure}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let counts = format!(
+        "{} in {}, last seq {}",
+        plural(summary.records, "record"),
+        plural(summary.files as u64, "file"),
+        summary.last_seq
+    );
+    match &no_key {
+        None => println!("audit trail intact: {counts}"),
+        Some(why) => {
+            println!("audit trail links intact: {counts}");
+            println!(
+                "record hashes were not recomputed (no audit key: {why}): links, seq and signed checkpoints were checked"
+            );
+        }
+    }
+    if summary.first_seq > 1 {
+        println!(
+            "starts at seq {}; earlier files are not present",
+            summary.first_seq
+        );
+    }
+    println!("head {}", summary.head);
+    print_signatures(&signatures, &public);
+    ExitCode::SUCCESS
+}
+
+/// What `audit verify --public-key` says of a trail's checkpoints.
+fn print_signatures(signatures: &Signatures, public: &PublicKey) {
+    match signatures.last_signed {
+        Some(last) => println!(
+            "checkpoints: {} signed by {}, all valid; last signed seq {last}",
+            signatures.checkpoints,
+            public.to_base64()
+        ),
+        None => println!("checkpoints: none: no record of this trail is signed"),
+    }
+    if let Some(seq) = signatures.digest_unchecked {
+        println!(
+            "the checkpoint at seq {seq} covers lines before the first record present: its signature was checked, its lines_sha256 could not be"
+        );
+    }
+    if signatures.unsigned > 0 {
+        let after = if signatures.last_signed.is_some() {
+            "after the last checkpoint"
+        } else {
+            "in the trail"
+        };
+        println!(
+            "{} {after} not yet signed",
+            plural(signatures.unsigned, "record")
+        );
+    }
+}
+
+/// The files of the trail the configuration names (`verb` says what for, in messages).
+fn configured_files(config: &Config, verb: &str) -> Result<Vec<PathBuf>, ExitCode> {
+    let live = &config.audit.path;
+    if live.as_os_str() == "-" {
+        eprintln!("tokengate: audit.path is `-` (standard output): name the files to {verb}");
+        return Err(ExitCode::from(2));
+    }
+    trail_files(live).map_err(|error| {
+        eprintln!("tokengate: audit trail {}: {error}", live.display());
+        ExitCode::FAILURE
+    })
+}
+
+/// `keys checkpoint --out DIR`: the key pair that signs checkpoints. The private key goes to its
+/// file only, never to the output.
+fn keys_checkpoint(out: &Path) -> ExitCode {
+    let (key, public_path, public) = match write_key_pair(out) {
+        Ok(written) => written,
+        Err(error) => {
+            eprintln!("tokengate: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "wrote {} (the private key, mode 0600: keep it beside the gateway, as secret as the audit key)",
+        key.display()
+    );
+    println!(
+        "wrote {} (the public key: hand it to auditors)",
+        public_path.display()
+    );
+    println!("public key {}", public.to_base64());
+    println!();
+    println!("# Add to [audit] in the configuration (the key is read at start):");
+    println!("checkpoint_key_file = {:?}", key.display().to_string());
+    println!("# Anyone can then check the trail without the audit key:");
+    println!(
+        "#   tokengate audit verify --public-key {} FILES…",
+        public_path.display()
+    );
+    ExitCode::SUCCESS
 }
 
 /// `audit query`: the changes go to standard output; the verdict on the trail (intact, with its

@@ -8,6 +8,7 @@ use http::HeaderValue;
 use ipnet::IpNet;
 
 use crate::audit::chain::AuditKey;
+use crate::audit::checkpoint::{CheckpointKey, Checkpoints};
 use crate::audit::writer::Trail;
 use crate::caller::Authenticator;
 use crate::cluster::Cluster;
@@ -55,6 +56,9 @@ pub struct Gateway {
     pub audit_key: AuditKey,
     /// The open audit trail (after [`Gateway::open_trail`]); `check` never opens it.
     pub trail: Option<Arc<Trail>>,
+    /// `audit.checkpoint_*`: the key that signs checkpoints and when (SPEC §6.3), loaded (and so
+    /// validated) by `check` too; read at start, kept across reloads.
+    pub checkpoints: Option<Checkpoints>,
     /// `audit.reads`.
     pub audit_reads: bool,
     /// `audit.capture_before`: read each token before a change that does not read it anyway.
@@ -138,6 +142,10 @@ impl Gateway {
             })
         })
         .ok();
+        let checkpoints = checkpoints(audit)
+            .map_err(|error| errors.push(error))
+            .ok()
+            .flatten();
         let tls = match config.server.tls.as_ref().map(crate::tls::server_config) {
             Some(Ok(tls)) => Some(tls),
             Some(Err(error)) => {
@@ -183,6 +191,7 @@ impl Gateway {
             held_credential,
             audit_key,
             trail: None,
+            checkpoints,
             audit_reads: audit.reads,
             audit_capture_before: audit.capture_before,
             rate_limit_dry_run: config.rate_limit.dry_run,
@@ -247,6 +256,7 @@ impl Gateway {
             trail.set_min_free_bytes(config.audit.min_free_bytes);
         }
         next.audit_key = self.audit_key.clone();
+        next.checkpoints = self.checkpoints.clone();
         next.locks = self.locks.clone();
         // `[cluster]` needs a restart: the running connection, buckets and name stay.
         next.cluster = self.cluster.clone();
@@ -273,11 +283,38 @@ impl Gateway {
             self.audit_key.clone(),
             self.metrics.clone(),
             self.origin.clone(),
+            self.checkpoints.clone(),
         )
         .map_err(|message| ConfigErrors::one("audit.path", message))?;
         self.trail = Some(Arc::new(trail));
         Ok(())
     }
+}
+
+/// `audit.checkpoint_*`: the signing key, read from its file or variable, and when to sign; `None`
+/// when no key is configured. The error names the key, never its value.
+fn checkpoints(audit: &AuditConfig) -> Result<Option<Checkpoints>, ConfigError> {
+    let (env, file) = (
+        audit.checkpoint_key_env.as_deref(),
+        audit.checkpoint_key_file.as_deref(),
+    );
+    if env.is_none() && file.is_none() {
+        return Ok(None);
+    }
+    let key = CheckpointKey::load(env, file).map_err(|message| ConfigError {
+        key: if file.is_some() {
+            "audit.checkpoint_key_file"
+        } else {
+            "audit.checkpoint_key_env"
+        }
+        .into(),
+        message,
+    })?;
+    Ok(Some(Checkpoints {
+        key: Arc::new(key),
+        every: audit.checkpoint_every,
+        interval: Duration::from_secs(audit.checkpoint_interval_s),
+    }))
 }
 
 /// The cluster `[cluster]` describes, its URL read from the file or the environment when it
@@ -372,6 +409,8 @@ pub struct RestartOnly {
     tls: bool,
     /// `[cluster]`'s keys, each as comparable text (the URL by its own value, never shown).
     cluster: Vec<(&'static str, String)>,
+    /// `audit.checkpoint_*` (SPEC §6.3): the writer signs with the key it read at start.
+    checkpoints: [(&'static str, String); 4],
 }
 
 impl RestartOnly {
@@ -392,6 +431,24 @@ impl RestartOnly {
             log_format: config.log.format,
             shutdown_grace_ms: config.server.shutdown_grace_ms,
             tls: config.server.tls.is_some(),
+            checkpoints: [
+                (
+                    "audit.checkpoint_key_env",
+                    format!("{:?}", config.audit.checkpoint_key_env),
+                ),
+                (
+                    "audit.checkpoint_key_file",
+                    format!("{:?}", config.audit.checkpoint_key_file),
+                ),
+                (
+                    "audit.checkpoint_every",
+                    config.audit.checkpoint_every.to_string(),
+                ),
+                (
+                    "audit.checkpoint_interval_s",
+                    config.audit.checkpoint_interval_s.to_string(),
+                ),
+            ],
             cluster: match &config.cluster {
                 None => vec![("[cluster]", String::new())],
                 Some(c) => vec![
@@ -450,6 +507,9 @@ impl RestartOnly {
             self.shutdown_grace_ms != next.shutdown_grace_ms,
         );
         differs("server.tls (turned on or off)", self.tls != next.tls);
+        for ((key, was), (_, is)) in self.checkpoints.iter().zip(&next.checkpoints) {
+            differs(key, was != is);
+        }
         if self.cluster.len() != next.cluster.len() {
             changed.push("[cluster] (turned on or off)");
         } else {

@@ -9,8 +9,8 @@
 //! # Layout
 //!
 //! ```text
-//! cli.rs          the command line: serve, check, keys new, audit verify, audit query, audit repair,
-//!                 emulator, demo, health
+//! cli.rs          the command line: serve, check, keys new, keys checkpoint, audit verify, audit
+//!                 query, audit repair, emulator, demo, health
 //! demo.rs         `tokengate demo`: emulator + gateway on loopback, a printed walk-through
 //! config/         the TOML file: serde structs refusing unknown keys, checked at load (mod.rs),
 //!                 read with every fault collected (read.rs)

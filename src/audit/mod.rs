@@ -4,6 +4,9 @@
 //! - [`canonical`]: RFC 8785 canonical JSON, the bytes that are hashed and written;
 //! - [`chain`]: the audit key, the HMAC-SHA256 `hash` of a record and its `prev` link
 //!   ([`chain::seal`], [`chain::line`]: what the writer appends);
+//! - [`checkpoint`]: signed checkpoints (SPEC §6.3): the keys, the signed text, the digest of
+//!   the lines, and what the writer signs and resumes from;
+//! - [`signed`]: checking a trail's checkpoints with the public key (`audit verify --public-key`);
 //! - [`changes`]: what a change does to a token (`before`, `changes`);
 //! - [`record`]: the fields of an `intent` or `outcome` record, from the request's context;
 //! - [`writer`]: the one writer thread: bounded queue, group-commit fsync, rotation, resume,
@@ -18,9 +21,11 @@
 pub mod canonical;
 pub mod chain;
 pub mod changes;
+pub mod checkpoint;
 pub mod lock;
 pub mod query;
 pub mod record;
 pub mod repair;
+pub mod signed;
 pub mod verify;
 pub mod writer;

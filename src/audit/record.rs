@@ -285,6 +285,18 @@ pub fn outcome(
     )
 }
 
+/// A `checkpoint` record (SPEC §6.3): `object` is the canonical JSON of its `checkpoint` member
+/// (signed by [`super::checkpoint`]); the writer adds `hash`, `prev`, `seq`, `ts` and `v` as to
+/// any record.
+pub(crate) fn checkpoint(origin: &str, object: &[u8]) -> Draft {
+    let mut m = Members::new();
+    m.name("checkpoint").extend_from_slice(object);
+    m.end_run(); // hash
+    m.string("origin", origin);
+    m.string("phase", "checkpoint");
+    m.finish()
+}
+
 /// The one `outcome` record of an address's refusals before authentication past
 /// `rate_limit.unauthenticated_per_minute` in a window (SPEC §5): `client` null, `reason`
 /// `rate_limited`, `status` 429, `suppressed` the number of refusals not recorded one by one,

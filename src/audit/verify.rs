@@ -224,7 +224,8 @@ pub struct Verified {
 /// [`Records::summary`] tells what the intact trail held.
 pub struct Records<'a> {
     files: &'a [PathBuf],
-    key: &'a AuditKey,
+    /// The audit key; `None` when only links are checked ([`Records::unkeyed`]).
+    key: Option<&'a AuditKey>,
     /// The next file to open.
     next_file: usize,
     /// The file being read: its index and reader.
@@ -241,6 +242,19 @@ impl<'a> Records<'a> {
     /// Reads the trail made of `files`, oldest first, checking records under `key` (the checks of
     /// [`verify`]).
     pub fn new(files: &'a [PathBuf], key: &'a AuditKey) -> Records<'a> {
+        Records::with_key(files, Some(key))
+    }
+
+    /// Reads the trail made of `files` without the audit key (SPEC §6.3, `audit verify
+    /// --public-key` alone): every check of [`Records::new`] but the recomputing of each `hash`,
+    /// which must still be 64 lowercase hex digits. Links (`prev` = the previous record's `hash`
+    /// as written) and `seq` continuity are checked; what proves the records unchanged is then
+    /// the signed checkpoints.
+    pub fn unkeyed(files: &'a [PathBuf]) -> Records<'a> {
+        Records::with_key(files, None)
+    }
+
+    fn with_key(files: &'a [PathBuf], key: Option<&'a AuditKey>) -> Records<'a> {
         Records {
             files,
             key,
@@ -261,6 +275,12 @@ impl<'a> Records<'a> {
     /// The files being read, as given.
     pub fn files(&self) -> &'a [PathBuf] {
         self.files
+    }
+
+    /// The exact line of the record last yielded, newline included (what a checkpoint's
+    /// `lines_sha256` covers).
+    pub fn line(&self) -> &[u8] {
+        &self.buf
     }
 
     /// What the records read so far hold: the whole trail's summary once the iterator has ended
@@ -336,7 +356,7 @@ impl Iterator for Records<'_> {
             }
             let chain = &self.chain;
             let first = chain.records == 0;
-            let checked = check_record(&self.buf[..self.buf.len() - 1], self.key).and_then(
+            let checked = check_record_keyed(&self.buf[..self.buf.len() - 1], self.key).and_then(
                 |(record, seq, hash)| {
                     if first && seq > 1 {
                         check_later_start(&record, seq)?;
@@ -380,6 +400,11 @@ fn check_later_start(record: &Map<String, Value>, seq: u64) -> Result<(), Fault>
     }
 }
 
+/// Whether `text` has the form of a `hash`: 64 lowercase hex digits.
+fn is_hex_hash(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 /// A fault found in one record: its `seq` if readable, and the reason.
 type Fault = (Option<u64>, String);
 
@@ -387,9 +412,26 @@ type Fault = (Option<u64>, String);
 /// version 1 records stay readable by every tool).
 const VERSIONS: [u64; 2] = [1, 2];
 
+/// [`check_record`], for the checkpoint writer reading back the lines it resumes from.
+pub(crate) fn check_line(
+    bytes: &[u8],
+    key: &AuditKey,
+) -> Result<(Map<String, Value>, u64, String), Fault> {
+    check_record(bytes, key)
+}
+
 /// Checks one line (without its `\n`) on its own: a canonical JSON object, `v` 1 or 2, a `seq`,
 /// and a `hash` that verifies. Returns the record, its `seq` and its `hash`.
 fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64, String), Fault> {
+    check_record_keyed(bytes, Some(key))
+}
+
+/// [`check_record`], or without a key ([`Records::unkeyed`]) the same checks but the `hash`
+/// recomputed: it must then be 64 lowercase hex digits.
+fn check_record_keyed(
+    bytes: &[u8],
+    key: Option<&AuditKey>,
+) -> Result<(Map<String, Value>, u64, String), Fault> {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| (None, format!("the line is not valid JSON: {e}")))?;
     let Value::Object(record) = value else {
@@ -404,7 +446,10 @@ fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64
     let Some(hash) = record.get("hash").and_then(Value::as_str) else {
         return Err((seq, "the record has no hash".to_owned()));
     };
-    if hash_of(key, &record) != hash {
+    if key.is_none() && !is_hex_hash(hash) {
+        return Err((seq, "hash is not 64 lowercase hex digits".to_owned()));
+    }
+    if key.is_some_and(|key| hash_of(key, &record) != hash) {
         return Err((
             seq,
             "hash mismatch: the record was changed, or it was sealed with another key".to_owned(),

@@ -11,6 +11,12 @@
 //! writer probes the file system every half second and reopens the file, so writing resumes by
 //! itself when the fault clears. A live file that was removed or replaced under the gateway is
 //! noticed before the next batch, reported, and a new file is started (the gap shows in `verify`).
+//!
+//! With a checkpoint key (SPEC §6.3) the writer also appends a signed `checkpoint` record after
+//! every `audit.checkpoint_every` records, when `audit.checkpoint_interval_s` has passed with
+//! records unsigned, and at a clean shutdown ([`Trail::close`]). The digest of the lines since the
+//! last checkpoint runs across batches, rotations and restarts: at start it is rebuilt from the
+//! files (`checkpoint::resume`), and a failed batch takes it back with the file.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -25,6 +31,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant as Deadline;
 
 use super::chain::{AuditKey, GENESIS};
+use super::checkpoint::{self, Checkpoints, LinesDigest, Signer};
 use super::lock::TrailLock;
 use super::record::Draft;
 use super::verify::{present_files, tail};
@@ -175,8 +182,23 @@ impl Trail {
         key: AuditKey,
         metrics: Arc<Metrics>,
         origin: Arc<str>,
+        checkpoints: Option<Checkpoints>,
     ) -> Result<Trail, String> {
         let sink = Sink::open(config, &key)?;
+        let signer = match (checkpoints, &sink) {
+            (None, _) => None,
+            (Some(settings), Sink::Stdout { .. }) => {
+                Some(Signer::new(settings, origin.clone(), LinesDigest::new()))
+            }
+            (Some(settings), Sink::File(file)) => {
+                let (files, _) = present_files(&file.path).map_err(|e| {
+                    format!("cannot read the trail at {}: {e}", file.path.display())
+                })?;
+                let digest = checkpoint::resume(&files, &key)
+                    .map_err(|e| format!("cannot resume the signed checkpoints: {e}"))?;
+                Some(Signer::new(settings, origin.clone(), digest))
+            }
+        };
         let (queue, jobs) = sync_channel(QUEUE);
         let health = Arc::new(Health::default());
         health.healthy.store(true, Ordering::Relaxed);
@@ -194,6 +216,7 @@ impl Trail {
             metrics: metrics.clone(),
             faults: faults.clone(),
             dirty: false,
+            signer,
         };
         // Readiness is right from the start, before the writer's first look.
         writer.check_space();
@@ -545,6 +568,8 @@ struct Writer {
     faults: Arc<Faults>,
     /// Written since the last sync (`fsync = "interval"`).
     dirty: bool,
+    /// Signs checkpoints, with `audit.checkpoint_key_*` (SPEC §6.3).
+    signer: Option<Signer>,
 }
 
 impl Writer {
@@ -560,6 +585,17 @@ impl Writer {
             let first = match self.jobs.recv_timeout(TICK) {
                 Ok(job) => job,
                 Err(RecvTimeoutError::Timeout) => {
+                    // Records wait no longer than `audit.checkpoint_interval_s` to be signed,
+                    // whether or not more come.
+                    if self.health.healthy.load(Ordering::Relaxed)
+                        && self.signer.as_ref().is_some_and(Signer::due_by_time)
+                    {
+                        self.health.busy_since_ms.store(now_ms(), Ordering::Relaxed);
+                        self.faults.wait_while_stalled();
+                        let result = self.commit(&[], false);
+                        self.health.busy_since_ms.store(0, Ordering::Relaxed);
+                        self.report(&result);
+                    }
                     if self.dirty && last_sync.elapsed() >= TICK {
                         self.interval_sync();
                         last_sync = Instant::now();
@@ -573,6 +609,8 @@ impl Writer {
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => {
+                    // Every handle is gone: the records written are signed before the end.
+                    let _ = self.commit(&[], true);
                     let _ = self.sync();
                     return;
                 }
@@ -596,14 +634,14 @@ impl Writer {
             self.metrics.set_audit_queue_depth(depth.max(0));
             self.health.busy_since_ms.store(now_ms(), Ordering::Relaxed);
             self.faults.wait_while_stalled();
-            let result = self.commit(&batch);
+            let closing = batch.iter().any(|job| matches!(job, Job::Close { .. }));
+            let result = self.commit(&batch, closing);
             if self.fsync == Fsync::Interval && last_sync.elapsed() >= TICK && self.dirty {
                 self.interval_sync();
                 last_sync = Instant::now();
             }
             self.health.busy_since_ms.store(0, Ordering::Relaxed);
             self.report(&result);
-            let closing = batch.iter().any(|job| matches!(job, Job::Close { .. }));
             for job in batch {
                 let done = match job {
                     Job::Append { done, .. } => done,
@@ -626,11 +664,11 @@ impl Writer {
         }
     }
 
-    /// Seals and writes every record of the batch with one write, then syncs once.
-    fn commit(&mut self, batch: &[Job]) -> Result<(), AuditError> {
-        let flush_only = batch
-            .iter()
-            .all(|job| matches!(job, Job::Flush { .. } | Job::Close { .. }));
+    /// Seals and writes every record of the batch with one write, then syncs once. Checkpoints
+    /// (SPEC §6.3) go in where they are due: after every `audit.checkpoint_every`th record, and
+    /// at the batch's end when the interval has passed or the trail is `closing`, if records
+    /// were written since the last one.
+    fn commit(&mut self, batch: &[Job], closing: bool) -> Result<(), AuditError> {
         // A flush that shares a batch with appends still asks for the fsync.
         let flush_asked = batch
             .iter()
@@ -647,18 +685,37 @@ impl Writer {
             Sink::Stdout { seq, prev } => (seq, prev, 0),
         };
         let (first_seq, first_prev) = (*seq, prev.clone());
+        let digest_before = self.signer.as_ref().map(Signer::snapshot);
         let mut bytes = Vec::with_capacity(batch.len() * 640);
         let mut unsealed = Vec::with_capacity(640);
         let mut records = 0u64;
+        // Whether the batch holds a checkpoint: once durable, the interval starts again.
+        let mut signed = false;
         for job in batch.iter() {
             let Job::Append { record, .. } = job else {
                 continue;
             };
             *seq += 1;
+            let start = bytes.len();
             *prev = record.seal(&self.key, (*seq, &ts, prev), &mut unsealed, &mut bytes);
             records += 1;
+            if let Some(signer) = &mut self.signer {
+                signer.add(&bytes[start..]);
+                if signer.due_by_count() {
+                    append_checkpoint(signer, &self.key, (seq, &ts, prev), &mut bytes);
+                    records += 1;
+                    signed = true;
+                }
+            }
         }
-        let written = if flush_only {
+        if let Some(signer) = &mut self.signer {
+            if signer.pending() && (closing || signer.due_by_time()) {
+                append_checkpoint(signer, &self.key, (seq, &ts, prev), &mut bytes);
+                records += 1;
+                signed = true;
+            }
+        }
+        let written = if bytes.is_empty() {
             Ok(())
         } else {
             self.write(&bytes)
@@ -674,14 +731,25 @@ impl Writer {
         match synced {
             Ok(()) => {
                 self.metrics.audit_records(records);
+                if signed {
+                    if let Some(signer) = &mut self.signer {
+                        signer.written();
+                    }
+                }
                 Ok(())
             }
-            Err(problem) => match self.rollback(first_seq, first_prev, size_before) {
-                Ok(()) => Err(AuditError(problem)),
-                Err(cut) => Err(AuditError(format!(
-                    "{problem}; then the partial write could not be cut back ({cut}): nothing more is written until it is"
-                ))),
-            },
+            Err(problem) => {
+                // The lines of the batch are cut off the file: the digest goes back with them.
+                if let (Some(signer), Some(digest)) = (&mut self.signer, digest_before) {
+                    signer.restore(digest);
+                }
+                match self.rollback(first_seq, first_prev, size_before) {
+                    Ok(()) => Err(AuditError(problem)),
+                    Err(cut) => Err(AuditError(format!(
+                        "{problem}; then the partial write could not be cut back ({cut}): nothing more is written until it is"
+                    ))),
+                }
+            }
         }
     }
 
@@ -826,6 +894,22 @@ impl Writer {
         self.metrics
             .set_audit_ready(healthy && self.health.low_space().is_none());
     }
+}
+
+/// Seals a signed checkpoint record after record `seq` (whose hash is `prev`) into `out`, and
+/// starts the signer's next range with its line.
+fn append_checkpoint(
+    signer: &mut Signer,
+    key: &AuditKey,
+    (seq, ts, prev): (&mut u64, &str, &mut String),
+    out: &mut Vec<u8>,
+) {
+    let draft = signer.draft(*seq, prev);
+    *seq += 1;
+    let start = out.len();
+    let mut scratch = Vec::with_capacity(draft.len() + 256);
+    *prev = draft.seal(key, (*seq, ts, prev), &mut scratch, out);
+    signer.restart(&out[start..]);
 }
 
 /// Bytes available to an unprivileged writer on the file system holding `path` (`statvfs` of its

@@ -346,7 +346,22 @@ pub struct AuditConfig {
     /// `/readyz` turns not ready while the trail's file system has less than this free, before
     /// writes start failing (SPEC §6); 0 turns the check off. A reload applies it.
     pub min_free_bytes: u64,
+    /// Environment variable holding the Ed25519 private key (PKCS#8 PEM) that signs checkpoints
+    /// (SPEC §6.3); with neither this nor `checkpoint_key_file`, no checkpoint is written.
+    pub checkpoint_key_env: Option<String>,
+    /// File holding that key (instead of `checkpoint_key_env`).
+    pub checkpoint_key_file: Option<PathBuf>,
+    /// Records (checkpoints not counted) between two signed checkpoints.
+    pub checkpoint_every: u64,
+    /// The longest, in seconds, a written record waits for a checkpoint to sign it.
+    pub checkpoint_interval_s: u64,
 }
+
+/// The most `audit.checkpoint_every`.
+pub const MAX_CHECKPOINT_EVERY: u64 = 10_000_000;
+
+/// The most `audit.checkpoint_interval_s`: a day.
+pub const MAX_CHECKPOINT_INTERVAL_S: u64 = 86_400;
 
 /// The least `audit.max_record_bytes`: what no record can shed stays under it (up to
 /// `limits.max_batch` = 1000 ids of 16 digits in `token_ids`, about 17 KB, plus some 2 KB of
@@ -373,6 +388,10 @@ impl Default for AuditConfig {
             max_record_bytes: 102_400,
             queue_bytes: 64 << 20,
             min_free_bytes: 64 << 20,
+            checkpoint_key_env: None,
+            checkpoint_key_file: None,
+            checkpoint_every: 1000,
+            checkpoint_interval_s: 60,
         }
     }
 }
@@ -581,6 +600,24 @@ impl Config {
             fault(
                 "audit.hmac_key_file".into(),
                 "set either audit.hmac_key_env or audit.hmac_key_file, not both".into(),
+            );
+        }
+        if self.audit.checkpoint_key_env.is_some() && self.audit.checkpoint_key_file.is_some() {
+            fault(
+                "audit.checkpoint_key_file".into(),
+                "set either audit.checkpoint_key_env or audit.checkpoint_key_file, not both".into(),
+            );
+        }
+        if !(1..=MAX_CHECKPOINT_EVERY).contains(&self.audit.checkpoint_every) {
+            fault(
+                "audit.checkpoint_every".into(),
+                format!("must be from 1 to {MAX_CHECKPOINT_EVERY}"),
+            );
+        }
+        if !(1..=MAX_CHECKPOINT_INTERVAL_S).contains(&self.audit.checkpoint_interval_s) {
+            fault(
+                "audit.checkpoint_interval_s".into(),
+                format!("must be from 1 to {MAX_CHECKPOINT_INTERVAL_S} (a day)"),
             );
         }
         if self.audit.rotate_bytes < 4096 {
