@@ -81,6 +81,7 @@ pub mod stack;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod trace_context;
 pub mod upstream;
 
 pub use config::Config;
