@@ -70,6 +70,7 @@ pub mod headers;
 pub mod layers;
 pub mod locks;
 pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod ratelimit;
 pub mod read_token;

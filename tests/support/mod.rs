@@ -5,6 +5,7 @@
 
 pub mod redis;
 pub mod tls;
+pub mod tools;
 
 use std::net::SocketAddr;
 use std::time::Duration;
