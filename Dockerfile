@@ -19,6 +19,8 @@ RUN mkdir src && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
     && cargo fetch --locked \
     && rm -rf src
 COPY src ./src
+# The OpenAPI document is compiled into the binary (served at /openapi.json on the admin listener).
+COPY openapi ./openapi
 RUN cargo build --release --locked --bin tokengate \
     && install -m 0755 target/release/tokengate /tokengate \
     && mkdir -p /state
@@ -35,7 +37,7 @@ WORKDIR /var/lib/tokengate
 VOLUME /var/lib/tokengate
 ENV TOKENGATE_CONFIG=/etc/tokengate/tokengate.toml
 USER nonroot:nonroot
-# 8080: callers. 9090: /healthz, /readyz, /metrics.
+# 8080: callers. 9090: /healthz, /readyz, /metrics, /openapi.json.
 EXPOSE 8080 9090
 # The binary checks itself: no shell or curl in the image.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=5s --retries=3 \

@@ -1,5 +1,6 @@
 //! The operations listener (`server.admin_listen`): `/healthz` (the process serves), `/readyz`
-//! (it can do its job) and `/metrics` (Prometheus text). Never exposed to callers.
+//! (it can do its job), `/metrics` (Prometheus text) and `/openapi.json` (the caller-facing API's
+//! OpenAPI document, [`crate::openapi`]). Never exposed to callers.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -95,7 +96,14 @@ async fn answer(gateway: &Gateway, method: &Method, path: &str, id: &RequestId) 
             );
             response
         }
-        (_, "/healthz" | "/readyz" | "/metrics") => {
+        (&Method::GET, "/openapi.json") => {
+            let mut response = Response::new(Full::new(Bytes::from_static(
+                crate::openapi::DOCUMENT.as_bytes(),
+            )));
+            response.headers_mut().insert(CONTENT_TYPE, JSON_UTF8);
+            response
+        }
+        (_, "/healthz" | "/readyz" | "/metrics" | "/openapi.json") => {
             GatewayError::MethodNotAllowed { allow: "GET" }.into_response(id)
         }
         _ => GatewayError::NotFound.into_response(id),

@@ -17,6 +17,7 @@ use crate::audit::changes::Change;
 use crate::error::GatewayError;
 use crate::ratelimit::RateStatus;
 use crate::route::Operation;
+use crate::trace_context::TraceContext;
 
 /// The gateway's own id for one request: sent upstream and back to the caller as `X-Request-Id`,
 /// written in logs. Unique across restarts: a random per-process prefix and a counter.
@@ -116,6 +117,9 @@ pub struct RequestContext {
     pub id: RequestId,
     /// The caller's own `X-Request-Id`, kept apart and never trusted as the id.
     pub caller_request_id: Option<String>,
+    /// The W3C trace the request belongs to (SPEC §3): the caller's, or one the gateway starts
+    /// when first asked (no random bytes are drawn for a request that brings its own).
+    trace: OnceLock<TraceContext>,
     /// When the request arrived.
     pub started: Instant,
     /// When `server.request_timeout_ms` runs out for it.
@@ -161,6 +165,7 @@ impl RequestContext {
         RequestContext {
             id: RequestId::next(),
             caller_request_id,
+            trace: OnceLock::new(),
             started,
             deadline: started + timeout,
             peer,
@@ -182,12 +187,23 @@ impl RequestContext {
         }
     }
 
+    /// Puts the request in the caller's trace (before anything asked for [`Self::trace`]).
+    pub fn set_trace(&self, trace: TraceContext) {
+        let _ = self.trace.set(trace);
+    }
+
+    /// The request's trace: the caller's when it sent a valid `traceparent`, else a new one.
+    pub fn trace(&self) -> &TraceContext {
+        self.trace.get_or_init(TraceContext::start)
+    }
+
     /// The context of one token's part of a fan-out batch: the batch's id, caller, operation
     /// and deadline, with its own token id, body, and upstream answer for its audit records.
     pub fn part(&self, token_id: u64) -> RequestContext {
         let part = RequestContext {
             id: self.id.clone(),
             caller_request_id: self.caller_request_id.clone(),
+            trace: OnceLock::from(self.trace().clone()),
             started: self.started,
             deadline: self.deadline,
             peer: self.peer,

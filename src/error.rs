@@ -41,6 +41,10 @@ pub enum GatewayError {
         /// The client the key belongs to.
         client: String,
     },
+    /// Pass-through mode (SPEC §3): the upstream refused the caller's own access token when the
+    /// gateway read a token for its checks, before anything was forwarded.
+    #[error("the upstream refused the access token this request carries (pass-through mode): send a valid upstream access token in `Authorization`")]
+    CallerCredentialRefused,
     /// No key, and a client certificate that identifies no client.
     #[error("the client certificate identifies no client of this gateway, and no gateway key was sent: send it as `Authorization: Bearer <key>`")]
     UnknownCertificate,
@@ -156,6 +160,7 @@ impl GatewayError {
             GatewayError::MissingKey
             | GatewayError::UnknownKey
             | GatewayError::CertificateRequired { .. }
+            | GatewayError::CallerCredentialRefused
             | GatewayError::UnknownCertificate => "unauthenticated",
             GatewayError::OperationNotAllowed { .. }
             | GatewayError::KeySearchNotAllowed { .. }
@@ -190,6 +195,7 @@ impl GatewayError {
             GatewayError::MissingKey
             | GatewayError::UnknownKey
             | GatewayError::CertificateRequired { .. }
+            | GatewayError::CallerCredentialRefused
             | GatewayError::UnknownCertificate => StatusCode::UNAUTHORIZED,
             GatewayError::OperationNotAllowed { .. }
             | GatewayError::KeySearchNotAllowed { .. }

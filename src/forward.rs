@@ -58,7 +58,12 @@ impl Service<Request<Bytes>> for Forward {
                     op: route.operation(),
                     method: route.endpoint.method(),
                     path_and_query: &route.upstream_path_and_query(),
-                    headers: headers::to_upstream(&parts.headers, context.source_ip(), &context.id),
+                    headers: headers::to_upstream(
+                        &parts.headers,
+                        context.source_ip(),
+                        &context.id,
+                        context.trace(),
+                    ),
                     body,
                     credential: &caller.credential,
                     deadline: context.deadline,

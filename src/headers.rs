@@ -4,8 +4,9 @@
 //! `New-Api-User`, and `Cookie`, which new-api would authenticate before the header),
 //! `Accept-Encoding` (the gateway reads upstream bodies), hop-by-hop headers, framing headers the
 //! client recomputes, the caller's `X-Request-Id`, and forwarding headers unless the peer is a
-//! trusted proxy. The gateway then sets `X-Forwarded-For` to the one caller IP and its own
-//! `X-Request-Id`; the credential is added by [`crate::upstream`]. Towards the caller, hop-by-hop
+//! trusted proxy. The gateway then sets `X-Forwarded-For` to the one caller IP, its own
+//! `X-Request-Id`, and the request's checked `traceparent` and `tracestate`
+//! ([`crate::trace_context`]); the credential is added by [`crate::upstream`]. Towards the caller, hop-by-hop
 //! and framing headers and `Set-Cookie` are dropped and the gateway's `X-Request-Id` is set.
 
 use std::net::IpAddr;
@@ -16,6 +17,7 @@ use ipnet::IpNet;
 
 use crate::context::{RequestId, SourceIp};
 use crate::error::GatewayError;
+use crate::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 use crate::upstream::NEW_API_USER;
 
 /// `X-Request-Id`
@@ -58,7 +60,12 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// The headers to send upstream for a caller's request (before the credential is added).
-pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId) -> HeaderMap {
+pub fn to_upstream(
+    inbound: &HeaderMap,
+    source: SourceIp,
+    request_id: &RequestId,
+    trace: &TraceContext,
+) -> HeaderMap {
     let listed = connection_listed(inbound);
     let mut out = HeaderMap::with_capacity(inbound.len() + 2);
     for (name, value) in inbound {
@@ -74,6 +81,9 @@ pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId
             || name == X_REQUEST_ID
             || name == X_ONEAPI_REQUEST_ID
             || name == X_FORWARDED_FOR
+            // The request's trace context is set below, checked (SPEC §3).
+            || name == TRACEPARENT
+            || name == TRACESTATE
             || (is_forwarding(name) && !source.via_trusted_proxy);
         if !dropped {
             out.append(name.clone(), value.clone());
@@ -94,6 +104,7 @@ pub fn to_upstream(inbound: &HeaderMap, source: SourceIp, request_id: &RequestId
         out.insert(X_ONEAPI_REQUEST_ID, id.clone());
         out.insert(X_REQUEST_ID, id);
     }
+    trace.apply(&mut out);
     out
 }
 
@@ -200,6 +211,8 @@ mod tests {
             ("x-real-ip", "6.6.6.6"),
             ("x-request-id", "caller-id"),
             ("x-oneapi-request-id", "forged"),
+            ("traceparent", "forged"),
+            ("tracestate", "forged=1"),
             ("accept-language", "zh-CN"),
             ("content-type", "application/json"),
             ("user-agent", "curl/8"),
@@ -208,7 +221,8 @@ mod tests {
             ip: "10.1.1.1".parse().unwrap(),
             via_trusted_proxy: false,
         };
-        let out = to_upstream(&inbound, source, &RequestId::from_static("gw-id"));
+        let trace = TraceContext::start();
+        let out = to_upstream(&inbound, source, &RequestId::from_static("gw-id"), &trace);
         let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
         assert_eq!(
             names,
@@ -219,13 +233,16 @@ mod tests {
                 "accept-encoding",
                 "x-forwarded-for",
                 "x-oneapi-request-id",
-                "x-request-id"
+                "x-request-id",
+                "traceparent"
             ]
         );
         assert_eq!(out["accept-encoding"], "identity");
         assert_eq!(out["x-forwarded-for"], "10.1.1.1");
         assert_eq!(out["x-request-id"], "gw-id");
         assert_eq!(out["x-oneapi-request-id"], "gw-id");
+        // The caller's malformed trace is replaced by the request's own, its tracestate dropped.
+        assert_eq!(&out["traceparent"], trace.traceparent());
     }
 
     #[test]
@@ -238,7 +255,12 @@ mod tests {
             ip: "1.2.3.4".parse().unwrap(),
             via_trusted_proxy: true,
         };
-        let out = to_upstream(&inbound, source, &RequestId::from_static("id"));
+        let out = to_upstream(
+            &inbound,
+            source,
+            &RequestId::from_static("id"),
+            &TraceContext::start(),
+        );
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
     }

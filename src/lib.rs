@@ -20,7 +20,8 @@
 //! reload.rs       SPEC §7 SIGHUP: the running stack and TLS config, swapped whole
 //! tls.rs          SPEC §8: the inbound rustls config, the names of a client certificate
 //! stack.rs        the request stack, top to bottom, in one function
-//! admin.rs        /healthz, /readyz, /metrics
+//! admin.rs        /healthz, /readyz, /metrics, /openapi.json
+//! openapi.rs      the caller-facing API's OpenAPI document (openapi/tokengate.json), compiled in
 //! route.rs        SPEC §2: (method, path, query) → Endpoint, canonical upstream path
 //! caller.rs       SPEC §3: keys, digests, the Caller of a request
 //! policy.rs       SPEC §5: a client's rules, judged on the token as it would be stored
@@ -30,6 +31,7 @@
 //! read_token.rs   reading a token upstream for a check (name_prefix) or a merge (PATCH)
 //! locks.rs        per-token serialisation of changes (SPEC §4.5)
 //! headers.rs      SPEC §3: which headers cross, caller IP
+//! trace_context.rs SPEC §3: W3C traceparent/tracestate kept, or a new trace; the trace id
 //! upstream.rs     the upstream client: credential injection, timeouts, status mapping
 //! upstream/       refusals.rs: new-api's HTTP-200 credential refusals, in each language it ships
 //! forward.rs      the innermost service
@@ -43,7 +45,7 @@
 //! # Request stack
 //!
 //! ```text
-//! detach (changes run on without their caller) → request context (id, deadline)
+//! detach (changes run on without their caller) → request context (id, trace, deadline)
 //!   → access log + metrics → rescue (errors → envelope)
 //!   → audit outcome → source ip → authenticate → route → rate limit → authorize → read body
 //!   → validate → batch cost → batch fan-out (each id on as a PATCH) → per-token lock + PATCH
@@ -70,6 +72,7 @@ pub mod headers;
 pub mod layers;
 pub mod locks;
 pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod ratelimit;
 pub mod read_token;
@@ -81,6 +84,7 @@ pub mod stack;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod trace_context;
 pub mod upstream;
 
 pub use config::Config;

@@ -98,7 +98,12 @@ pub async fn read_token(
             op: read.operation(),
             method: read.method(),
             path_and_query: &read.upstream_path(),
-            headers: headers::to_upstream(&HeaderMap::new(), context.source_ip(), &context.id),
+            headers: headers::to_upstream(
+                &HeaderMap::new(),
+                context.source_ip(),
+                &context.id,
+                context.trace(),
+            ),
             body: Bytes::new(),
             credential: &caller.credential,
             deadline: context.deadline,

@@ -5,7 +5,9 @@
 //! saying where the upstream is: refused or reset connections and TLS failures are 502
 //! `upstream_unavailable`, redirects too (a `Location` would leak the upstream's address), no
 //! answer in time is 504, a bare 429 is `upstream_rate_limited`, and a 401/403 in hold mode means
-//! the gateway's own credential was refused (502 `upstream_auth_failed`).
+//! the gateway's own credential was refused (502 `upstream_auth_failed`). In pass-through mode a
+//! refusal of the caller's own token passes through on its forwarded request, and is a 401
+//! `unauthenticated` on a read the gateway makes for its own checks.
 
 use std::fmt;
 use std::sync::Arc;
@@ -369,6 +371,14 @@ impl Upstream {
                 "the upstream refused the gateway's own credential: check upstream.access_token_env/_file and upstream.user_id"
             );
             return Err(GatewayError::UpstreamAuthFailed);
+        }
+        // In pass-through mode the credential is the caller's own: the caller's forwarded request
+        // gets the upstream's refusal as it is, but a read the gateway makes for its own checks
+        // (a before-read, a PATCH's read, a `name_prefix` check) must not turn it into a 502
+        // blaming the upstream: the caller's key was refused, which is a 401.
+        let own_read = request.served.is_some_and(|served| !served.records_answer);
+        if refused && own_read {
+            return Err(GatewayError::CallerCredentialRefused);
         }
         if status == StatusCode::TOO_MANY_REQUESTS && body.is_empty() {
             return Err(GatewayError::UpstreamRateLimited);

@@ -353,6 +353,62 @@ async fn passthrough_forwards_the_callers_own_token() {
     assert_eq!(upstream.emulator.seen().len(), 2);
 }
 
+/// Found by schemathesis (tests/openapi.rs): in pass-through mode, a change whose before-read
+/// (or PATCH read) the upstream refused for the caller's own token was a 502
+/// `upstream_unavailable` blaming the upstream; it is the caller's key that failed, a 401.
+#[tokio::test]
+async fn passthrough_a_token_refused_on_the_gateways_own_read_is_401() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let id = seed(&upstream.emulator, "kept");
+    let mut options = Options::new(upstream.addr);
+    options.mode = "passthrough";
+    let gateway = TestGateway::start(options).await;
+    let wrong = [
+        ("authorization", "Bearer not-the-upstream-token"),
+        ("content-type", "application/json"),
+    ];
+    let full = format!(
+        r#"{{"id":{id},"name":"kept","expired_time":-1,"remain_quota":1,"unlimited_quota":false,"model_limits_enabled":false,"model_limits":"","allow_ips":"","group":""}}"#
+    );
+    for (method, path, body) in [
+        ("DELETE", format!("/api/token/{id}"), None),
+        (
+            "PATCH",
+            format!("/api/token/{id}"),
+            Some(r#"{"remain_quota":5}"#.to_string()),
+        ),
+        ("PUT", "/api/token/".to_string(), Some(full)),
+    ] {
+        upstream.emulator.clear_seen();
+        let headers: &[(&str, &str)] = if body.is_some() { &wrong } else { &wrong[..1] };
+        let reply = send(gateway.addr, method, &path, headers, body.as_deref()).await;
+        reply.assert_envelope(401, "unauthenticated");
+        assert!(reply.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("pass-through"));
+        // Only the read reached the upstream; nothing was changed.
+        let seen = upstream.emulator.seen();
+        assert_eq!(seen.len(), 1, "{method} {path}");
+        assert_eq!(seen[0].method, "GET");
+    }
+    assert_eq!(upstream.emulator.tokens().len(), 1);
+    let records = audit_records(&gateway.audit_path);
+    let outcomes: Vec<_> = records.iter().filter(|r| r["phase"] == "outcome").collect();
+    assert_eq!(outcomes.len(), 3);
+    for record in outcomes {
+        assert_eq!(record["outcome"], "rejected", "{record}");
+        assert_eq!(record["reason"], "unauthenticated", "{record}");
+        assert_eq!(record["status"], 401, "{record}");
+    }
+    // The caller's own forwarded request still gets the upstream's answer as it is.
+    let reply = send(gateway.addr, "GET", "/api/token/", &wrong[..1], None).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["success"], false);
+}
+
 #[tokio::test]
 async fn upstream_answers_pass_through_with_status_body_and_headers() {
     let (upstream, gateway) = emulator_and_gateway().await;

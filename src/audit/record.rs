@@ -407,7 +407,7 @@ struct Facts<'a> {
 
 /// Every member, in canonical order: `before caller_request_id changes client duration_ms` |
 /// hash | `method op origin outcome path phase` | prev | `reason request request_id` | seq |
-/// `source_ip status token_ids truncated` | ts | `upstream_message upstream_status
+/// `source_ip status token_ids trace_id truncated` | ts | `upstream_message upstream_status
 /// upstream_success` | v. `slots` hold the canonical JSON of `request`, `upstream_message`,
 /// `before` and `changes` (null when absent), as [`fit`] left them.
 fn render(
@@ -467,6 +467,7 @@ fn render(
         out.extend_from_slice(itoa::Buffer::new().format(*id).as_bytes());
     }
     out.push(b']');
+    m.string("trace_id", context.trace().trace_id());
     if truncated {
         m.name("truncated").extend_from_slice(b"true");
     }
@@ -803,11 +804,13 @@ mod tests {
         assert_eq!(first["origin"], "test");
         assert_eq!(
             first.len(),
-            16,
-            "an intent has 11 members of its own and 5 of the writer"
+            17,
+            "an intent has 12 members of its own and 5 of the writer"
         );
+        assert_eq!(first["trace_id"], context.trace().trace_id());
+        assert_eq!(first["trace_id"].as_str().map(str::len), Some(32));
         let forwarded = record(2);
-        assert_eq!(forwarded.len(), 23);
+        assert_eq!(forwarded.len(), 24);
         assert_eq!(forwarded["phase"], "outcome");
         assert_eq!(forwarded["outcome"], "forwarded");
         assert_eq!(forwarded["reason"], Value::Null);

@@ -1,7 +1,8 @@
 //! One log line and the request metrics for every request, whatever its outcome (SPEC §7).
 //!
 //! The line is a tracing event on the target `tokengate::access`, so the subscriber's filter can
-//! route or silence it. It carries the request id, client, operation, status and duration, and
+//! route or silence it. It carries the request id, the W3C trace id (SPEC §3), client, operation,
+//! status and duration, and
 //! never a header value, a body or the query string (search queries can hold key fragments). A
 //! path is logged with any long or unusual segment elided, since a caller may paste a key there.
 
@@ -77,6 +78,7 @@ where
                 target: "tokengate::access",
                 request_id = %context.id,
                 caller_request_id = context.caller_request_id.as_deref(),
+                trace_id = context.trace().trace_id(),
                 client = context.client(),
                 op = context.op().map(|op| op.as_str()),
                 method = %context.method,

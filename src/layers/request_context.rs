@@ -1,6 +1,6 @@
 //! Gives every request its [`RequestContext`]: the gateway's own request id (echoed to the caller
-//! as `X-Request-Id`), the caller's id kept apart, and the deadline of
-//! `server.request_timeout_ms`.
+//! as `X-Request-Id`), the caller's id kept apart, the W3C trace it belongs to, and the deadline
+//! of `server.request_timeout_ms`.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -16,6 +16,7 @@ use super::BoxFuture;
 use crate::context::{PeerAddr, RequestContext};
 use crate::error::Body;
 use crate::headers::X_REQUEST_ID;
+use crate::trace_context::TraceContext;
 
 /// The longest caller `X-Request-Id` kept (a longer one is ignored, not trusted or truncated).
 const MAX_CALLER_ID: usize = 128;
@@ -86,6 +87,9 @@ where
             caller_id,
             self.timeout,
         ));
+        if let Some(trace) = TraceContext::continued(request.headers()) {
+            context.set_trace(trace);
+        }
         let id = HeaderValue::from_str(context.id.as_str());
         request.extensions_mut().insert(context.clone());
         let response = self.inner.call(request);
