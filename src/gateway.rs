@@ -8,6 +8,8 @@ use http::HeaderValue;
 use ipnet::IpNet;
 
 use crate::audit::chain::AuditKey;
+use crate::audit::ship::shipper::Shipper;
+use crate::audit::ship::target::Target;
 use crate::audit::writer::Trail;
 use crate::caller::Authenticator;
 use crate::cluster::Cluster;
@@ -55,6 +57,10 @@ pub struct Gateway {
     pub audit_key: AuditKey,
     /// The open audit trail (after [`Gateway::open_trail`]); `check` never opens it.
     pub trail: Option<Arc<Trail>>,
+    /// `[audit.postgres]`: the central store (SPEC §6.3), its URL resolved.
+    pub audit_store: Option<Target>,
+    /// The shipper to it, started with the trail (after [`Gateway::open_trail`]).
+    pub shipper: Option<Arc<Shipper>>,
     /// `audit.reads`.
     pub audit_reads: bool,
     /// `audit.capture_before`: read each token before a change that does not read it anyway.
@@ -138,6 +144,14 @@ impl Gateway {
             })
         })
         .ok();
+        let audit_store = match audit.postgres.as_ref().map(Target::resolve) {
+            Some(Ok(target)) => Some(target),
+            Some(Err((key, message))) => {
+                errors.push(ConfigError { key, message });
+                None
+            }
+            None => None,
+        };
         let tls = match config.server.tls.as_ref().map(crate::tls::server_config) {
             Some(Ok(tls)) => Some(tls),
             Some(Err(error)) => {
@@ -183,6 +197,8 @@ impl Gateway {
             held_credential,
             audit_key,
             trail: None,
+            audit_store,
+            shipper: None,
             audit_reads: audit.reads,
             audit_capture_before: audit.capture_before,
             rate_limit_dry_run: config.rate_limit.dry_run,
@@ -242,6 +258,9 @@ impl Gateway {
             authenticator.keep_limits_from(&self.authenticator);
         }
         next.trail = self.trail.clone();
+        // `[audit.postgres]` needs a restart: the running shipper stays.
+        next.audit_store = self.audit_store.clone();
+        next.shipper = self.shipper.clone();
         // The one `[audit]` key a reload applies: it only moves the readiness threshold.
         if let Some(trail) = &next.trail {
             trail.set_min_free_bytes(config.audit.min_free_bytes);
@@ -275,6 +294,22 @@ impl Gateway {
             self.origin.clone(),
         )
         .map_err(|message| ConfigErrors::one("audit.path", message))?;
+        // The shipper reads the records back from the trail's files, after they are durable;
+        // it runs on the current runtime, and never holds a request.
+        if let Some(target) = &self.audit_store {
+            tracing::info!(
+                postgres = %target.describe(),
+                table = %target.table().name(),
+                origin = %self.origin,
+                "shipping the audit trail to PostgreSQL"
+            );
+            self.shipper = Some(Arc::new(Shipper::start(
+                target.clone(),
+                &trail,
+                &config.path,
+                self.metrics.clone(),
+            )));
+        }
         self.trail = Some(Arc::new(trail));
         Ok(())
     }
@@ -372,6 +407,8 @@ pub struct RestartOnly {
     tls: bool,
     /// `[cluster]`'s keys, each as comparable text (the URL by its own value, never shown).
     cluster: Vec<(&'static str, String)>,
+    /// `[audit.postgres]`'s keys, as comparable text (where the URL comes from, never the URL).
+    audit_postgres: String,
 }
 
 impl RestartOnly {
@@ -392,6 +429,14 @@ impl RestartOnly {
             log_format: config.log.format,
             shutdown_grace_ms: config.server.shutdown_grace_ms,
             tls: config.server.tls.is_some(),
+            audit_postgres: format!(
+                "{:?}",
+                config
+                    .audit
+                    .postgres
+                    .as_ref()
+                    .map(|p| (&p.url_env, &p.url_file, &p.table))
+            ),
             cluster: match &config.cluster {
                 None => vec![("[cluster]", String::new())],
                 Some(c) => vec![
@@ -450,6 +495,10 @@ impl RestartOnly {
             self.shutdown_grace_ms != next.shutdown_grace_ms,
         );
         differs("server.tls (turned on or off)", self.tls != next.tls);
+        differs(
+            "[audit.postgres]",
+            self.audit_postgres != next.audit_postgres,
+        );
         if self.cluster.len() != next.cluster.len() {
             changed.push("[cluster] (turned on or off)");
         } else {

@@ -462,6 +462,22 @@ fn check_link(
     }
 }
 
+/// Checks one line (without its newline) of a trail read from elsewhere than its files (the
+/// central store, SPEC §6.3) as [`Records`] checks a line of a file: a canonical record whose
+/// `hash` verifies under `key`, with `seq` `expected_seq` and `prev` `head` (the hash of the
+/// record before, or [`GENESIS`]). Returns the record and its `hash`, or the `seq` read (if any)
+/// and the reason.
+pub fn check_line(
+    bytes: &[u8],
+    key: &AuditKey,
+    expected_seq: u64,
+    head: &str,
+) -> Result<(Map<String, Value>, String), (Option<u64>, String)> {
+    let (record, seq, hash) = check_record(bytes, key)?;
+    check_link(&record, seq, expected_seq, head)?;
+    Ok((record, hash))
+}
+
 /// The `(seq, hash)` of the last record of the trail made of `files` (the last line of the last
 /// non-empty file), after checking that this line is complete and that its record verifies
 /// under `key`; `None` when the trail holds no record. Only the end of that file is read.

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant as Deadline;
 
 use super::chain::{AuditKey, GENESIS};
@@ -165,6 +165,9 @@ pub struct Trail {
     queue_bytes: u64,
     /// The replica that writes this trail, in every record (SPEC §6 `origin`).
     origin: Arc<str>,
+    /// The `seq` of the last durable record (on disk and synced): what the shipper to
+    /// PostgreSQL may copy (SPEC §6.3), which it follows without polling.
+    durable: watch::Receiver<u64>,
 }
 
 impl Trail {
@@ -177,6 +180,8 @@ impl Trail {
         origin: Arc<str>,
     ) -> Result<Trail, String> {
         let sink = Sink::open(config, &key)?;
+        // What is on disk at start is what the previous process left: durable.
+        let (durable_tx, durable) = watch::channel(sink.seq());
         let (queue, jobs) = sync_channel(QUEUE);
         let health = Arc::new(Health::default());
         health.healthy.store(true, Ordering::Relaxed);
@@ -194,6 +199,7 @@ impl Trail {
             metrics: metrics.clone(),
             faults: faults.clone(),
             dirty: false,
+            durable: durable_tx,
         };
         // Readiness is right from the start, before the writer's first look.
         writer.check_space();
@@ -210,7 +216,15 @@ impl Trail {
             max_record_bytes: config.max_record_bytes,
             queue_bytes: config.queue_bytes,
             origin,
+            durable,
         })
+    }
+
+    /// Follows the `seq` of the last durable record (0 before the first): it moves after each
+    /// synced batch (`fsync = "always"`), or each sync (`"interval"`), never to a record a failed
+    /// write may still take back.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
     }
 
     /// The writer's injectable faults (tests only).
@@ -394,6 +408,14 @@ struct FileSink {
 }
 
 impl Sink {
+    /// The `seq` of the last record written.
+    fn seq(&self) -> u64 {
+        match self {
+            Sink::File(sink) => sink.seq,
+            Sink::Stdout { seq, .. } => *seq,
+        }
+    }
+
     fn open(config: &AuditConfig, key: &AuditKey) -> Result<Sink, String> {
         if config.path.as_os_str() == "-" {
             return Ok(Sink::Stdout {
@@ -545,6 +567,8 @@ struct Writer {
     faults: Arc<Faults>,
     /// Written since the last sync (`fsync = "interval"`).
     dirty: bool,
+    /// Where the `seq` of the last durable record is published ([`Trail::durable`]).
+    durable: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -663,9 +687,16 @@ impl Writer {
         } else {
             self.write(&bytes)
         };
+        let mut durable = false;
         let synced = written.and_then(|()| match self.fsync {
-            Fsync::Always => self.sync(),
-            Fsync::Interval if flush_asked => self.sync(),
+            Fsync::Always => {
+                durable = true;
+                self.sync()
+            }
+            Fsync::Interval if flush_asked => {
+                durable = true;
+                self.sync()
+            }
             Fsync::Interval => {
                 self.dirty = true;
                 Ok(())
@@ -674,6 +705,9 @@ impl Writer {
         match synced {
             Ok(()) => {
                 self.metrics.audit_records(records);
+                if durable {
+                    self.publish_durable();
+                }
                 Ok(())
             }
             Err(problem) => match self.rollback(first_seq, first_prev, size_before) {
@@ -725,10 +759,23 @@ impl Writer {
     /// cannot refuse them; it is counted and reported, and the trail turns not ready until a write
     /// or a probe succeeds again.
     fn interval_sync(&mut self) {
-        if let Err(problem) = self.sync() {
-            self.metrics.audit_failure();
-            self.report(&Err(AuditError(problem)));
+        match self.sync() {
+            Ok(()) => self.publish_durable(),
+            Err(problem) => {
+                self.metrics.audit_failure();
+                self.report(&Err(AuditError(problem)));
+            }
         }
+    }
+
+    /// Publishes the last record written as durable (after a successful sync).
+    fn publish_durable(&self) {
+        let seq = self.sink.seq();
+        self.durable.send_if_modified(|last| {
+            let moved = *last != seq;
+            *last = seq;
+            moved
+        });
     }
 
     /// After a failed batch: the chain state goes back to the record before the batch, and the
