@@ -70,6 +70,7 @@ impl Shipper {
             metrics,
             closed: false,
         };
+        tokio::spawn(report_lag(durable.clone(), shipped.clone(), task.metrics.clone()));
         Shipper {
             shipped,
             durable,
@@ -386,6 +387,31 @@ impl Task {
         self.metrics.audit_shipped(count);
         self.report_lag();
         Ok(())
+    }
+}
+
+/// Keeps `tokengate_audit_ship_lag_records` at the durable records not yet shipped, whatever the
+/// shipper is doing (connecting, backing off, halted), until the trail is closed and the shipper
+/// stops.
+async fn report_lag(
+    mut durable: watch::Receiver<u64>,
+    mut shipped: watch::Receiver<u64>,
+    metrics: Arc<Metrics>,
+) {
+    loop {
+        let lag = durable
+            .borrow_and_update()
+            .saturating_sub(*shipped.borrow_and_update());
+        metrics.set_audit_ship_lag(lag);
+        tokio::select! {
+            changed = durable.changed() => if changed.is_err() { break },
+            changed = shipped.changed() => if changed.is_err() { break },
+        }
+    }
+    // The trail is closed (or the shipper stopped): only the shipped count moves now.
+    while shipped.changed().await.is_ok() {
+        let lag = durable.borrow().saturating_sub(*shipped.borrow());
+        metrics.set_audit_ship_lag(lag);
     }
 }
 
