@@ -485,14 +485,21 @@ fn check(path: &Path) -> ExitCode {
             "  audit store    PostgreSQL at {}, table {} (URL from {}): {}",
             target.describe(),
             target.table().name(),
-            match config.audit.postgres.as_ref().map(|p| (&p.url_env, &p.url_file)) {
+            match config
+                .audit
+                .postgres
+                .as_ref()
+                .map(|p| (&p.url_env, &p.url_file))
+            {
                 Some((Some(env), _)) => format!("environment variable {env}"),
                 Some((None, Some(file))) => format!("file {}", file.display()),
                 _ => "?".into(),
             },
             match answer {
                 Ok(()) => "answers".to_string(),
-                Err(error) => format!("does NOT answer now ({error}): records wait in the local trail until it does"),
+                Err(error) => format!(
+                    "does NOT answer now ({error}): records wait in the local trail until it does"
+                ),
             }
         );
     }

@@ -168,7 +168,10 @@ async fn two_replicas_ship_whole_chains_that_verify_and_query_like_the_files() {
     assert_shipped(&pg, "replica-b", &trail(&dir_b)).await;
     for output in [a.output(), b.output()] {
         assert!(!output.contains(PG_PASSWORD), "{output}");
-        assert!(output.contains("shipping the audit trail to PostgreSQL"), "{output}");
+        assert!(
+            output.contains("shipping the audit trail to PostgreSQL"),
+            "{output}"
+        );
     }
 
     let config = dir_a.path().join("tokengate.toml");
@@ -342,10 +345,8 @@ async fn a_query_by_token_id_uses_the_token_ids_index() {
         )
         .await
         .unwrap();
-    let sql = tokengate::audit::ship::read::candidates_sql(
-        table.sql(),
-        "token_ids @> ARRAY[$1::bigint]",
-    );
+    let sql =
+        tokengate::audit::ship::read::candidates_sql(table.sql(), "token_ids @> ARRAY[$1::bigint]");
     let tx = client.transaction().await.unwrap();
     let plan: Vec<String> = tx
         .query(&format!("EXPLAIN {sql}"), &[&873i64])
@@ -395,14 +396,23 @@ async fn postgres_down_under_load_holds_no_request_and_shipping_catches_up() {
     .await;
     assert!(replies.iter().all(|r| r.status == 200));
     // The request path never waited on PostgreSQL (its connect timeout is 10 s).
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
     let lag = metric(gateway.admin, "tokengate_audit_ship_lag_records").await;
     assert!(lag >= 80.0, "lag {lag}");
     eventually(Duration::from_secs(10), "a failure counted", || async {
         metric(gateway.admin, "tokengate_audit_ship_failures_total").await > 0.0
     })
     .await;
-    assert_eq!(send(gateway.admin, "GET", "/readyz", &[], None).await.status, 200);
+    assert_eq!(
+        send(gateway.admin, "GET", "/readyz", &[], None)
+            .await
+            .status,
+        200
+    );
 
     pg.start_again();
     eventually(Duration::from_secs(40), "shipping caught up", || async {
@@ -447,11 +457,17 @@ async fn a_gateway_killed_resumes_shipping_where_the_table_ends() {
     first.child.wait().unwrap();
     let output = first.output();
     assert!(!output.contains(PG_PASSWORD), "{output}");
-    assert!(output.contains("shipping audit records to PostgreSQL failed"), "{output}");
+    assert!(
+        output.contains("shipping audit records to PostgreSQL failed"),
+        "{output}"
+    );
     let dir = first.take_dir();
     let trail = dir.path().join("audit").join("trail.jsonl");
     assert!(local_lines(&trail).len() > shipped);
-    assert_eq!(table_rows(&pg_started(&mut pg), &origin).await.len(), shipped);
+    assert_eq!(
+        table_rows(&pg_started(&mut pg), &origin).await.len(),
+        shipped
+    );
 
     let mut second = Process::serve_in(&options, &env, dir);
     some_changes(second.addr, id, 1).await;
@@ -511,7 +527,12 @@ async fn a_conflicting_row_stops_shipping_of_that_origin() {
     let rows = table_rows(&pg, &origin).await;
     assert_eq!(rows.len(), shipped.len() + 1);
     assert_eq!(rows.last().unwrap().1, "not this trail");
-    assert_eq!(send(gateway.admin, "GET", "/readyz", &[], None).await.status, 200);
+    assert_eq!(
+        send(gateway.admin, "GET", "/readyz", &[], None)
+            .await
+            .status,
+        200
+    );
 }
 
 /// `check` reports the store (and whether it answers) without the password; a store with a
@@ -556,12 +577,18 @@ async fn check_reports_the_store_and_refuses_what_cannot_ship() {
         &[("TG_PG_URL", url.as_str())],
     );
     assert_eq!(code, 1, "{out}{err}");
-    assert!(err.contains("audit.postgres: needs audit.path to be a file"), "{err}");
+    assert!(
+        err.contains("audit.postgres: needs audit.path to be a file"),
+        "{err}"
+    );
     write("\n[audit.postgres]\ntable = \"x;y\"\n", None);
     let (code, _, err) = run_cli(&["check", "--config", config.to_str().unwrap()], &[]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("audit.postgres.url_env: is required"), "{err}");
-    assert!(err.contains("audit.postgres.table: must be a table name"), "{err}");
+    assert!(
+        err.contains("audit.postgres.table: must be a table name"),
+        "{err}"
+    );
     // With the password wrong the store does not answer, and the message holds no URL.
     let wrong = url.replace(PG_PASSWORD, "not-the-password-123");
     write(STORE, None);

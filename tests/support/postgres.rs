@@ -166,7 +166,14 @@ impl PgServer {
             let data = self.data();
             self.run(
                 "pg_ctl",
-                &["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"],
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
             );
             self.running = false;
         }
@@ -208,7 +215,14 @@ impl Drop for PgServer {
                 Command::new(&path)
             };
             let _ = command
-                .args(["-D", data.to_str().unwrap(), "-m", "immediate", "-w", "stop"])
+                .args([
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();

@@ -79,7 +79,10 @@ pub async fn origins(
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = tx
         .query(
-            &format!("SELECT DISTINCT origin FROM {} ORDER BY origin", table.sql()),
+            &format!(
+                "SELECT DISTINCT origin FROM {} ORDER BY origin",
+                table.sql()
+            ),
             &[],
         )
         .await?;

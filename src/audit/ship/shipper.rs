@@ -70,7 +70,11 @@ impl Shipper {
             metrics,
             closed: false,
         };
-        tokio::spawn(report_lag(durable.clone(), shipped.clone(), task.metrics.clone()));
+        tokio::spawn(report_lag(
+            durable.clone(),
+            shipped.clone(),
+            task.metrics.clone(),
+        ));
         Shipper {
             shipped,
             durable,
@@ -165,6 +169,8 @@ impl Task {
                 End::Retry(reason) => {
                     self.metrics.audit_ship_failure();
                     if !failing {
+                        // A new outage (the last session had shipped): the backoff starts over.
+                        backoff = BACKOFF_FIRST;
                         tracing::warn!(
                             postgres = %self.target.describe(),
                             origin = %self.origin,
@@ -200,9 +206,7 @@ impl Task {
     }
 
     fn lag(&self) -> u64 {
-        self.durable
-            .borrow()
-            .saturating_sub(*self.shipped.borrow())
+        self.durable.borrow().saturating_sub(*self.shipped.borrow())
     }
 
     fn report_lag(&self) {
@@ -252,7 +256,10 @@ impl Task {
             );
             *failing = false;
         }
-        let insert = match client.prepare(&self.target.table().insert_statement()).await {
+        let insert = match client
+            .prepare(&self.target.table().insert_statement())
+            .await
+        {
             Ok(statement) => statement,
             Err(error) => return End::Retry(error.to_string()),
         };
@@ -353,8 +360,10 @@ impl Task {
             )
             .await?;
         if inserted.len() < batch.len() {
-            let fresh: std::collections::HashSet<i64> =
-                inserted.iter().filter_map(|row| row.try_get(0).ok()).collect();
+            let fresh: std::collections::HashSet<i64> = inserted
+                .iter()
+                .filter_map(|row| row.try_get(0).ok())
+                .collect();
             let already: Vec<i64> = batch
                 .seq
                 .iter()

@@ -279,7 +279,10 @@ mod tests {
         assert_eq!(source.read(3).unwrap().unwrap().seq, 3);
         assert!(source.read(3).unwrap().is_none());
         // A record written but not durable is not read; a partial line neither.
-        let mut file = std::fs::OpenOptions::new().append(true).open(&live).unwrap();
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&live)
+            .unwrap();
         file.write_all(line(4).as_bytes()).unwrap();
         file.write_all(b"{\"seq\":5").unwrap();
         assert!(source.read(3).unwrap().is_none());

@@ -88,11 +88,31 @@ impl Table {
                  request_id text, client text, op text, token_ids bigint[], outcome text, \
                  line text NOT NULL, record jsonb, PRIMARY KEY (origin, seq))"
             ),
-            format!("CREATE INDEX IF NOT EXISTS \"{stem}_token_ids_idx\" ON {t} USING gin (token_ids)"),
+            format!(
+                "CREATE INDEX IF NOT EXISTS \"{stem}_token_ids_idx\" ON {t} USING gin (token_ids)"
+            ),
             format!("CREATE INDEX IF NOT EXISTS \"{stem}_ts_idx\" ON {t} (ts)"),
             format!("CREATE INDEX IF NOT EXISTS \"{stem}_client_ts_idx\" ON {t} (client, ts)"),
-            format!("CREATE INDEX IF NOT EXISTS \"{stem}_request_idx\" ON {t} (origin, request_id)"),
+            format!(
+                "CREATE INDEX IF NOT EXISTS \"{stem}_request_idx\" ON {t} (origin, request_id)"
+            ),
         ]
+    }
+
+    /// The table and its indexes as `to_regclass` names them (each index in the table's schema),
+    /// to find out whether anything must be created: a role that did not create them (and so
+    /// may not) runs no DDL at all when they exist.
+    pub fn relations(&self) -> Vec<String> {
+        let schema = self
+            .name
+            .rsplit_once('.')
+            .map(|(schema, _)| format!("\"{schema}\"."))
+            .unwrap_or_default();
+        let mut names = vec![self.quoted.clone()];
+        for suffix in ["token_ids_idx", "ts_idx", "client_ts_idx", "request_idx"] {
+            names.push(format!("{schema}\"{}_{suffix}\"", self.stem));
+        }
+        names
     }
 
     /// The multi-row insert of one batch (`$1` the origin, then one array per column, see
@@ -157,12 +177,15 @@ impl Row {
             .and_then(parse_rfc3339)
             .and_then(|ms| u64::try_from(ms).ok())
             .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-        let token_ids = record.get("token_ids").and_then(Value::as_array).map(|ids| {
-            ids.iter()
-                .filter_map(Value::as_u64)
-                .filter_map(|id| i64::try_from(id).ok())
-                .collect()
-        });
+        let token_ids = record
+            .get("token_ids")
+            .and_then(Value::as_array)
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(Value::as_u64)
+                    .filter_map(|id| i64::try_from(id).ok())
+                    .collect()
+            });
         Row {
             seq: i64::try_from(seq).unwrap_or(i64::MAX),
             ts,
@@ -172,7 +195,7 @@ impl Row {
             op: text("op"),
             token_ids,
             outcome: text("outcome"),
-            nul: has_nul(&Value::Object(record.clone())),
+            nul: record.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
         }
     }
 
@@ -227,8 +250,9 @@ impl Row {
         }
         let record_matches = match (&stored.record, self.nul) {
             (None, true) => true,
-            (Some(text), false) => serde_json::from_str::<Value>(text)
-                .is_ok_and(|held| held == Value::Object(record.clone())),
+            (Some(text), false) => {
+                serde_json::from_str::<Map<String, Value>>(text).is_ok_and(|held| &held == record)
+            }
             _ => false,
         };
         if !record_matches {
@@ -368,6 +392,8 @@ mod tests {
         let table = Table::new("audit.trail").unwrap();
         assert_eq!(table.sql(), "\"audit\".\"trail\"");
         assert!(table.create_statements()[1].contains("\"trail_token_ids_idx\""));
+        assert_eq!(table.relations()[1], "\"audit\".\"trail_token_ids_idx\"");
+        assert_eq!(Table::new("t").unwrap().relations()[4], "\"t_request_idx\"");
     }
 
     #[test]

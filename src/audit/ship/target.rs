@@ -105,9 +105,20 @@ impl Target {
         Ok(client)
     }
 
-    /// Creates the table and its indexes when missing. Replicas starting together take turns
-    /// (a transaction-scoped advisory lock), since `CREATE … IF NOT EXISTS` races with itself.
+    /// Creates the table and its indexes when missing (nothing is run when they all exist).
+    /// Replicas starting together take turns (a transaction-scoped advisory lock), since
+    /// `CREATE … IF NOT EXISTS` races with itself.
     pub async fn ensure_table(&self, client: &mut Client) -> Result<(), tokio_postgres::Error> {
+        let present: Option<bool> = client
+            .query_one(
+                "SELECT bool_and(to_regclass(name) IS NOT NULL) FROM unnest($1::text[]) AS name",
+                &[&self.table.relations()],
+            )
+            .await?
+            .try_get(0)?;
+        if present == Some(true) {
+            return Ok(());
+        }
         let tx = client.transaction().await?;
         tx.execute(
             "SELECT pg_advisory_xact_lock(hashtext($1))",
