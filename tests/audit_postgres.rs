@@ -465,7 +465,7 @@ async fn a_gateway_killed_resumes_shipping_where_the_table_ends() {
     let trail = dir.path().join("audit").join("trail.jsonl");
     assert!(local_lines(&trail).len() > shipped);
     assert_eq!(
-        table_rows(&pg_started(&mut pg), &origin).await.len(),
+        table_rows(pg_started(&mut pg), &origin).await.len(),
         shipped
     );
 

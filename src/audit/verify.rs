@@ -472,7 +472,7 @@ pub fn check_line(
     key: &AuditKey,
     expected_seq: u64,
     head: &str,
-) -> Result<(Map<String, Value>, String), (Option<u64>, String)> {
+) -> Result<(Map<String, Value>, String), Fault> {
     let (record, seq, hash) = check_record(bytes, key)?;
     check_link(&record, seq, expected_seq, head)?;
     Ok((record, hash))
