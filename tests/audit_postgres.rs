@@ -362,7 +362,8 @@ async fn a_query_by_token_id_uses_the_token_ids_index() {
 }
 
 /// PostgreSQL stopped under load: requests go on, the lag grows and failures are counted, the
-/// gateway stays ready; once it is back, shipping catches up with no gap and no duplicate.
+/// gateway stays ready; once it is back, shipping catches up with no gap and no duplicate, reading
+/// the waiting records back across the files they were rotated into.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_down_under_load_holds_no_request_and_shipping_catches_up() {
     let Some(mut pg) = PgServer::start() else {
@@ -372,7 +373,11 @@ async fn postgres_down_under_load_holds_no_request_and_shipping_catches_up() {
     let id = upstream.emulator.insert_token(USER_ID, NewToken::default());
     std::env::set_var("TG_PG_URL_DOWN", pg.url());
     let mut options = Options::new(upstream.addr);
-    options.audit_extra = STORE.replace("TG_PG_URL", "TG_PG_URL_DOWN");
+    // Small files: the records waiting while PostgreSQL is down span many rotations.
+    options.audit_extra = format!(
+        "rotate_bytes = 4096\n{}",
+        STORE.replace("TG_PG_URL", "TG_PG_URL_DOWN")
+    );
     let gateway = TestGateway::start(options).await;
     let origin = gateway.trail.origin().to_owned();
     some_changes(gateway.addr, id, 3).await;
@@ -420,6 +425,8 @@ async fn postgres_down_under_load_holds_no_request_and_shipping_catches_up() {
     })
     .await;
     assert_shipped(&pg, &origin, &gateway.audit_path).await;
+    let files = tokengate::audit::verify::trail_files(&gateway.audit_path).unwrap();
+    assert!(files.len() > 10, "{files:?}");
 }
 
 /// A gateway killed (SIGKILL) while PostgreSQL was down, so the table ends before its trail:
