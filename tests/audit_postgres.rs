@@ -278,6 +278,33 @@ async fn two_replicas_ship_whole_chains_that_verify_and_query_like_the_files() {
         .unwrap();
     let (code, out, err) = store_cli("verify", &config, &pg, &[]);
     assert_eq!(code, 0, "{out}{err}");
+    // The last change of the token hidden from --token (its outcome's token_ids emptied, past
+    // every row the index finds): the query still checks the whole chain, and fails.
+    let last_b = table_rows(&pg, "replica-b").await.last().unwrap().0;
+    client
+        .execute(
+            "UPDATE tokengate_audit SET token_ids = '{}' WHERE origin = 'replica-b' AND seq = $1",
+            &[&last_b],
+        )
+        .await
+        .unwrap();
+    let (code, _, err) = store_cli("query", &config, &pg, &["--token", &id.to_string()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "origin \"replica-b\", seq {last_b}: the row's token_ids"
+        )),
+        "{err}"
+    );
+    client
+        .execute(
+            "UPDATE tokengate_audit SET token_ids = ARRAY[$2::bigint] WHERE origin = 'replica-b' AND seq = $1",
+            &[&last_b, &id],
+        )
+        .await
+        .unwrap();
+    let (code, out, err) = store_cli("verify", &config, &pg, &[]);
+    assert_eq!(code, 0, "{out}{err}");
     // A row deleted: the next one names the gap.
     client
         .execute(

@@ -5,13 +5,15 @@
 //! **Query.** The filters the columns can answer (`--token` by the GIN index on `token_ids`,
 //! `--client` by `(client, ts)`, `--since`/`--until` by `ts`, `--op`) pick the matching rows'
 //! requests; every record of those requests (an intent's outcome, a batch's other ids) is
-//! fetched by `(origin, request_id)`. Then, per origin, the chain is checked from seq 1 up to the
-//! last of those rows (by the primary key, with every column compared to its line), and only
-//! records that verified reach the pairing and printing of `audit query` ([`Changes`]), which
-//! applies every filter exactly as over the files (`--outcome` and `--failed` there only: they
-//! depend on the pairing). So a query never reads a forged row, and never misses a matching
-//! one: the chain check fails first. Each origin's changes are kept in memory (what matched,
-//! not the table), then merged by time.
+//! fetched by `(origin, request_id)`. Then every origin's whole chain is checked (by the primary
+//! key, with every column compared to its line), and only records that verified, and were
+//! picked, reach the pairing and printing of `audit query` ([`Changes`]), which applies every
+//! filter exactly as over the files (`--outcome` and `--failed` there only: they depend on the
+//! pairing). Checking only up to the last row picked would be cheaper, but a matching row
+//! after it whose `token_ids` (say) were emptied, or that was deleted, would then be missed
+//! silently; checked whole, it breaks the chain and the query fails naming it. So a query costs
+//! an `audit verify --postgres`, as a query over files costs a verify of them. Each origin's
+//! changes are kept in memory (what matched, not the table), then merged by time.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -82,15 +84,19 @@ pub async fn query(
     let mut client = target.connect().await.map_err(CheckError::Db)?;
     let tx = snapshot(&mut client).await.map_err(CheckError::Db)?;
     let table = target.table();
-    // The rows to read, per origin: `None` for all of them (no filter the columns answer).
-    let wanted: BTreeMap<String, Option<Vec<i64>>> = match candidates(&tx, target, &filter).await? {
-        None => origins(&tx, table)
-            .await?
-            .into_iter()
-            .map(|origin| (origin, None))
-            .collect(),
-        Some(rows) => rows.into_iter().map(|(o, seqs)| (o, Some(seqs))).collect(),
-    };
+    // The rows to pair and print, per origin: `None` for all of them (no filter the columns
+    // answer). Every origin's whole chain is checked whatever matched (see the module docs).
+    let mut candidates = candidates(&tx, target, &filter).await?;
+    let wanted: Vec<(String, Option<Vec<i64>>)> = origins(&tx, table)
+        .await?
+        .into_iter()
+        .map(|origin| {
+            let seqs = candidates
+                .as_mut()
+                .map(|found| found.remove(&origin).unwrap_or_default());
+            (origin, seqs)
+        })
+        .collect();
     let mut report = QueryReport {
         output: Vec::new(),
         origins: Vec::new(),
@@ -100,10 +106,9 @@ pub async fn query(
     };
     let mut lines: Vec<(String, usize, Vec<u8>)> = Vec::new();
     for (index, (origin, seqs)) in wanted.into_iter().enumerate() {
-        let upto = seqs.as_ref().and_then(|s| s.last().copied());
         let mut changes = Changes::new(filter.clone(), format, Vec::new());
         let mut next = 0usize;
-        let summary = check_origin(&tx, table, &origin, upto, key, |seq, record| {
+        let summary = check_origin(&tx, table, &origin, None, key, |seq, record| {
             let take = match &seqs {
                 None => true,
                 Some(seqs) => {
