@@ -227,3 +227,18 @@ fn time_of(line: &[u8], format: Format) -> String {
             .unwrap_or_default(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_merge_by_the_time_they_print() {
+        let text = b"2026-11-22T15:20:01.234Z gw-1 secops 10.1.2.3 update 873 forwarded 200\n";
+        assert_eq!(time_of(text, Format::Text), "2026-11-22T15:20:01.234Z");
+        let json = br#"{"intent":{"ts":"2026-01-01T00:00:00.000Z"},"outcome":null,"result":"unknown","token_id":1,"ts":"2026-11-22T15:20:01.234Z"}
+"#;
+        assert_eq!(time_of(json, Format::Json), "2026-11-22T15:20:01.234Z");
+        assert!(candidates_sql("\"t\"", "op = $1").contains("WHERE op = $1"));
+    }
+}

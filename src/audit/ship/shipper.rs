@@ -33,6 +33,8 @@ const BATCH_BYTES: usize = 4 << 20;
 /// Reconnection backoff.
 const BACKOFF_FIRST: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The longest one batch may take before the connection is given up as dead.
+const BATCH_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long to wait before reading again when a durable record is not readable yet (the live
 /// file being rotated under the reader).
 const REREAD: Duration = Duration::from_millis(100);
@@ -284,8 +286,22 @@ impl Task {
                 tokio::time::sleep(REREAD).await;
                 continue;
             }
-            if let Err(end) = self.ship(&mut client, &insert, batch, &lines).await {
-                return end;
+            // A server that stopped answering (frozen, or a network that drops packets) ends the
+            // session like one that refuses: reconnect, resume from the table.
+            match tokio::time::timeout(
+                BATCH_TIMEOUT,
+                self.ship(&mut client, &insert, batch, &lines),
+            )
+            .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(end)) => return end,
+                Err(_) => {
+                    return End::Retry(format!(
+                        "no answer to a batch within {} s",
+                        BATCH_TIMEOUT.as_secs()
+                    ))
+                }
             }
         }
     }

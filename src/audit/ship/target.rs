@@ -64,6 +64,7 @@ impl Target {
         }
         config
             .connect_timeout(CONNECT_TIMEOUT)
+            .keepalives_idle(Duration::from_secs(30))
             .application_name("tokengate");
         let described = describe(&config);
         Ok(Target {
