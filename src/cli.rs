@@ -129,6 +129,14 @@ pub struct AuditVerifyArgs {
     /// `<audit.path>` (k the oldest rotated file left: older ones may have been archived).
     #[arg(value_name = "FILES")]
     pub files: Vec<PathBuf>,
+    /// Read the central store instead of files: every origin's rows in the PostgreSQL table of
+    /// `[audit.postgres]` (SPEC §6.3).
+    #[arg(long, conflicts_with = "files")]
+    pub postgres: bool,
+    /// With --postgres: the environment variable holding the PostgreSQL URL (instead of the
+    /// configuration's `[audit.postgres]`).
+    #[arg(long, value_name = "VAR", requires = "postgres")]
+    pub pg_url_env: Option<String>,
 }
 
 /// `audit verify` arguments: the trail and its key, and the public key of its checkpoints.
@@ -141,7 +149,8 @@ pub struct AuditVerifyCommand {
     /// checkpoint (SPEC §6.3). With neither --key-file nor --key-env, and FILES given, no audit
     /// key is used at all: links, `seq` and the checkpoints are checked and record hashes are not
     /// recomputed. Without FILES, the configuration's audit key is used when it can be read.
-    #[arg(long, value_name = "FILE")]
+    /// Not with --postgres (the table's chains are checked with the audit key).
+    #[arg(long, value_name = "FILE", conflicts_with = "postgres")]
     pub public_key: Option<PathBuf>,
 }
 
@@ -250,7 +259,7 @@ pub fn run(cli: Cli) -> ExitCode {
 }
 
 /// Prints configuration faults, one per line, each naming its key.
-fn report(path: &Path, errors: &ConfigErrors) {
+pub(crate) fn report(path: &Path, errors: &ConfigErrors) {
     eprintln!(
         "tokengate: the configuration {} is not valid:",
         path.display()
@@ -517,6 +526,31 @@ fn check(path: &Path) -> ExitCode {
             }
         }
     }
+    if let Some(target) = &gateway.audit_store {
+        // Like Redis: an outage is reported, not refused (records wait in the local trail).
+        let answer = runtime.block_on(async { target.connect().await.map(drop) });
+        println!(
+            "  audit store    PostgreSQL at {}, table {} (URL from {}): {}",
+            target.describe(),
+            target.table().name(),
+            match config
+                .audit
+                .postgres
+                .as_ref()
+                .map(|p| (&p.url_env, &p.url_file))
+            {
+                Some((Some(env), _)) => format!("environment variable {env}"),
+                Some((None, Some(file))) => format!("file {}", file.display()),
+                _ => "?".into(),
+            },
+            match answer {
+                Ok(()) => "answers".to_string(),
+                Err(error) => format!(
+                    "does NOT answer now ({error}): records wait in the local trail until it does"
+                ),
+            }
+        );
+    }
     if let (Some(cluster), Some(settings)) = (&gateway.cluster, &config.cluster) {
         // `check` connects to Redis and says whether it answers (SPEC §11); an outage is not a
         // fault of the file (a replica serves through one), so it is reported, not refused.
@@ -658,15 +692,18 @@ fn trail_and_key(args: &AuditVerifyArgs, verb: &str) -> Result<(AuditKey, Vec<Pa
 }
 
 /// `n word` or `n words`.
-fn plural(n: u64, word: &str) -> String {
+pub(crate) fn plural(n: u64, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 fn audit_verify(command: &AuditVerifyCommand) -> ExitCode {
-    if let Some(public) = &command.public_key {
-        return audit_verify_signed(&command.trail, public);
-    }
     let args = &command.trail;
+    if args.postgres {
+        return crate::audit::ship::cli::verify(args);
+    }
+    if let Some(public) = &command.public_key {
+        return audit_verify_signed(args, public);
+    }
     let (key, files) = match trail_and_key(args, "verify") {
         Ok(found) => found,
         Err(code) => return code,
@@ -850,19 +887,14 @@ fn keys_checkpoint(out: &Path) -> ExitCode {
 /// record count, or broken at a named record) and any note on the output go to standard error,
 /// so that the output holds changes only.
 fn audit_query(args: &AuditQueryArgs) -> ExitCode {
+    if args.trail.postgres {
+        return crate::audit::ship::cli::query(args, query_filter(args));
+    }
     let (key, files) = match trail_and_key(&args.trail, "query") {
         Ok(found) => found,
         Err(code) => return code,
     };
-    let filter = Filter {
-        token: args.token,
-        client: args.client.clone(),
-        op: args.op.clone(),
-        outcome: args.outcome.clone(),
-        failed: args.failed,
-        since: args.since,
-        until: args.until,
-    };
+    let filter = query_filter(args);
     let out = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
     match query::run(&files, &key, filter, args.format, out) {
         Ok(report) => {
@@ -908,6 +940,19 @@ fn audit_query(args: &AuditQueryArgs) -> ExitCode {
             eprintln!("tokengate: cannot write the output: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The filters of `audit query`'s arguments.
+fn query_filter(args: &AuditQueryArgs) -> Filter {
+    Filter {
+        token: args.token,
+        client: args.client.clone(),
+        op: args.op.clone(),
+        outcome: args.outcome.clone(),
+        failed: args.failed,
+        since: args.since,
+        until: args.until,
     }
 }
 

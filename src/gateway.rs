@@ -9,6 +9,8 @@ use ipnet::IpNet;
 
 use crate::audit::chain::AuditKey;
 use crate::audit::checkpoint::{CheckpointKey, Checkpoints};
+use crate::audit::ship::shipper::Shipper;
+use crate::audit::ship::target::Target;
 use crate::audit::writer::Trail;
 use crate::caller::Authenticator;
 use crate::cluster::Cluster;
@@ -59,6 +61,10 @@ pub struct Gateway {
     /// `audit.checkpoint_*`: the key that signs checkpoints and when (SPEC §6.3), loaded (and so
     /// validated) by `check` too; read at start, kept across reloads.
     pub checkpoints: Option<Checkpoints>,
+    /// `[audit.postgres]`: the central store (SPEC §6.3), its URL resolved.
+    pub audit_store: Option<Target>,
+    /// The shipper to it, started with the trail (after [`Gateway::open_trail`]).
+    pub shipper: Option<Arc<Shipper>>,
     /// `audit.reads`.
     pub audit_reads: bool,
     /// `audit.capture_before`: read each token before a change that does not read it anyway.
@@ -146,6 +152,14 @@ impl Gateway {
             .map_err(|error| errors.push(error))
             .ok()
             .flatten();
+        let audit_store = match audit.postgres.as_ref().map(Target::resolve) {
+            Some(Ok(target)) => Some(target),
+            Some(Err((key, message))) => {
+                errors.push(ConfigError { key, message });
+                None
+            }
+            None => None,
+        };
         let tls = match config.server.tls.as_ref().map(crate::tls::server_config) {
             Some(Ok(tls)) => Some(tls),
             Some(Err(error)) => {
@@ -192,6 +206,8 @@ impl Gateway {
             audit_key,
             trail: None,
             checkpoints,
+            audit_store,
+            shipper: None,
             audit_reads: audit.reads,
             audit_capture_before: audit.capture_before,
             rate_limit_dry_run: config.rate_limit.dry_run,
@@ -251,6 +267,9 @@ impl Gateway {
             authenticator.keep_limits_from(&self.authenticator);
         }
         next.trail = self.trail.clone();
+        // `[audit.postgres]` needs a restart: the running shipper stays.
+        next.audit_store = self.audit_store.clone();
+        next.shipper = self.shipper.clone();
         // The one `[audit]` key a reload applies: it only moves the readiness threshold.
         if let Some(trail) = &next.trail {
             trail.set_min_free_bytes(config.audit.min_free_bytes);
@@ -286,6 +305,22 @@ impl Gateway {
             self.checkpoints.clone(),
         )
         .map_err(|message| ConfigErrors::one("audit.path", message))?;
+        // The shipper reads the records back from the trail's files, after they are durable;
+        // it runs on the current runtime, and never holds a request.
+        if let Some(target) = &self.audit_store {
+            tracing::info!(
+                postgres = %target.describe(),
+                table = %target.table().name(),
+                origin = %self.origin,
+                "shipping the audit trail to PostgreSQL"
+            );
+            self.shipper = Some(Arc::new(Shipper::start(
+                target.clone(),
+                &trail,
+                &config.path,
+                self.metrics.clone(),
+            )));
+        }
         self.trail = Some(Arc::new(trail));
         Ok(())
     }
@@ -411,6 +446,8 @@ pub struct RestartOnly {
     cluster: Vec<(&'static str, String)>,
     /// `audit.checkpoint_*` (SPEC §6.3): the writer signs with the key it read at start.
     checkpoints: [(&'static str, String); 4],
+    /// `[audit.postgres]`'s keys, as comparable text (where the URL comes from, never the URL).
+    audit_postgres: String,
 }
 
 impl RestartOnly {
@@ -449,6 +486,14 @@ impl RestartOnly {
                     config.audit.checkpoint_interval_s.to_string(),
                 ),
             ],
+            audit_postgres: format!(
+                "{:?}",
+                config
+                    .audit
+                    .postgres
+                    .as_ref()
+                    .map(|p| (&p.url_env, &p.url_file, &p.table))
+            ),
             cluster: match &config.cluster {
                 None => vec![("[cluster]", String::new())],
                 Some(c) => vec![
@@ -510,6 +555,10 @@ impl RestartOnly {
         for ((key, was), (_, is)) in self.checkpoints.iter().zip(&next.checkpoints) {
             differs(key, was != is);
         }
+        differs(
+            "[audit.postgres]",
+            self.audit_postgres != next.audit_postgres,
+        );
         if self.cluster.len() != next.cluster.len() {
             changed.push("[cluster] (turned on or off)");
         } else {

@@ -78,6 +78,9 @@ pub struct Metrics {
     audit_records_dropped: Counter,
     audit_free_bytes: Gauge,
     audit_min_free_bytes: Gauge,
+    audit_shipped: Counter,
+    audit_ship_lag: Gauge,
+    audit_ship_failures: Counter,
     ready: Gauge,
     open_connections: Gauge,
     connection_cap_reached: Counter,
@@ -145,6 +148,26 @@ impl Metrics {
         let audit_records_dropped = Counter::default();
         let audit_free_bytes = Gauge::default();
         let audit_min_free_bytes = Gauge::default();
+        // Registered with or without `[audit.postgres]` (at 0 without), so dashboards and alerts
+        // can name them everywhere.
+        let audit_shipped = Counter::default();
+        let audit_ship_lag = Gauge::default();
+        let audit_ship_failures = Counter::default();
+        registry.register(
+            "tokengate_audit_shipped",
+            "Audit records copied to the central store ([audit.postgres]), rows already there included",
+            audit_shipped.clone(),
+        );
+        registry.register(
+            "tokengate_audit_ship_lag_records",
+            "Durable audit records not yet in the central store ([audit.postgres])",
+            audit_ship_lag.clone(),
+        );
+        registry.register(
+            "tokengate_audit_ship_failures",
+            "Failed attempts to ship audit records (PostgreSQL unreachable or refusing), and conflicting rows, which stop shipping",
+            audit_ship_failures.clone(),
+        );
         let open_connections = Gauge::default();
         let connection_cap_reached = Counter::default();
         registry.register(
@@ -296,6 +319,9 @@ impl Metrics {
             audit_records_dropped,
             audit_free_bytes,
             audit_min_free_bytes,
+            audit_shipped,
+            audit_ship_lag,
+            audit_ship_failures,
             ready,
             open_connections,
             connection_cap_reached,
@@ -432,6 +458,22 @@ impl Metrics {
     /// Sets the audit queue depth.
     pub fn set_audit_queue_depth(&self, depth: i64) {
         self.audit_queue_depth.set(depth);
+    }
+
+    /// Counts records shipped to the central store.
+    pub fn audit_shipped(&self, n: u64) {
+        self.audit_shipped.inc_by(n);
+    }
+
+    /// Sets the number of durable records not yet shipped.
+    pub fn set_audit_ship_lag(&self, records: u64) {
+        self.audit_ship_lag
+            .set(i64::try_from(records).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a failed shipping attempt, or a conflicting row.
+    pub fn audit_ship_failure(&self) {
+        self.audit_ship_failures.inc();
     }
 
     /// Counts a caller connection opened (accepted).

@@ -120,6 +120,11 @@ pub async fn run_reloading(
     if let Err(error) = trail.close().await {
         tracing::error!("the audit trail could not be flushed: {error}");
     }
+    // Every durable record is in the trail now; the central store gets them within the grace
+    // (SPEC §6.3), or at the next start.
+    if let Some(shipper) = &gateway.shipper {
+        shipper.drain(grace).await;
+    }
     tracing::info!("stopped");
 }
 

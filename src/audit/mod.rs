@@ -15,6 +15,8 @@
 //!   reading the verified tail a writer resumes from;
 //! - [`query`]: the changes a trail records, paired, filtered and printed while the chain is
 //!   checked (`tokengate audit query`);
+//! - [`ship`]: the central store in PostgreSQL (`[audit.postgres]`): the shipper, and verify and
+//!   query over the table;
 //! - [`repair`]: cutting a torn last line off the live file (`tokengate audit repair`);
 //! - [`lock`]: one writer per trail (`<path>.lock`, held while a process writes).
 
@@ -26,6 +28,7 @@ pub mod lock;
 pub mod query;
 pub mod record;
 pub mod repair;
+pub mod ship;
 pub mod signed;
 pub mod verify;
 pub mod writer;

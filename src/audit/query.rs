@@ -141,6 +141,42 @@ pub fn run<W: Write>(
     })
 }
 
+/// The pairing, filtering and printing of [`run`], fed one verified record at a time: for a
+/// trail read from elsewhere than its files (an origin's rows in the central store, SPEC §6.3).
+/// The records must come in `seq` order, every one checked (hash, link, `seq`) before.
+pub struct Changes<W: Write>(Query<W>);
+
+impl<W: Write> Changes<W> {
+    /// Prints the changes that pass `filter` to `out`, as `format` says.
+    pub fn new(filter: Filter, format: Format, out: W) -> Changes<W> {
+        Changes(Query::new(filter, format, out))
+    }
+
+    /// Takes the next record (`seq` and the record, `hash` included).
+    pub fn record(&mut self, seq: u64, record: Map<String, Value>) -> io::Result<()> {
+        self.0.record(Verified {
+            file: 0,
+            line: 0,
+            seq,
+            record,
+        })
+    }
+
+    /// The end of the records: prints what was waiting. Returns the output, the lines printed,
+    /// those with an unknown result, and the notes.
+    pub fn finish(mut self) -> io::Result<(W, u64, u64, Vec<String>)> {
+        self.0.finish()?;
+        let Query {
+            out,
+            printed,
+            unknown,
+            notes,
+            ..
+        } = self.0;
+        Ok((out, printed, unknown, notes))
+    }
+}
+
 /// An intent waiting for its outcome.
 #[derive(Debug)]
 struct Pending {

@@ -412,17 +412,13 @@ type Fault = (Option<u64>, String);
 /// version 1 records stay readable by every tool).
 const VERSIONS: [u64; 2] = [1, 2];
 
-/// [`check_record`], for the checkpoint writer reading back the lines it resumes from.
-pub(crate) fn check_line(
+/// Checks one line (without its `\n`) on its own: a canonical JSON object, `v` 1 or 2, a `seq`,
+/// and a `hash` that verifies. Returns the record, its `seq` and its `hash`. The checkpoint writer
+/// reads back the lines it resumes from with it.
+pub(crate) fn check_record(
     bytes: &[u8],
     key: &AuditKey,
 ) -> Result<(Map<String, Value>, u64, String), Fault> {
-    check_record(bytes, key)
-}
-
-/// Checks one line (without its `\n`) on its own: a canonical JSON object, `v` 1 or 2, a `seq`,
-/// and a `hash` that verifies. Returns the record, its `seq` and its `hash`.
-fn check_record(bytes: &[u8], key: &AuditKey) -> Result<(Map<String, Value>, u64, String), Fault> {
     check_record_keyed(bytes, Some(key))
 }
 
@@ -505,6 +501,22 @@ fn check_link(
         )),
         None => Err((Some(seq), "the record has no prev".to_owned())),
     }
+}
+
+/// Checks one line (without its newline) of a trail read from elsewhere than its files (the
+/// central store, SPEC §6.3) as [`Records`] checks a line of a file: a canonical record whose
+/// `hash` verifies under `key`, with `seq` `expected_seq` and `prev` `head` (the hash of the
+/// record before, or [`GENESIS`]). Returns the record and its `hash`, or the `seq` read (if any)
+/// and the reason.
+pub fn check_line(
+    bytes: &[u8],
+    key: &AuditKey,
+    expected_seq: u64,
+    head: &str,
+) -> Result<(Map<String, Value>, String), Fault> {
+    let (record, seq, hash) = check_record(bytes, key)?;
+    check_link(&record, seq, expected_seq, head)?;
+    Ok((record, hash))
 }
 
 /// The `(seq, hash)` of the last record of the trail made of `files` (the last line of the last

@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::time::Instant as Deadline;
 
 use super::chain::{AuditKey, GENESIS};
@@ -172,6 +172,9 @@ pub struct Trail {
     queue_bytes: u64,
     /// The replica that writes this trail, in every record (SPEC §6 `origin`).
     origin: Arc<str>,
+    /// The `seq` of the last durable record (on disk and synced): what the shipper to
+    /// PostgreSQL may copy (SPEC §6.3), which it follows without polling.
+    durable: watch::Receiver<u64>,
 }
 
 impl Trail {
@@ -199,6 +202,8 @@ impl Trail {
                 Some(Signer::new(settings, origin.clone(), digest))
             }
         };
+        // What is on disk at start is what the previous process left: durable.
+        let (durable_tx, durable) = watch::channel(sink.seq());
         let (queue, jobs) = sync_channel(QUEUE);
         let health = Arc::new(Health::default());
         health.healthy.store(true, Ordering::Relaxed);
@@ -217,6 +222,7 @@ impl Trail {
             faults: faults.clone(),
             dirty: false,
             signer,
+            durable: durable_tx,
         };
         // Readiness is right from the start, before the writer's first look.
         writer.check_space();
@@ -233,7 +239,15 @@ impl Trail {
             max_record_bytes: config.max_record_bytes,
             queue_bytes: config.queue_bytes,
             origin,
+            durable,
         })
+    }
+
+    /// Follows the `seq` of the last durable record (0 before the first): it moves after each
+    /// synced batch (`fsync = "always"`), or each sync (`"interval"`), never to a record a failed
+    /// write may still take back.
+    pub fn durable(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
     }
 
     /// The writer's injectable faults (tests only).
@@ -417,6 +431,14 @@ struct FileSink {
 }
 
 impl Sink {
+    /// The `seq` of the last record written.
+    fn seq(&self) -> u64 {
+        match self {
+            Sink::File(sink) => sink.seq,
+            Sink::Stdout { seq, .. } => *seq,
+        }
+    }
+
     fn open(config: &AuditConfig, key: &AuditKey) -> Result<Sink, String> {
         if config.path.as_os_str() == "-" {
             return Ok(Sink::Stdout {
@@ -570,6 +592,8 @@ struct Writer {
     dirty: bool,
     /// Signs checkpoints, with `audit.checkpoint_key_*` (SPEC §6.3).
     signer: Option<Signer>,
+    /// Where the `seq` of the last durable record is published ([`Trail::durable`]).
+    durable: watch::Sender<u64>,
 }
 
 impl Writer {
@@ -720,9 +744,16 @@ impl Writer {
         } else {
             self.write(&bytes)
         };
+        let mut durable = false;
         let synced = written.and_then(|()| match self.fsync {
-            Fsync::Always => self.sync(),
-            Fsync::Interval if flush_asked => self.sync(),
+            Fsync::Always => {
+                durable = true;
+                self.sync()
+            }
+            Fsync::Interval if flush_asked => {
+                durable = true;
+                self.sync()
+            }
             Fsync::Interval => {
                 self.dirty = true;
                 Ok(())
@@ -735,6 +766,9 @@ impl Writer {
                     if let Some(signer) = &mut self.signer {
                         signer.written();
                     }
+                }
+                if durable {
+                    self.publish_durable();
                 }
                 Ok(())
             }
@@ -793,10 +827,23 @@ impl Writer {
     /// cannot refuse them; it is counted and reported, and the trail turns not ready until a write
     /// or a probe succeeds again.
     fn interval_sync(&mut self) {
-        if let Err(problem) = self.sync() {
-            self.metrics.audit_failure();
-            self.report(&Err(AuditError(problem)));
+        match self.sync() {
+            Ok(()) => self.publish_durable(),
+            Err(problem) => {
+                self.metrics.audit_failure();
+                self.report(&Err(AuditError(problem)));
+            }
         }
+    }
+
+    /// Publishes the last record written as durable (after a successful sync).
+    fn publish_durable(&self) {
+        let seq = self.sink.seq();
+        self.durable.send_if_modified(|last| {
+            let moved = *last != seq;
+            *last = seq;
+            moved
+        });
     }
 
     /// After a failed batch: the chain state goes back to the record before the batch, and the

@@ -355,6 +355,9 @@ pub struct AuditConfig {
     pub checkpoint_every: u64,
     /// The longest, in seconds, a written record waits for a checkpoint to sign it.
     pub checkpoint_interval_s: u64,
+    /// `[audit.postgres]`: the central store every record is shipped to (SPEC §6.3); absent,
+    /// the trail stays local. A change needs a restart.
+    pub postgres: Option<PostgresConfig>,
 }
 
 /// The most `audit.checkpoint_every`.
@@ -362,6 +365,32 @@ pub const MAX_CHECKPOINT_EVERY: u64 = 10_000_000;
 
 /// The most `audit.checkpoint_interval_s`: a day.
 pub const MAX_CHECKPOINT_INTERVAL_S: u64 = 86_400;
+
+/// `[audit.postgres]` (SPEC §6.3): where the shipper copies the trail. The URL is a secret (it
+/// may hold a password), so it is never written in the file: only `url_env` or `url_file`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// Environment variable holding the `postgres://` URL.
+    pub url_env: Option<String>,
+    /// File holding the URL.
+    pub url_file: Option<PathBuf>,
+    /// The table (`name` or `schema.name`), created when missing.
+    pub table: String,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        PostgresConfig {
+            url_env: None,
+            url_file: None,
+            table: DEFAULT_AUDIT_TABLE.into(),
+        }
+    }
+}
+
+/// The default of `audit.postgres.table`.
+pub const DEFAULT_AUDIT_TABLE: &str = "tokengate_audit";
 
 /// The least `audit.max_record_bytes`: what no record can shed stays under it (up to
 /// `limits.max_batch` = 1000 ids of 16 digits in `token_ids`, about 17 KB, plus some 2 KB of
@@ -392,6 +421,7 @@ impl Default for AuditConfig {
             checkpoint_key_file: None,
             checkpoint_every: 1000,
             checkpoint_interval_s: 60,
+            postgres: None,
         }
     }
 }
@@ -802,7 +832,38 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             check_cluster(cluster, &mut fault);
         }
+        if let Some(postgres) = &self.audit.postgres {
+            check_postgres(postgres, &self.audit.path, &mut fault);
+        }
         errors
+    }
+}
+
+/// The rules of `[audit.postgres]`: one source of the URL, a table name that is an identifier
+/// (it is written into SQL, quoted), and a trail the shipper can read back (not standard output).
+fn check_postgres(postgres: &PostgresConfig, path: &Path, fault: &mut impl FnMut(String, String)) {
+    match (&postgres.url_env, &postgres.url_file) {
+        (None, None) => fault(
+            "audit.postgres.url_env".into(),
+            "is required: set audit.postgres.url_env or audit.postgres.url_file (the URL is a secret, never written in the file)".into(),
+        ),
+        (Some(_), Some(_)) => fault(
+            "audit.postgres.url_file".into(),
+            "set either audit.postgres.url_env or audit.postgres.url_file, not both".into(),
+        ),
+        _ => {}
+    }
+    if !crate::audit::ship::table::valid_table_name(&postgres.table) {
+        fault(
+            "audit.postgres.table".into(),
+            "must be a table name (letters, digits and `_`, not starting with a digit, at most 48 characters), optionally with its schema (`schema.table`)".into(),
+        );
+    }
+    if path.as_os_str() == "-" {
+        fault(
+            "audit.postgres".into(),
+            "needs audit.path to be a file: the shipper reads the records back from the trail's files, and standard output (`-`) cannot be read back".into(),
+        );
     }
 }
 

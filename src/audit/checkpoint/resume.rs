@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::LinesDigest;
 use crate::audit::chain::AuditKey;
-use crate::audit::verify::{check_line, MAX_LINE_BYTES};
+use crate::audit::verify::{check_record, MAX_LINE_BYTES};
 
 /// Whether a line of the trail is a checkpoint record, from its first bytes alone (the writer
 /// reads back up to a whole trail at start): canonical JSON sorts members by name, every other
@@ -58,7 +58,7 @@ pub(crate) fn resume(files: &[PathBuf], key: &AuditKey) -> Result<LinesDigest, S
                     file.display()
                 )
             })?;
-            let (record, seq, hash) = check_line(body, key).map_err(|(seq, reason)| {
+            let (record, seq, hash) = check_record(body, key).map_err(|(seq, reason)| {
                 format!(
                     "{} (seq {}): {reason}",
                     file.display(),
