@@ -123,7 +123,8 @@ fn replica(upstream: &RunningEmulator, redis: &RedisServer, pg: &PgServer, name:
     let mut options = Options::new(upstream.addr);
     options.audit_extra = STORE.into();
     options.tail = format!(
-        "\n[cluster]\nurl = \"{}\"\ninstance = \"{name}\"\n",
+        // timeout_ms: a loaded machine must not turn a slow Redis answer into a refusal.
+        "\n[cluster]\nurl = \"{}\"\ninstance = \"{name}\"\ntimeout_ms = 2000\n",
         redis.url()
     );
     let url = pg.url();

@@ -29,8 +29,15 @@ fn replicas(
             let mut options = Options::new(upstream.addr);
             options.rate_limit = rate_limit.into();
             options.clients = Some(client_entry("team", TEAM_KEY, ""));
+            // A generous bound on each Redis call unless the test is about it: a loaded
+            // machine must not turn a slow answer into 503 cluster_unavailable.
+            let timeout = if extra.contains("timeout_ms") {
+                ""
+            } else {
+                "timeout_ms = 2000\n"
+            };
             options.tail = format!(
-                "[cluster]\nurl = \"{}\"\ninstance = \"replica-{i}\"\n{extra}\n",
+                "[cluster]\nurl = \"{}\"\ninstance = \"replica-{i}\"\n{timeout}{extra}\n",
                 redis.url()
             );
             Process::serve(&options, &[])
