@@ -1000,7 +1000,7 @@ async fn every_dashboard_query_names_only_metrics_a_running_gateway_exposes() {
     assert!(missing.is_empty(), "{missing:#?}\n{text}");
 
     // And the check notices a name the gateway does not expose.
-    let fake = metric_names("sum(rate(tokengate_audit_shipped_total[5m]))");
+    let fake = metric_names("sum(rate(tokengate_audit_teleported_total[5m]))");
     assert!(fake
         .iter()
         .any(|name| unexposed(name, &samples, &types).is_some()));
