@@ -636,13 +636,15 @@ fn keys_new(client: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// The key and the files of the trail that `args` name, as `audit verify` and `audit query` find
-/// them (`verb` says which, in messages); a problem is reported here and comes back as the exit
-/// code to return.
-fn trail_and_key(args: &AuditVerifyArgs, verb: &str) -> Result<(AuditKey, Vec<PathBuf>), ExitCode> {
+/// The configuration, when `needs_config` or no `--key-file`/`--key-env` is given, and the audit
+/// key: from `--key-file`/`--key-env`, else the configuration's. A problem is reported here and
+/// comes back as exit code 2.
+pub(crate) fn config_and_key(
+    args: &AuditVerifyArgs,
+    needs_config: bool,
+) -> Result<(Option<Config>, AuditKey), ExitCode> {
     let path = &args.config.config;
-    let needs_config = args.files.is_empty() || (args.key_file.is_none() && args.key_env.is_none());
-    let config = if needs_config {
+    let config = if needs_config || (args.key_file.is_none() && args.key_env.is_none()) {
         match Config::load(path) {
             Ok(config) => Some(config),
             Err(errors) => {
@@ -662,13 +664,20 @@ fn trail_and_key(args: &AuditVerifyArgs, verb: &str) -> Result<(AuditKey, Vec<Pa
         ),
         (None, None, None) => Err("no audit key: give --key-file or --key-env".to_owned()),
     };
-    let key = match key {
-        Ok(key) => key,
+    match key {
+        Ok(key) => Ok((config, key)),
         Err(error) => {
             eprintln!("tokengate: {error}");
-            return Err(ExitCode::from(2));
+            Err(ExitCode::from(2))
         }
-    };
+    }
+}
+
+/// The key and the files of the trail that `args` name, as `audit verify` and `audit query` find
+/// them (`verb` says which, in messages); a problem is reported here and comes back as the exit
+/// code to return.
+fn trail_and_key(args: &AuditVerifyArgs, verb: &str) -> Result<(AuditKey, Vec<PathBuf>), ExitCode> {
+    let (config, key) = config_and_key(args, args.files.is_empty())?;
     let files = match (&config, args.files.is_empty()) {
         (Some(config), true) => {
             let live = &config.audit.path;

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
+use support::tmpfs::Tmpfs;
 use support::*;
 use tokengate::audit::chain::{line, seal, AuditKey};
 use tokengate::audit::checkpoint::{message, CheckpointKey};
@@ -750,31 +751,6 @@ async fn checkpoints_turned_on_for_an_unsigned_trail_sign_it_from_seq_1_unless_i
         stdout.contains("checkpoints: 1 signed") && stdout.contains("last signed seq 22"),
         "{stdout}"
     );
-}
-
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: PathBuf, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(&at).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then_some(Tmpfs(at))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 /// A batch that fails on a full disk is cut back, and the digest with it: the checkpoints after

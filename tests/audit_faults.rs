@@ -6,9 +6,9 @@
 mod support;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use support::tmpfs::Tmpfs;
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig};
 
@@ -31,31 +31,6 @@ async fn until_ready(gateway: &TestGateway, status: u16) {
             reply.text()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A small tmpfs, unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: PathBuf, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(&at).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(&at)
-            .stderr(std::process::Stdio::null())
-            .status()
-            .ok()?;
-        status.success().then_some(Tmpfs(at))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod postgres;
 pub mod redis;
 pub mod tls;
+pub mod tmpfs;
 pub mod tools;
 
 use std::net::SocketAddr;

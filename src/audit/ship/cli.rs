@@ -9,40 +9,15 @@ use super::table::Table;
 use super::target::Target;
 use crate::audit::chain::AuditKey;
 use crate::audit::query::Filter;
-use crate::cli::{plural, report, AuditQueryArgs, AuditVerifyArgs};
-use crate::config::{Config, DEFAULT_AUDIT_TABLE};
+use crate::cli::{config_and_key, plural, AuditQueryArgs, AuditVerifyArgs};
+use crate::config::DEFAULT_AUDIT_TABLE;
 use crate::secret;
 
 /// The audit key and the central store `args` name: the key from `--key-file`/`--key-env` or
 /// the configuration, the URL from `--pg-url-env` or the configuration's `[audit.postgres]`.
 fn key_and_target(args: &AuditVerifyArgs) -> Result<(AuditKey, Target), ExitCode> {
     let path = &args.config.config;
-    let needs_config =
-        args.pg_url_env.is_none() || (args.key_file.is_none() && args.key_env.is_none());
-    let config = if needs_config {
-        match Config::load(path) {
-            Ok(config) => Some(config),
-            Err(errors) => {
-                report(path, &errors);
-                return Err(ExitCode::from(2));
-            }
-        }
-    } else {
-        None
-    };
-    let key = match (&args.key_file, &args.key_env, &config) {
-        (Some(file), _, _) => AuditKey::load(None, Some(file)),
-        (None, Some(env), _) => AuditKey::load(Some(env), None),
-        (None, None, Some(config)) => AuditKey::load(
-            config.audit.hmac_key_env.as_deref(),
-            config.audit.hmac_key_file.as_deref(),
-        ),
-        (None, None, None) => Err("no audit key: give --key-file or --key-env".to_owned()),
-    };
-    let key = key.map_err(|error| {
-        eprintln!("tokengate: {error}");
-        ExitCode::from(2)
-    })?;
+    let (config, key) = config_and_key(args, args.pg_url_env.is_none())?;
     let postgres = config.as_ref().and_then(|c| c.audit.postgres.as_ref());
     let target = match (&args.pg_url_env, postgres) {
         (Some(var), _) => {
