@@ -1,17 +1,21 @@
 //! `server.workers` of the real binary: one thread per worker, each with its own `SO_REUSEPORT`
 //! listener on the same address. Callers reach every worker; `server.max_connections` holds
 //! across all of them; a `SIGHUP` reload reaches every worker (kept-alive connections included);
-//! `SIGTERM` drains requests in flight on several workers and closes every listener.
+//! `SIGTERM` drains requests in flight on several workers and closes every listener. Each worker
+//! keeps its own upstream connections: reused across requests, and replaced when the upstream
+//! closes a kept-alive one.
 
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 const WORKERS: usize = 4;
 const NEW_KEY: &str = "tg_worker_new_client_key_777777777777777777777777777777777777777777777";
@@ -289,4 +293,97 @@ async fn sigterm_drains_requests_in_flight_on_several_workers_and_closes_every_l
     .await
     .unwrap();
     assert_eq!(status.code(), Some(0), "{output}");
+}
+
+/// A list answer new-api would give: no token.
+const EMPTY_LIST: &str =
+    r#"{"success":true,"message":"","data":{"items":[],"total":0,"page":1,"page_size":10}}"#;
+
+/// A raw HTTP/1.1 upstream on 127.0.0.1:0 that answers every request with [`EMPTY_LIST`],
+/// keeping each connection alive, or closing it right after its first answer when
+/// `close_after_one` (without saying so: a kept-alive connection that turns out closed). Counts
+/// the connections it accepted and the requests it answered.
+async fn counting_upstream(
+    close_after_one: bool,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (connections, requests) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (accepted, answered) = (connections.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    // A list request has no body: the head ends at the first empty line.
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        match stream.read_line(&mut line).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(_) if line == "\r\n" => break,
+                            Ok(_) => {}
+                        }
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{EMPTY_LIST}",
+                        EMPTY_LIST.len()
+                    );
+                    if stream.get_mut().write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    answered.fetch_add(1, Ordering::SeqCst);
+                    if close_after_one {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, connections, requests)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_worker_reuses_its_own_upstream_connection() {
+    let (upstream, connections, requests) = counting_upstream(false).await;
+    let mut options = Options::new(upstream);
+    options.server_extra = format!("workers = {WORKERS}\n");
+    let gateway = Process::serve(&options, &[]);
+
+    // One caller connection, many requests: one worker, one upstream connection.
+    let mut caller = Connection::open(gateway.addr).await;
+    for _ in 0..20 {
+        caller.ask(ADMIN_KEY).await;
+        assert_eq!(caller.answer().await, 200);
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 20);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    drop(caller);
+
+    // Callers spread over every worker, one after another: each worker opens one upstream
+    // connection and then reuses it; no worker takes another's.
+    let open = self::connections(gateway.addr, 64, ADMIN_KEY, 200).await;
+    let accepted = accepted_by_worker(&metrics(gateway.admin).await);
+    assert!(accepted.iter().all(|&n| n > 0.0), "{accepted:?}");
+    assert_eq!(requests.load(Ordering::SeqCst), 84);
+    assert_eq!(connections.load(Ordering::SeqCst), WORKERS, "{accepted:?}");
+    drop(open);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closes_a_kept_alive_connection_is_reconnected_to() {
+    let (upstream, connections, requests) = counting_upstream(true).await;
+    let mut options = Options::new(upstream);
+    options.server_extra = format!("workers = {WORKERS}\n");
+    let gateway = Process::serve(&options, &[]);
+
+    let mut caller = Connection::open(gateway.addr).await;
+    for round in 1..=10 {
+        caller.ask(ADMIN_KEY).await;
+        assert_eq!(caller.answer().await, 200, "request {round}");
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 10);
+    assert_eq!(connections.load(Ordering::SeqCst), 10);
 }
