@@ -118,6 +118,10 @@ pub struct CallerSide {
     pub accepted: Counter,
 }
 
+/// What [`run_reloading`] and [`run_workers`] share: the live configuration, the admin listener,
+/// reloads and summaries on this runtime, the caller-facing accept loops where `callers` says,
+/// then the drain, the wait for forwarded changes and the trail's close. An `Err` says why
+/// serving stopped before `shutdown` (a worker that could not start).
 async fn run_with(
     gateway: Gateway,
     callers: Callers,
