@@ -153,7 +153,8 @@ bench_key=tg_bench_key_not_secret_0123456789abcdef0123456789abcdef
 
 # A tokengate config: $1 name (a directory under $work), $2 audit path, $3 fsync, $4 extra clients
 # (TOML appended), $5 extra [server] lines. Rate limits are set out of reach: the benchmark measures
-# the work, not the limits.
+# the work, not the limits. CAPTURE_BEFORE=false sets audit.capture_before = false (no before-read,
+# one upstream request per write, as issue 21's put targets are measured).
 tokengate_config() {
   local dir="$work/$1"
   mkdir -p "$dir"
@@ -182,6 +183,7 @@ path = "$2"
 fsync = "$3"
 hmac_key_file = "$work/audit-key"
 rotate_bytes = 107374182400
+${CAPTURE_BEFORE:+capture_before = $CAPTURE_BEFORE}
 [log]
 format = "json"
 ${4:-}

@@ -9,6 +9,8 @@
 #   bash bench/run.sh [SECONDS] [ROUNDS] [CONNECTIONS]      (defaults: 10 s, 3 rounds, 64)
 #   CASES="get put" bash bench/run.sh …                      (a subset of the cases below)
 #   TOKENGATE_BIN=path/to/tokengate bash bench/run.sh …      (another build, for before/after)
+#   CAPTURE_BEFORE=false bash bench/run.sh …                 (audit.capture_before = false: writes
+#                                                             without the before-read of SPEC §6.1)
 #
 # Cases:
 #   get        GET /api/token/?p=1&size=10, passed through (reads are not audited by default)

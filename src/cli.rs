@@ -311,35 +311,41 @@ fn serve(path: &Path) -> ExitCode {
     ) {
         trail.faults().stall_while_exists(file.into());
     }
+    let workers = config.server.workers();
     runtime.block_on(async {
-        let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|e| format!("cannot listen on {addr}: {e}"))
-        };
-        let (api, admin) = match (
-            bind(config.server.listen).await,
-            bind(config.server.admin_listen).await,
-        ) {
+        let api = server::bind_workers(config.server.listen, workers)
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen));
+        let admin = TcpListener::bind(config.server.admin_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.admin_listen));
+        let (api, admin) = match (api, admin) {
             (Ok(api), Ok(admin)) => (api, admin),
             (Err(error), _) | (_, Err(error)) => {
                 tracing::error!("{error}");
                 return ExitCode::FAILURE;
             }
         };
+        let listen = api
+            .first()
+            .and_then(|api| api.local_addr().ok())
+            .unwrap_or(config.server.listen);
         tracing::info!(
-            listen = %api.local_addr().map_or(config.server.listen, |a| a),
+            listen = %listen,
             admin_listen = %admin.local_addr().map_or(config.server.admin_listen, |a| a),
             upstream = %gateway.upstream.url(),
             audit = %config.audit.path.display(),
             mode = ?config.upstream.mode,
             clients = config.clients.len(),
+            workers,
             "tokengate listening"
         );
         let grace = Duration::from_millis(config.server.shutdown_grace_ms);
         let reload_from = Some(path.to_path_buf());
-        server::run_reloading(gateway, api, admin, shutdown_signal(), grace, reload_from).await;
-        ExitCode::SUCCESS
+        match server::run_workers(gateway, api, admin, shutdown_signal(), grace, reload_from).await
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(_) => ExitCode::FAILURE,
+        }
     })
 }
 

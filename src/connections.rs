@@ -23,8 +23,8 @@ use crate::metrics::Metrics;
 pub struct Connections {
     /// Connections accepted whose task has not ended yet.
     open: AtomicUsize,
-    /// Woken (one permit) each time a connection closes, so the accept loop waiting at the cap
-    /// looks again. A permit left over while nobody waits costs one extra look, no more.
+    /// Woken (every registered waiter) each time a connection closes, so the accept loops waiting
+    /// at the cap look again; each registers before it reads the count, so no close is missed.
     closed: Notify,
     /// Whether the accept loop is in an episode at the cap: the warning and the counter come
     /// once per episode, not once per wake-up.
@@ -58,14 +58,19 @@ impl Connections {
     /// raises the cap lets the waiting loop go on at once. Reaching the cap starts an episode
     /// (one warning, one count); returning ends it.
     ///
-    /// Meant for one accept loop: only its [`Connections::admit`] adds connections, so the room
-    /// found here is still there when it accepts. Cancel-safe (a shutdown drops it mid-wait).
+    /// With several accept loops (one per worker thread) the room found here may be taken by
+    /// another loop before this one accepts: [`Connections::claim`] then holds the accepted
+    /// connection until there is room again, so the cap is never passed. Cancel-safe (a shutdown
+    /// drops it mid-wait).
     pub async fn room(&self, cap: impl Fn() -> usize, reloaded: &Notify) {
         loop {
-            // Registered before the cap is read, so a reload in between is not missed.
+            // Registered before the cap and the count are read, so a reload or a close in between
+            // is not missed.
             let reload = reloaded.notified();
-            tokio::pin!(reload);
+            let closed = self.closed.notified();
+            tokio::pin!(reload, closed);
             reload.as_mut().enable();
+            closed.as_mut().enable();
             let cap = cap();
             let open = self.open();
             if open < cap {
@@ -88,7 +93,45 @@ impl Connections {
                 self.metrics.connection_cap_reached();
             }
             tokio::select! {
-                () = self.closed.notified() => {}
+                () = &mut closed => {}
+                () = &mut reload => {}
+            }
+        }
+    }
+
+    /// Counts a connection just accepted once fewer than `cap()` are open, until the returned
+    /// guard is dropped: at once unless another accept loop took the last room since
+    /// [`Connections::room`] returned; then the connection waits here (unread, like one in the
+    /// backlog) for a close or a reload. Cancel-safe.
+    pub async fn claim(
+        self: &Arc<Connections>,
+        cap: impl Fn() -> usize,
+        reloaded: &Notify,
+    ) -> Open {
+        loop {
+            let reload = reloaded.notified();
+            let closed = self.closed.notified();
+            tokio::pin!(reload, closed);
+            reload.as_mut().enable();
+            closed.as_mut().enable();
+            let cap = cap();
+            let mut open = self.open();
+            while open < cap {
+                match self.open.compare_exchange_weak(
+                    open,
+                    open + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        self.metrics.connection_opened();
+                        return Open(self.clone());
+                    }
+                    Err(now) => open = now,
+                }
+            }
+            tokio::select! {
+                () = &mut closed => {}
                 () = &mut reload => {}
             }
         }
@@ -107,7 +150,7 @@ impl Drop for Open {
         let connections = &self.0;
         connections.open.fetch_sub(1, Ordering::AcqRel);
         connections.metrics.connection_closed();
-        connections.closed.notify_one();
+        connections.closed.notify_waiters();
     }
 }
 
@@ -180,5 +223,48 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("tokengate_open_connections 2"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_claim_over_the_cap_waits_for_a_close_or_a_raised_cap() {
+        let metrics = Arc::new(Metrics::new());
+        let connections = Connections::new(metrics.clone());
+        let (cap, reloaded) = (AtomicUsize::new(1), Notify::new());
+        let first = connections
+            .claim(|| cap.load(Ordering::Relaxed), &reloaded)
+            .await;
+        // Another accept loop's connection, accepted after the room was taken: it waits.
+        let waiting = tokio::time::timeout(
+            Duration::from_millis(50),
+            connections.claim(|| cap.load(Ordering::Relaxed), &reloaded),
+        );
+        assert!(waiting.await.is_err());
+        assert_eq!(connections.open(), 1);
+
+        let waiting = connections.claim(|| cap.load(Ordering::Relaxed), &reloaded);
+        let closing = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(first);
+        };
+        let (second, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(5), waiting),
+            closing
+        );
+        let _second = second.expect("a close lets the claim in");
+        assert_eq!(connections.open(), 1);
+
+        let waiting = connections.claim(|| cap.load(Ordering::Relaxed), &reloaded);
+        let raising = async {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            cap.store(2, Ordering::Relaxed);
+            reloaded.notify_waiters();
+        };
+        let (third, ()) = tokio::join!(
+            tokio::time::timeout(Duration::from_secs(5), waiting),
+            raising
+        );
+        let _third = third.expect("a raised cap lets the claim in");
+        assert_eq!(connections.open(), 2);
+        assert!(metrics.render().contains("tokengate_open_connections 2"));
     }
 }

@@ -441,6 +441,7 @@ pub struct RestartOnly {
     audit_hmac_key_file: Option<std::path::PathBuf>,
     log_format: crate::config::LogFormat,
     shutdown_grace_ms: u64,
+    workers: Option<usize>,
     tls: bool,
     /// `[cluster]`'s keys, each as comparable text (the URL by its own value, never shown).
     cluster: Vec<(&'static str, String)>,
@@ -467,6 +468,7 @@ impl RestartOnly {
             audit_hmac_key_file: config.audit.hmac_key_file.clone(),
             log_format: config.log.format,
             shutdown_grace_ms: config.server.shutdown_grace_ms,
+            workers: config.server.workers_setting,
             tls: config.server.tls.is_some(),
             checkpoints: [
                 (
@@ -551,6 +553,7 @@ impl RestartOnly {
             "server.shutdown_grace_ms",
             self.shutdown_grace_ms != next.shutdown_grace_ms,
         );
+        differs("server.workers", self.workers != next.workers);
         differs("server.tls (turned on or off)", self.tls != next.tls);
         for ((key, was), (_, is)) in self.checkpoints.iter().zip(&next.checkpoints) {
             differs(key, was != is);

@@ -46,6 +46,12 @@ struct ClientRule {
     rule: &'static str,
 }
 
+/// The worker thread that accepted a caller connection (`server.workers`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Worker {
+    worker: u32,
+}
+
 type Latency = Family<Op, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 0.25 ms to about 8 s.
@@ -84,6 +90,7 @@ pub struct Metrics {
     ready: Gauge,
     open_connections: Gauge,
     connection_cap_reached: Counter,
+    worker_connections: Family<Worker, Counter>,
     /// What `ready` is made of; the gauge is 1 only when all three hold, so no one source can
     /// overwrite another's "not ready" (the audit writer's next batch, say, during shutdown).
     readiness: Readiness,
@@ -170,6 +177,12 @@ impl Metrics {
         );
         let open_connections = Gauge::default();
         let connection_cap_reached = Counter::default();
+        let worker_connections = Family::<Worker, Counter>::default();
+        registry.register(
+            "tokengate_worker_connections",
+            "Caller connections accepted, by the worker thread that accepted and served them",
+            worker_connections.clone(),
+        );
         registry.register(
             "tokengate_open_connections",
             "Open caller connections (from accept until closed, TLS handshake included)",
@@ -325,6 +338,7 @@ impl Metrics {
             ready,
             open_connections,
             connection_cap_reached,
+            worker_connections,
             readiness: Readiness::default(),
         }
     }
@@ -484,6 +498,15 @@ impl Metrics {
     /// Counts a caller connection closed (its task ended).
     pub fn connection_closed(&self) {
         self.open_connections.dec();
+    }
+
+    /// The counter of connections accepted by worker `worker`: looked up once per worker, so
+    /// each accept costs one atomic add.
+    pub fn worker_connections(&self, worker: usize) -> Counter {
+        let worker = u32::try_from(worker).unwrap_or(u32::MAX);
+        self.worker_connections
+            .get_or_create(&Worker { worker })
+            .clone()
     }
 
     /// Counts one episode of the caller listener waiting at `server.max_connections`.

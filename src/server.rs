@@ -15,9 +15,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
@@ -41,6 +43,7 @@ const H2_KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Serves the gateway on `api` and its operations endpoints on `admin` until `shutdown`
 /// resolves; then stops accepting, lets in-flight requests finish within `grace`, and returns.
+/// Callers are served on the runtime this is called on.
 pub async fn run(
     gateway: Gateway,
     api: TcpListener,
@@ -60,24 +63,128 @@ pub async fn run_reloading(
     grace: Duration,
     reload_from: Option<PathBuf>,
 ) {
+    let _ = run_with(
+        gateway,
+        Callers::Here(api),
+        admin,
+        shutdown,
+        grace,
+        reload_from,
+    )
+    .await;
+}
+
+/// [`run_reloading`] with callers served by one thread per listener in `api` (see
+/// [`bind_workers`]), each running its own single-threaded runtime: a connection is accepted,
+/// read, routed and forwarded on one thread, with no work stealing and no hand-off between
+/// threads. The admin listener, `SIGHUP` reloads, the summaries of refusals and the audit writer
+/// stay on the runtime this is called on; the configuration, the connection count and the trail
+/// are shared by all workers. Fails only when a worker thread cannot be started.
+pub async fn run_workers(
+    gateway: Gateway,
+    api: Vec<std::net::TcpListener>,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    reload_from: Option<PathBuf>,
+) -> Result<(), String> {
+    run_with(
+        gateway,
+        Callers::Workers(api),
+        admin,
+        shutdown,
+        grace,
+        reload_from,
+    )
+    .await
+}
+
+/// Where the caller-facing listeners are served.
+enum Callers {
+    /// One listener, on the calling runtime (tests, and embedders with their own runtime).
+    Here(TcpListener),
+    /// One worker thread per listener, all bound to the same address with `SO_REUSEPORT`.
+    Workers(Vec<std::net::TcpListener>),
+}
+
+/// What the caller-facing accept loops share, and which worker a loop is.
+#[derive(Clone)]
+pub struct CallerSide {
+    /// The configuration in force (TLS, `max_connections`, `max_header_bytes`).
+    pub live: Arc<Live>,
+    /// The open caller connections of all workers, against `server.max_connections`.
+    pub connections: Arc<Connections>,
+    /// `tokengate_worker_connections_total` of this worker.
+    pub accepted: Counter,
+}
+
+/// What [`run_reloading`] and [`run_workers`] share: the live configuration, the admin listener,
+/// reloads and summaries on this runtime, the caller-facing accept loops where `callers` says,
+/// then the drain, the wait for forwarded changes and the trail's close. An `Err` says why
+/// serving stopped before `shutdown` (a worker that could not start).
+async fn run_with(
+    gateway: Gateway,
+    callers: Callers,
+    admin: TcpListener,
+    shutdown: impl Future<Output = ()>,
+    grace: Duration,
+    reload_from: Option<PathBuf>,
+) -> Result<(), String> {
     let Some(trail) = gateway.trail.clone() else {
         tracing::error!("the audit trail is not open; nothing is served");
-        return;
+        return Err("the audit trail is not open".into());
     };
     let live = Live::new(gateway.clone(), trail.clone());
     let (stop, stopped) = watch::channel(false);
-    gateway.metrics.set_serving(true);
     let header_timeout = HEADER_READ_TIMEOUT.min(gateway.request_timeout);
-    let reloads = reload_from.map(|path| tokio::spawn(reload_on_hangup(live.clone(), path)));
-    let summaries = tokio::spawn(write_summaries(live.clone(), trail.clone()));
-    let api = tokio::spawn(serve(
-        api,
-        live.service(),
-        Some(live.clone()),
-        stopped.clone(),
-        grace,
-        header_timeout,
-    ));
+    let connections = Connections::new(gateway.metrics.clone());
+    let side = |worker: usize| CallerSide {
+        live: live.clone(),
+        connections: connections.clone(),
+        accepted: gateway.metrics.worker_connections(worker),
+    };
+    // Each accept loop drops its sender when it has drained (or its thread ended).
+    let mut done = Vec::new();
+    let mut failed = None;
+    match callers {
+        Callers::Here(api) => {
+            let (sender, receiver) = oneshot::channel::<()>();
+            let serving = serve(
+                api,
+                live.service(),
+                Some(side(0)),
+                stopped.clone(),
+                grace,
+                header_timeout,
+            );
+            tokio::spawn(async move {
+                serving.await;
+                drop(sender);
+            });
+            done.push(receiver);
+        }
+        Callers::Workers(listeners) => {
+            for (worker, listener) in listeners.into_iter().enumerate() {
+                let (sender, receiver) = oneshot::channel::<()>();
+                let started = start_worker(
+                    worker,
+                    listener,
+                    side(worker),
+                    stopped.clone(),
+                    grace,
+                    header_timeout,
+                    sender,
+                );
+                match started {
+                    Ok(()) => done.push(receiver),
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                }
+            }
+        }
+    }
     let admin = tokio::spawn(serve(
         admin,
         admin::service(live.clone()),
@@ -86,7 +193,15 @@ pub async fn run_reloading(
         grace,
         header_timeout,
     ));
-    shutdown.await;
+    let reloads = reload_from.map(|path| tokio::spawn(reload_on_hangup(live.clone(), path)));
+    let summaries = tokio::spawn(write_summaries(live.clone(), trail.clone()));
+    match &failed {
+        None => {
+            gateway.metrics.set_serving(true);
+            shutdown.await;
+        }
+        Some(error) => tracing::error!("{error}; stopping"),
+    }
     if let Some(reloads) = reloads {
         reloads.abort();
     }
@@ -96,7 +211,10 @@ pub async fn run_reloading(
     );
     gateway.metrics.set_serving(false);
     let _ = stop.send(true);
-    let _ = tokio::join!(api, admin);
+    for receiver in done {
+        let _ = receiver.await;
+    }
+    let _ = admin.await;
     // Changes whose callers are gone (or were cut at the grace) run to their outcome records;
     // every upstream exchange ends within upstream.timeout_ms, so that bounds the wait.
     let in_flight = gateway.in_flight.clone();
@@ -126,7 +244,91 @@ pub async fn run_reloading(
         shipper.drain(grace).await;
     }
     tracing::info!("stopped");
+    match failed {
+        None => Ok(()),
+        Some(error) => Err(error),
+    }
 }
+
+/// Starts worker `worker`: a thread with its own single-threaded runtime serving `listener`
+/// until `stop`, then keeping that runtime alive while forwarded changes detached on it run to
+/// their outcome records (they are tasks of this runtime, and dropping it would cancel them).
+/// `done` is dropped when the thread ends, however it ends.
+fn start_worker(
+    worker: usize,
+    listener: std::net::TcpListener,
+    side: CallerSide,
+    stop: watch::Receiver<bool>,
+    grace: Duration,
+    header_timeout: Duration,
+    done: oneshot::Sender<()>,
+) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime of worker {worker}: {e}"))?;
+    std::thread::Builder::new()
+        .name(format!("tokengate-worker-{worker}"))
+        .spawn(move || {
+            let _done = done;
+            runtime.block_on(async move {
+                let listener = match TcpListener::from_std(listener) {
+                    Ok(listener) => listener,
+                    Err(error) => {
+                        tracing::error!(worker, %error, "the worker cannot use its listener");
+                        return;
+                    }
+                };
+                let generation = side.live.current();
+                let (in_flight, upstream_timeout) = (
+                    generation.gateway.in_flight.clone(),
+                    generation.gateway.upstream_timeout,
+                );
+                drop(generation);
+                let service = side.live.service();
+                serve(listener, service, Some(side), stop, grace, header_timeout).await;
+                // Bounded like the wait in `run_with`, which logs what is left.
+                in_flight.wait(upstream_timeout).await;
+            });
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start worker thread {worker}: {e}"))
+}
+
+/// Binds `workers` caller-facing listeners to `addr`, all with `SO_REUSEPORT` so the kernel
+/// spreads new connections over them (one per worker thread). Port 0 picks a free port for the
+/// first; the others bind to that same port. One worker binds without `SO_REUSEPORT`, as a
+/// plain listener would, so an address already in use is refused.
+pub fn bind_workers(
+    addr: std::net::SocketAddr,
+    workers: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(workers);
+    let mut addr = addr;
+    for _ in 0..workers.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        // As tokio's own `TcpListener::bind`: a restart is not refused over connections in
+        // TIME_WAIT.
+        #[cfg(unix)]
+        socket.set_reuse_address(true)?;
+        #[cfg(unix)]
+        if workers > 1 {
+            socket.set_reuse_port(true)?;
+        }
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(LISTEN_BACKLOG)?;
+        let listener = std::net::TcpListener::from(socket);
+        if listeners.is_empty() {
+            addr = listener.local_addr()?;
+        }
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// The listen backlog of each worker's listener (tokio's `TcpListener::bind` uses the same).
+const LISTEN_BACKLOG: i32 = 1024;
 
 /// How often the closed windows of refusals before authentication are written up.
 const SUMMARY_INTERVAL: Duration = Duration::from_secs(5);
@@ -165,10 +367,10 @@ async fn append_summaries(trail: &Trail, summaries: Vec<Summary>) {
     }
 }
 
-/// Accepts connections on `listener` (TLS first, when `live` has a TLS configuration) and
+/// Accepts connections on `listener` (TLS first, when `caller` has a TLS configuration) and
 /// serves `service` on each until `stop` turns true.
 ///
-/// With `live` (the caller-facing listener), the configuration in force at each accept decides:
+/// With `caller` (the caller-facing listener), the configuration in force at each accept decides:
 /// at `server.max_connections` open connections the loop waits before accepting (the kernel's
 /// backlog holds the rest, see [`Connections`]), and each connection's request head is capped at
 /// `server.max_header_bytes`. Without it (the admin listener) neither applies: operations
@@ -176,7 +378,7 @@ async fn append_summaries(trail: &Trail, summaries: Vec<Summary>) {
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
-    live: Option<Arc<Live>>,
+    caller: Option<CallerSide>,
     mut stop: watch::Receiver<bool>,
     grace: Duration,
     header_timeout: Duration,
@@ -188,12 +390,12 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     let admin_builder = connection_builder(header_timeout, None);
-    let connections = live
-        .as_ref()
-        .map(|live| Connections::new(live.current().gateway.metrics.clone()));
     let graceful = GracefulShutdown::new();
     loop {
-        if let (Some(live), Some(connections)) = (&live, &connections) {
+        if let Some(CallerSide {
+            live, connections, ..
+        }) = &caller
+        {
             // At the cap, stop accepting until a connection closes (or a reload raises it).
             tokio::select! {
                 () = connections.room(|| live.current().gateway.max_connections, live.reloads()) => {}
@@ -203,13 +405,26 @@ pub async fn serve<S>(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // Counted from here until the task below ends, handshake and all.
-                    let open = connections.as_ref().map(Connections::admit);
+                    // Counted from here until the task below ends, handshake and all. Another
+                    // worker may have taken the last room since: then this one waits for room.
+                    let open = match &caller {
+                        Some(CallerSide { live, connections, accepted }) => {
+                            accepted.inc();
+                            tokio::select! {
+                                open = connections.claim(
+                                    || live.current().gateway.max_connections,
+                                    live.reloads(),
+                                ) => Some(open),
+                                _ = stop.changed() => break,
+                            }
+                        }
+                        None => None,
+                    };
                     let _ = stream.set_nodelay(true);
                     let service = service.clone();
                     let watcher = graceful.watcher();
-                    let (tls, builder) = match &live {
-                        Some(live) => {
+                    let (tls, builder) = match &caller {
+                        Some(CallerSide { live, .. }) => {
                             let generation = live.current();
                             let gateway = &generation.gateway;
                             (

@@ -1,5 +1,5 @@
-//! The upstream new-api: its URL, the credential the gateway injects, and one pooled client that
-//! sends a request and reads the whole answer within a deadline.
+//! The upstream new-api: its URL, the credential the gateway injects, and a pooled client (one
+//! pool per sending thread) that sends a request and reads the whole answer within a deadline.
 //!
 //! Everything that can go wrong here becomes a [`GatewayError`] that says what happened without
 //! saying where the upstream is: refused or reset connections and TLS failures are 502
@@ -9,7 +9,9 @@
 //! refusal of the caller's own token passes through on its forwarded request, and is a 401
 //! `unauthenticated` on a read the gateway makes for its own checks.
 
+use std::cell::RefCell;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,9 +193,25 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
-/// A pooled client for the one upstream.
+/// The pooled client of one thread.
+type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Tells the [`Upstream`]s apart in each thread's [`CLIENTS`].
+static NEXT_UPSTREAM: AtomicU64 = AtomicU64::new(0);
+
+thread_local! {
+    /// This thread's clients, by [`Upstream::id`]: the newest two, so requests that began before
+    /// a reload replaced the upstream client keep their pool while the new one fills its own.
+    static CLIENTS: RefCell<Vec<(u64, PooledClient)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A pooled client for the one upstream: one pool per thread that sends (each worker thread of
+/// `server.workers` keeps its own), so a request and the upstream connection it takes are
+/// driven on the same thread, never handed across threads.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    /// Builds each thread's client: the same TLS configuration and timeouts for all.
+    connector: HttpsConnector<HttpConnector>,
+    id: u64,
     url: UpstreamUrl,
     timeout: Duration,
     mode: Mode,
@@ -229,14 +247,9 @@ impl Upstream {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
         Ok(Upstream {
-            client,
+            connector: https,
+            id: NEXT_UPSTREAM.fetch_add(1, Ordering::Relaxed),
             url,
             timeout,
             mode: config.mode,
@@ -255,6 +268,28 @@ impl Upstream {
     /// Shares the global cap through `shared` (a reload keeps the running cluster's).
     pub fn share(&mut self, shared: Option<Arc<SharedBuckets>>) {
         self.shared = shared;
+    }
+
+    /// This thread's client, built on first use: its connections are driven by tasks of the
+    /// runtime this thread runs (a worker's own), and only this thread takes them from the pool.
+    fn client(&self) -> PooledClient {
+        CLIENTS.with(|clients| {
+            let mut clients = clients.borrow_mut();
+            if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
+                return client.clone();
+            }
+            let client = Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(Duration::from_secs(30))
+                .pool_max_idle_per_host(256)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new())
+                .build(self.connector.clone());
+            if clients.len() >= 2 {
+                clients.remove(0);
+            }
+            clients.push((self.id, client.clone()));
+            client
+        })
     }
 
     /// The base URL (for start-up logs; it holds no secret).
@@ -306,9 +341,9 @@ impl Upstream {
             .timeout
             .min(request.deadline.saturating_duration_since(Instant::now()));
         let started = Instant::now();
+        let client = self.client();
         let exchange = async {
-            let response = self
-                .client
+            let response = client
                 .request(outbound)
                 .await
                 .map_err(|e| classify(e.into()))?;

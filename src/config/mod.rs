@@ -104,6 +104,23 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// `[server.tls]`: TLS on the caller-facing listener (plain HTTP when absent).
     pub tls: Option<TlsConfig>,
+    /// Threads that accept and serve caller connections, each with its own single-threaded
+    /// runtime and its own `SO_REUSEPORT` listener on `listen`, so a request is read, routed and
+    /// forwarded on the thread that accepted it (no work stealing, no cross-thread hand-off).
+    /// `None`: one per CPU ([`ServerConfig::workers`]).
+    #[serde(rename = "workers")]
+    pub workers_setting: Option<usize>,
+}
+
+impl ServerConfig {
+    /// The worker threads to start: `server.workers`, or the CPUs this process may run on.
+    pub fn workers(&self) -> usize {
+        self.workers_setting.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, usize::from)
+                .min(*WORKERS.end())
+        })
+    }
 }
 
 /// `[server.tls]` (SPEC §8).
@@ -143,12 +160,16 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_header_bytes: 32_768,
             tls: None,
+            workers_setting: None,
         }
     }
 }
 
 /// The range of `server.max_connections`.
 pub const MAX_CONNECTIONS: std::ops::RangeInclusive<usize> = 1..=1_000_000;
+
+/// The range of `server.workers`.
+pub const WORKERS: std::ops::RangeInclusive<usize> = 1..=1024;
 
 /// The smallest `server.max_header_bytes`: hyper's HTTP/1 read buffer cannot be smaller (it
 /// asserts so), and the check at load keeps that assertion from ever being reached.
@@ -588,6 +609,14 @@ impl Config {
                     MAX_CONNECTIONS.end()
                 ),
             );
+        }
+        if let Some(workers) = server.workers_setting {
+            if !WORKERS.contains(&workers) {
+                fault(
+                    "server.workers".into(),
+                    format!("must be from {} to {}", WORKERS.start(), WORKERS.end()),
+                );
+            }
         }
         if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&server.max_header_bytes) {
             fault(
@@ -1333,10 +1362,20 @@ mod tests {
         let config = Config::parse("").unwrap();
         assert_eq!(config.server.max_connections, 10_000);
         assert_eq!(config.server.max_header_bytes, 32_768);
+        assert!(config.server.workers() >= 1);
+        assert_eq!(
+            Config::parse("[server]\nworkers = 3\n")
+                .unwrap()
+                .server
+                .workers(),
+            3
+        );
         for (text, key) in [
             ("max_connections = 0", "server.max_connections"),
             ("max_connections = 1000001", "server.max_connections"),
             ("max_header_bytes = 100", "server.max_header_bytes"),
+            ("workers = 0", "server.workers"),
+            ("workers = 1025", "server.workers"),
             ("max_header_bytes = 8191", "server.max_header_bytes"),
             ("max_header_bytes = 1048577", "server.max_header_bytes"),
         ] {
@@ -1349,6 +1388,8 @@ mod tests {
             "max_connections = 1000000",
             "max_header_bytes = 8192",
             "max_header_bytes = 1048576",
+            "workers = 1",
+            "workers = 1024",
         ] {
             assert!(
                 Config::parse(&format!("[server]\n{text}\n")).is_ok(),
