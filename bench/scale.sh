@@ -16,6 +16,8 @@
 #   trail        an audit trail of 1 → 10 000 000 records: start-up (resuming the chain) and PUT
 #                throughput with fsync = "always" on top of it
 #   memory       resident size idle and under 1 000 connections
+#   idle         resident size per idle keep-alive connection (IDLE_CONNECTIONS, default 2 000,
+#                each after one GET), tokengate and nginx
 #   soak         steady audited PUT load for SOAK_SECONDS; resident size every 30 s
 #   identities   pass-through mode, every request a new token (IDENTITIES of them, default
 #                1 000 000): identities tracked and resident size stay flat past max_identities
@@ -198,6 +200,73 @@ study_memory() {
   echo "| 1 000 connections, GET (halfway) | $(mib "$(field 8 "$r")") | |"
   echo "| 1 000 connections, audited PUT (halfway) | $(mib "$(field 8 "$put")") | |"
   echo "| idle again, 2 s after | $(mib "$(rss_kib "$tg_pid")") | |"
+  stop_pid "$tg_pid"
+}
+
+# Opens $2 keep-alive connections to port $1, sends one GET on each and reads its answer (with $3
+# "silent": sends nothing), then holds them all open (idle) until its standard input closes. Prints
+# "ready" once all are idle.
+idle_clients() {
+  python3 - "$1" "$2" "$bench_key" "${3:-get}" <<'PY'
+import socket, sys
+port, n, key, mode = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+request = ("GET /api/token/?p=1&size=10 HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+           f"Authorization: Bearer {key}\r\n\r\n").encode()
+held = []
+for _ in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    if mode == "silent":
+        held.append(s)
+        continue
+    s.sendall(request)
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += s.recv(65536)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    length = int(next(l.split(b":")[1] for l in head.split(b"\r\n") if l.lower().startswith(b"content-length")))
+    while len(body) < length:
+        body += s.recv(65536)
+    assert head.startswith(b"HTTP/1.1 200"), head[:40]
+    held.append(s)
+print("ready", flush=True)
+sys.stdin.read()
+PY
+}
+
+# Resident KiB per idle connection of process $1 behind port $2: RSS with IDLE_CONNECTIONS idle
+# keep-alive connections minus RSS before, divided by their number. $3 as idle_clients's.
+idle_per_connection() {
+  local pid=$1 port=$2 n=${IDLE_CONNECTIONS:-2000} before after fifo
+  before=$(rss_kib "$pid")
+  fifo="$work/idle.$port.${3:-get}"
+  mkfifo "$fifo"
+  idle_clients "$port" "$n" "${3:-get}" < "$fifo" > "$fifo.out" &
+  local client=$!
+  exec 9> "$fifo"
+  until grep -q ready "$fifo.out" 2>/dev/null; do sleep 0.1; done
+  sleep 1
+  after=$(rss_kib "$pid")
+  exec 9>&-
+  wait "$client"
+  awk -v a="$after" -v b="$before" -v n="$n" 'BEGIN { printf "%.1f %.1f %.1f", b / 1024, a / 1024, (a - b) / n }'
+}
+
+study_idle() {
+  local n=${IDLE_CONNECTIONS:-2000} r
+  echo; echo "### Idle keep-alive connections ($n, each after one GET)"
+  tokengate_config idle - always
+  start_tokengate idle
+  echo "| via | RSS before MiB | RSS with $n idle MiB | KiB per idle connection |"
+  echo "|---|---:|---:|---:|"
+  r=$(idle_per_connection "$nginx_pid" "$nginx_port")
+  printf '| nginx | %s | %s | %s |\n' $r
+  r=$(idle_per_connection "$tg_pid" "$tg_port")
+  printf '| tokengate | %s | %s | %s |\n' $r
+  stop_pid "$tg_pid"
+  # Accepted but silent (inside the header-read timeout): what a connection costs before hyper.
+  start_tokengate idle
+  r=$(idle_per_connection "$tg_pid" "$tg_port" silent)
+  printf '| tokengate, connected, nothing sent | %s | %s | %s |\n' $r
   stop_pid "$tg_pid"
 }
 
