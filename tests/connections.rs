@@ -16,9 +16,10 @@ use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use support::kept_alive::Connection;
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 async fn emulator() -> RunningEmulator {
@@ -32,65 +33,6 @@ async fn gateway_with(upstream: &RunningEmulator, server: &str) -> TestGateway {
     let mut options = Options::new(upstream.addr);
     options.server_extra = server.into();
     TestGateway::start(options).await
-}
-
-/// A kept-alive HTTP/1.1 connection written by hand: one TCP connection, never pooled.
-struct Connection {
-    stream: BufReader<TcpStream>,
-}
-
-impl Connection {
-    async fn open(addr: SocketAddr) -> Connection {
-        Connection {
-            stream: BufReader::new(TcpStream::connect(addr).await.unwrap()),
-        }
-    }
-
-    /// Writes a list request (with the admin key), keeping the connection alive.
-    async fn ask(&mut self) {
-        let request = format!(
-            "GET /api/token/ HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {ADMIN_KEY}\r\n\r\n"
-        );
-        self.stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
-    }
-
-    /// Reads one answer (status line, headers, a `Content-Length` body) and returns its status.
-    async fn answer(&mut self) -> u16 {
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await.unwrap();
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not a status line: {line:?}"));
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            self.stream.read_line(&mut header).await.unwrap();
-            if header == "\r\n" || header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        self.stream.read_exact(&mut body).await.unwrap();
-        status
-    }
-
-    /// Whether an answer starts arriving within `wait`.
-    async fn answers_within(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.stream.fill_buf())
-            .await
-            .is_ok_and(|read| read.is_ok_and(|bytes| !bytes.is_empty()))
-    }
 }
 
 /// The admin listener's `/metrics` text.
@@ -126,15 +68,15 @@ async fn callers_over_max_connections_wait_in_the_backlog_until_one_closes() {
     let gateway = gateway_with(&upstream, "max_connections = 2").await;
 
     let mut first = Connection::open(gateway.addr).await;
-    first.ask().await;
+    first.ask(ADMIN_KEY).await;
     assert_eq!(first.answer().await, 200);
     let mut second = Connection::open(gateway.addr).await;
-    second.ask().await;
+    second.ask(ADMIN_KEY).await;
     assert_eq!(second.answer().await, 200);
 
     // The third connects (the kernel's backlog takes it) but is not accepted: no answer.
     let mut third = Connection::open(gateway.addr).await;
-    third.ask().await;
+    third.ask(ADMIN_KEY).await;
     assert!(
         !third.answers_within(Duration::from_millis(500)).await,
         "a third connection was served over max_connections = 2"
@@ -168,7 +110,7 @@ async fn callers_over_max_connections_wait_in_the_backlog_until_one_closes() {
     open_connections_settle_at(&gateway, 0.0).await;
     for _ in 0..3 {
         let mut next = Connection::open(gateway.addr).await;
-        next.ask().await;
+        next.ask(ADMIN_KEY).await;
         assert_eq!(next.answer().await, 200);
     }
     let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
@@ -181,10 +123,10 @@ async fn shutdown_is_not_held_up_by_a_loop_waiting_at_the_cap() {
     let upstream = emulator().await;
     let mut gateway = gateway_with(&upstream, "max_connections = 1").await;
     let mut held = Connection::open(gateway.addr).await;
-    held.ask().await;
+    held.ask(ADMIN_KEY).await;
     assert_eq!(held.answer().await, 200);
     let mut waiting = Connection::open(gateway.addr).await;
-    waiting.ask().await;
+    waiting.ask(ADMIN_KEY).await;
     assert!(!waiting.answers_within(Duration::from_millis(300)).await);
     // The kept-alive connection is idle, so the drain has nothing to wait for either.
     tokio::time::timeout(Duration::from_secs(3), gateway.shutdown())
@@ -202,10 +144,10 @@ async fn a_reload_that_raises_max_connections_lets_a_waiting_caller_in() {
     let gateway = Process::serve(&options, &[]);
 
     let mut held = Connection::open(gateway.addr).await;
-    held.ask().await;
+    held.ask(ADMIN_KEY).await;
     assert_eq!(held.answer().await, 200);
     let mut waiting = Connection::open(gateway.addr).await;
-    waiting.ask().await;
+    waiting.ask(ADMIN_KEY).await;
     assert!(!waiting.answers_within(Duration::from_millis(500)).await);
 
     options.server_extra = "max_connections = 2".into();
@@ -218,7 +160,7 @@ async fn a_reload_that_raises_max_connections_lets_a_waiting_caller_in() {
     // The held connection stays open: only the raised cap lets the waiting caller in.
     assert!(waiting.answers_within(Duration::from_secs(10)).await);
     assert_eq!(waiting.answer().await, 200);
-    held.ask().await;
+    held.ask(ADMIN_KEY).await;
     assert_eq!(held.answer().await, 200);
     // One warning per episode, however long it lasted: the one at the old cap, ended by the
     // reload, and the one the now-two open connections start at the new cap.

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::kept_alive::Connection;
 use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 const WORKERS: usize = 4;
@@ -31,66 +32,6 @@ fn options(upstream: &RunningEmulator, server: &str) -> Options {
     let mut options = Options::new(upstream.addr);
     options.server_extra = format!("workers = {WORKERS}\n{server}");
     options
-}
-
-/// A kept-alive HTTP/1.1 connection written by hand (a client's pool would hide which
-/// connection a request takes).
-struct Connection {
-    stream: BufReader<TcpStream>,
-}
-
-impl Connection {
-    async fn open(addr: SocketAddr) -> Connection {
-        Connection {
-            stream: BufReader::new(TcpStream::connect(addr).await.unwrap()),
-        }
-    }
-
-    /// Writes a list request with `key`, keeping the connection alive.
-    async fn ask(&mut self, key: &str) {
-        let request = format!(
-            "GET /api/token/ HTTP/1.1\r\nHost: gateway\r\nAuthorization: Bearer {key}\r\n\r\n"
-        );
-        self.stream
-            .get_mut()
-            .write_all(request.as_bytes())
-            .await
-            .unwrap();
-    }
-
-    /// Reads one answer (status line, headers, a `Content-Length` body) and returns its status.
-    async fn answer(&mut self) -> u16 {
-        let mut line = String::new();
-        self.stream.read_line(&mut line).await.unwrap();
-        let status = line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("not a status line: {line:?}"));
-        let mut length = 0;
-        loop {
-            let mut header = String::new();
-            self.stream.read_line(&mut header).await.unwrap();
-            if header == "\r\n" || header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap();
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        self.stream.read_exact(&mut body).await.unwrap();
-        status
-    }
-
-    /// Whether an answer starts arriving within `wait`.
-    async fn answers_within(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.stream.fill_buf())
-            .await
-            .is_ok_and(|read| read.is_ok_and(|bytes| !bytes.is_empty()))
-    }
 }
 
 /// The admin listener's `/metrics` text.

@@ -3,6 +3,7 @@
 //! that fail in chosen ways. (A directory module, so Cargo does not build it as a test binary.)
 #![allow(dead_code)]
 
+pub mod kept_alive;
 pub mod postgres;
 pub mod redis;
 pub mod tls;
