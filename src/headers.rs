@@ -67,7 +67,8 @@ pub fn to_upstream(
     trace: &TraceContext,
 ) -> HeaderMap {
     let listed = connection_listed(inbound);
-    let mut out = HeaderMap::with_capacity(inbound.len() + 2);
+    // Room for what is set beside the caller's: credential, user, traceparent, tracestate.
+    let mut out = HeaderMap::with_capacity(inbound.len() + 4);
     for (name, value) in inbound {
         let dropped = is_hop_by_hop(name)
             || listed.contains(name)

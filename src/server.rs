@@ -287,8 +287,15 @@ fn start_worker(
                 drop(generation);
                 let service = side.live.service();
                 serve(listener, service, Some(side), stop, grace, header_timeout).await;
-                // Bounded like the wait in `run_with`, which logs what is left.
-                in_flight.wait(upstream_timeout).await;
+                // Bounded like the wait in `run_with`. What is still running when this runtime
+                // ends is cancelled with it (and no longer counted there), so it is logged here.
+                if !in_flight.wait(upstream_timeout).await {
+                    tracing::error!(
+                        worker,
+                        running = in_flight.running(),
+                        "forwarded changes still without an outcome at exit"
+                    );
+                }
             });
         })
         .map(drop)
