@@ -685,22 +685,7 @@ pub(crate) fn config_and_key(
 fn trail_and_key(args: &AuditVerifyArgs, verb: &str) -> Result<(AuditKey, Vec<PathBuf>), ExitCode> {
     let (config, key) = config_and_key(args, args.files.is_empty())?;
     let files = match (&config, args.files.is_empty()) {
-        (Some(config), true) => {
-            let live = &config.audit.path;
-            if live.as_os_str() == "-" {
-                eprintln!(
-                    "tokengate: audit.path is `-` (standard output): name the files to {verb}"
-                );
-                return Err(ExitCode::from(2));
-            }
-            match trail_files(live) {
-                Ok(files) => files,
-                Err(error) => {
-                    eprintln!("tokengate: audit trail {}: {error}", live.display());
-                    return Err(ExitCode::FAILURE);
-                }
-            }
-        }
+        (Some(config), true) => configured_files(config, verb)?,
         _ => args.files.clone(),
     };
     Ok((key, files))
@@ -725,21 +710,7 @@ fn audit_verify(command: &AuditVerifyCommand) -> ExitCode {
     };
     match verify(&files, &key) {
         Ok(summary) => {
-            println!(
-                "audit trail intact: {} in {}, last seq {}",
-                plural(summary.records, "record"),
-                plural(summary.files as u64, "file"),
-                summary.last_seq
-            );
-            // Older files may be archived or deleted (SPEC §6): say so, so that an auditor who
-            // expects the whole trail sees that its beginning is not here.
-            if summary.first_seq > 1 {
-                println!(
-                    "starts at seq {}; earlier files are not present",
-                    summary.first_seq
-                );
-            }
-            println!("head {}", summary.head);
+            print_summary(&summary, None);
             ExitCode::SUCCESS
         }
         Err(failure) => {
@@ -801,13 +772,21 @@ fn audit_verify_signed(args: &AuditVerifyArgs, public_path: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    print_summary(&summary, no_key.as_deref());
+    print_signatures(&signatures, &public);
+    ExitCode::SUCCESS
+}
+
+/// What `audit verify` says of an intact trail: its counts (and, without the audit key, `why`
+/// record hashes were not recomputed), where it starts when older files are gone, and its head.
+fn print_summary(summary: &crate::audit::verify::Summary, no_key: Option<&str>) {
     let counts = format!(
         "{} in {}, last seq {}",
         plural(summary.records, "record"),
         plural(summary.files as u64, "file"),
         summary.last_seq
     );
-    match &no_key {
+    match no_key {
         None => println!("audit trail intact: {counts}"),
         Some(why) => {
             println!("audit trail links intact: {counts}");
@@ -816,6 +795,8 @@ fn audit_verify_signed(args: &AuditVerifyArgs, public_path: &Path) -> ExitCode {
             );
         }
     }
+    // Older files may be archived or deleted (SPEC §6): say so, so that an auditor who expects the
+    // whole trail sees that its beginning is not here.
     if summary.first_seq > 1 {
         println!(
             "starts at seq {}; earlier files are not present",
@@ -823,8 +804,6 @@ fn audit_verify_signed(args: &AuditVerifyArgs, public_path: &Path) -> ExitCode {
         );
     }
     println!("head {}", summary.head);
-    print_signatures(&signatures, &public);
-    ExitCode::SUCCESS
 }
 
 /// What `audit verify --public-key` says of a trail's checkpoints.

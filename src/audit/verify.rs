@@ -394,7 +394,7 @@ fn check_later_start(record: &Map<String, Value>, seq: u64) -> Result<(), Fault>
             Some(seq),
             format!("seq {seq} where 1 was expected: the record's prev is the genesis value, so it claims to start the trail, but a trail starts at seq 1"),
         )),
-        Some(prev) if prev.len() == 64 && prev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => Ok(()),
+        Some(prev) if is_hex_hash(prev) => Ok(()),
         Some(_) => Err((Some(seq), "prev is not a hash (64 lowercase hex digits)".to_owned())),
         None => Err((Some(seq), "the record has no prev".to_owned())),
     }
