@@ -184,6 +184,33 @@ async fn a_missing_or_malformed_traceparent_is_replaced_and_the_request_served()
         let seen = seen_trace(&upstream.emulator);
         trace_ids.push(started_trace(&seen[0].1));
     }
+    // A trace the gateway starts is one trace: every upstream request of a PATCH (its read and
+    // its write) and of a fan-out batch (a read and a write per id) carries the same traceparent.
+    let a = seed(&upstream.emulator, "started-a");
+    let b = seed(&upstream.emulator, "started-b");
+    for (method, path, body) in [
+        (
+            "PATCH",
+            format!("/api/token/{a}"),
+            r#"{"remain_quota":1000}"#.to_string(),
+        ),
+        (
+            "PUT",
+            "/api/token/batch".to_string(),
+            format!(r#"{{"ids":[{a},{b}],"update_fields":["remain_quota"],"remain_quota":2000}}"#),
+        ),
+    ] {
+        upstream.emulator.clear_seen();
+        let reply = traced(&gateway, method, &path, &[], Some(&body)).await;
+        assert_eq!(reply.status, 200, "{method} {path}: {}", reply.text());
+        let seen = seen_trace(&upstream.emulator);
+        assert!(seen.len() >= 2, "{seen:?}");
+        let first = &seen[0].1;
+        for (request, traceparent, _) in &seen {
+            assert_eq!(traceparent, first, "{method} {path}: {request}");
+        }
+        trace_ids.push(started_trace(first));
+    }
     let mut distinct = trace_ids.clone();
     distinct.sort();
     distinct.dedup();
