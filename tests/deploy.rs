@@ -94,6 +94,25 @@ fn alert_rules(text: &str) -> Vec<(String, String)> {
     rules
 }
 
+/// The `expr` of an alert rule's lines: the rest of its line, or the block under `expr: |`.
+fn rule_expr(body: &str) -> String {
+    let mut lines = body.lines();
+    let Some((indent, first)) = lines.by_ref().find_map(|line| {
+        let trimmed = line.trim_start();
+        let rest = trimmed.strip_prefix("expr:")?;
+        Some((line.len() - trimmed.len(), rest.trim()))
+    }) else {
+        return String::new();
+    };
+    if first != "|" {
+        return first.to_owned();
+    }
+    lines
+        .take_while(|line| line.len() - line.trim_start().len() > indent)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Each `alert_rule_test` case of a promtool test file: the alert it is about, and whether it
 /// expects the alert to fire (`exp_alerts:` with entries) or not (`exp_alerts: []`).
 fn alert_cases(text: &str) -> Vec<(String, bool)> {
@@ -903,7 +922,7 @@ async fn as_limited(gateway: &TestGateway, body: &str) -> Reply {
 }
 
 #[tokio::test]
-async fn every_dashboard_query_names_only_metrics_a_running_gateway_exposes() {
+async fn every_dashboard_query_and_alert_names_only_metrics_a_running_gateway_exposes() {
     let dashboard: serde_json::Value =
         serde_json::from_str(&read(&repo(DASHBOARD))).expect("the dashboard is JSON");
     let exprs = dashboard_exprs(&dashboard);
@@ -913,7 +932,21 @@ async fn every_dashboard_query_names_only_metrics_a_running_gateway_exposes() {
         assert!(!names.is_empty(), "no metric in {expr}");
         wanted.extend(names);
     }
-    // The reader found what the dashboard is known to show (so an empty or broken reader fails).
+    // The alerts' expressions too: an alert and its promtool test that misspelled the same metric
+    // would pass promtool and never fire.
+    let rules = alert_rules(&read(&repo(RULES)));
+    assert!(rules.len() >= 8, "{rules:?}");
+    for (alert, body) in &rules {
+        let expr = rule_expr(body);
+        let names = metric_names(&expr);
+        assert!(
+            !names.is_empty(),
+            "no metric in the expr of {alert}: {expr:?}"
+        );
+        wanted.extend(names);
+    }
+    // The reader found what the dashboard and the alerts are known to name (so an empty or broken
+    // reader fails).
     for known in [
         "tokengate_requests_total",
         "tokengate_request_duration_seconds_bucket",
@@ -925,6 +958,8 @@ async fn every_dashboard_query_names_only_metrics_a_running_gateway_exposes() {
         "tokengate_audit_failures_total",
         "tokengate_upstream_auth_failures_total",
         "tokengate_rate_limited_total",
+        "tokengate_audit_ship_lag_records",
+        "tokengate_audit_shipped_total",
     ] {
         assert!(
             wanted.contains(known),
