@@ -277,9 +277,19 @@ impl Task {
                 }
                 continue;
             }
-            let (batch, lines) = match read_batch(&mut source, durable) {
-                Ok(read) => read,
-                Err(gap) => return gap.into(),
+            // Reading and parsing up to a batch of lines is file work: off the async threads.
+            let read = tokio::task::spawn_blocking(move || {
+                let batch = read_batch(&mut source, durable);
+                (source, batch)
+            })
+            .await;
+            let batch = match read {
+                Ok((back, Ok(batch))) => {
+                    source = back;
+                    batch
+                }
+                Ok((_, Err(gap))) => return gap.into(),
+                Err(error) => return End::Retry(format!("reading the trail back failed: {error}")),
             };
             if batch.is_empty() {
                 // Durable but not readable yet (a rotation under way): look again shortly.
@@ -288,11 +298,7 @@ impl Task {
             }
             // A server that stopped answering (frozen, or a network that drops packets) ends the
             // session like one that refuses: reconnect, resume from the table.
-            match tokio::time::timeout(
-                BATCH_TIMEOUT,
-                self.ship(&mut client, &insert, batch, &lines),
-            )
-            .await
+            match tokio::time::timeout(BATCH_TIMEOUT, self.ship(&mut client, &insert, batch)).await
             {
                 Ok(Ok(())) => {}
                 Ok(Err(end)) => return end,
@@ -332,18 +338,27 @@ impl Task {
                 self.origin
             )));
         }
-        // The record there must be ours, byte for byte (unless archived locally).
-        let mut check = Source::new(&self.live, seq);
-        match check.read(seq) {
-            Ok(Some(local)) if local.text != line => {
+        // The record there must be ours, byte for byte (unless archived locally). The source that
+        // found it goes on from the next record, so the files are searched once.
+        let live = self.live.clone();
+        let found = tokio::task::spawn_blocking(move || {
+            let mut check = Source::new(&live, seq);
+            let local = check.read(seq);
+            (check, local)
+        })
+        .await
+        .map_err(|error| End::Retry(format!("reading the trail back failed: {error}")))?;
+        let source = match found {
+            (_, Ok(Some(local))) if local.text != line => {
                 return Err(End::Halt(format!(
                     "the table's row at seq {seq} differs from this trail's record there"
                 )))
             }
-            _ => {}
-        }
+            (check, Ok(Some(_))) => check,
+            _ => Source::new(&self.live, seq + 1),
+        };
         self.shipped.send_replace(seq);
-        Ok(Source::new(&self.live, seq + 1))
+        Ok(source)
     }
 
     /// Inserts one batch in one transaction; rows already there must hold the same lines.
@@ -352,7 +367,6 @@ impl Task {
         client: &mut Client,
         insert: &tokio_postgres::Statement,
         batch: Batch,
-        lines: &[(u64, usize)],
     ) -> Result<(), End> {
         let count = batch.len() as u64;
         let last = batch.seq.last().copied().unwrap_or(0);
@@ -396,10 +410,12 @@ impl Task {
             for row in rows {
                 let seq: i64 = row.try_get(0)?;
                 let line: String = row.try_get(1)?;
-                let index = lines
-                    .iter()
-                    .position(|(s, _)| i64::try_from(*s).ok() == Some(seq));
-                let ours = index.map(|i| batch.line[lines[i].1].as_str());
+                // The batch's seqs are consecutive, so sorted.
+                let ours = batch
+                    .seq
+                    .binary_search(&seq)
+                    .ok()
+                    .map(|i| batch.line[i].as_str());
                 if ours != Some(line.as_str()) {
                     return Err(End::Halt(format!(
                         "the table already holds a row at seq {seq} whose line differs from this trail's record"
@@ -440,17 +456,14 @@ async fn report_lag(
     }
 }
 
-/// Reads up to [`BATCH`] durable records (and [`BATCH_BYTES`]) into a batch, with each record's
-/// `(seq, index in the batch)`.
-fn read_batch(source: &mut Source, durable: u64) -> Result<(Batch, Vec<(u64, usize)>), Gap> {
+/// Reads up to [`BATCH`] durable records (and [`BATCH_BYTES`]) into a batch.
+fn read_batch(source: &mut Source, durable: u64) -> Result<Batch, Gap> {
     let mut batch = Batch::default();
-    let mut lines = Vec::new();
     while batch.len() < BATCH && batch.bytes < BATCH_BYTES {
         let Some(line) = source.read(durable)? else {
             break;
         };
-        lines.push((line.seq, batch.len()));
         batch.push(line.seq, &line.record, line.text);
     }
-    Ok((batch, lines))
+    Ok(batch)
 }
