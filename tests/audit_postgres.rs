@@ -110,6 +110,14 @@ async fn some_changes(addr: std::net::SocketAddr, id: i64, n: usize) {
     assert_eq!(reply.status, 400, "{}", reply.text());
 }
 
+/// The `[audit.postgres]` lines of a gateway whose URL is in a file written in `dir`
+/// (`url_file`, for a gateway in the test's own process, whose environment it shares).
+fn store_in_file(dir: &tempfile::TempDir, pg: &PgServer) -> String {
+    let file = dir.path().join("pg-url");
+    std::fs::write(&file, pg.url()).unwrap();
+    format!("\n[audit.postgres]\nurl_file = {:?}\n", file)
+}
+
 /// Runs `tokengate audit <verb> --config <config> --postgres` with the URL in `TG_PG_URL`.
 fn store_cli(verb: &str, config: &Path, pg: &PgServer, extra: &[&str]) -> (i32, String, String) {
     let config = config.to_str().unwrap();
@@ -195,6 +203,25 @@ async fn two_replicas_ship_whole_chains_that_verify_and_query_like_the_files() {
     );
     assert!(out.contains("2 origins"), "{out}");
     assert!(!format!("{out}{err}").contains(PG_PASSWORD));
+    // Without a configuration: the URL from --pg-url-env, the key from --key-file, the table's
+    // default name. The same verdict.
+    let key = dir_a.path().join("audit-key");
+    let url = pg.url();
+    let (code, bare, err) = run_cli(
+        &[
+            "audit",
+            "verify",
+            "--postgres",
+            "--pg-url-env",
+            "TG_PG_URL",
+            "--key-file",
+            key.to_str().unwrap(),
+        ],
+        &[("TG_PG_URL", url.as_str())],
+    );
+    assert_eq!(code, 0, "{bare}{err}");
+    assert_eq!(bare, out);
+    assert!(!format!("{bare}{err}").contains(PG_PASSWORD));
 
     // Query over the table: every origin's changes, merged by time, as over each trail's files.
     for filter in [vec![], vec!["--token".to_string(), id.to_string()]] {
@@ -399,13 +426,11 @@ async fn postgres_down_under_load_holds_no_request_and_shipping_catches_up() {
     };
     let upstream = emulator().await;
     let id = upstream.emulator.insert_token(USER_ID, NewToken::default());
-    std::env::set_var("TG_PG_URL_DOWN", pg.url());
+    // The URL from a file (`url_file`): the in-process gateway reads no variable of this test.
+    let url_dir = tempfile::tempdir().unwrap();
     let mut options = Options::new(upstream.addr);
     // Small files: the records waiting while PostgreSQL is down span many rotations.
-    options.audit_extra = format!(
-        "rotate_bytes = 4096\n{}",
-        STORE.replace("TG_PG_URL", "TG_PG_URL_DOWN")
-    );
+    options.audit_extra = format!("rotate_bytes = 4096\n{}", store_in_file(&url_dir, &pg));
     let gateway = TestGateway::start(options).await;
     let origin = gateway.trail.origin().to_owned();
     some_changes(gateway.addr, id, 3).await;
@@ -527,9 +552,9 @@ async fn a_conflicting_row_stops_shipping_of_that_origin() {
     };
     let upstream = emulator().await;
     let id = upstream.emulator.insert_token(USER_ID, NewToken::default());
-    std::env::set_var("TG_PG_URL_CONFLICT", pg.url());
+    let url_dir = tempfile::tempdir().unwrap();
     let mut options = Options::new(upstream.addr);
-    options.audit_extra = STORE.replace("TG_PG_URL", "TG_PG_URL_CONFLICT");
+    options.audit_extra = store_in_file(&url_dir, &pg);
     let gateway = TestGateway::start(options).await;
     let origin = gateway.trail.origin().to_owned();
     some_changes(gateway.addr, id, 1).await;
