@@ -119,7 +119,7 @@ pub struct RequestContext {
     pub caller_request_id: Option<String>,
     /// The W3C trace the request belongs to (SPEC §3): the caller's, or one the gateway starts
     /// when first asked (no random bytes are drawn for a request that brings its own).
-    trace: OnceLock<TraceContext>,
+    trace: TraceContext,
     /// When the request arrived.
     pub started: Instant,
     /// When `server.request_timeout_ms` runs out for it.
@@ -159,13 +159,14 @@ impl RequestContext {
         method: http::Method,
         path: &str,
         caller_request_id: Option<String>,
+        trace: TraceContext,
         timeout: std::time::Duration,
     ) -> Self {
         let started = Instant::now();
         RequestContext {
             id: RequestId::next(),
             caller_request_id,
-            trace: OnceLock::new(),
+            trace,
             started,
             deadline: started + timeout,
             peer,
@@ -187,14 +188,9 @@ impl RequestContext {
         }
     }
 
-    /// Puts the request in the caller's trace (before anything asked for [`Self::trace`]).
-    pub fn set_trace(&self, trace: TraceContext) {
-        let _ = self.trace.set(trace);
-    }
-
     /// The request's trace: the caller's when it sent a valid `traceparent`, else a new one.
     pub fn trace(&self) -> &TraceContext {
-        self.trace.get_or_init(TraceContext::start)
+        &self.trace
     }
 
     /// The context of one token's part of a fan-out batch: the batch's id, caller, operation
@@ -203,7 +199,7 @@ impl RequestContext {
         let part = RequestContext {
             id: self.id.clone(),
             caller_request_id: self.caller_request_id.clone(),
-            trace: OnceLock::from(self.trace().clone()),
+            trace: self.trace.clone(),
             started: self.started,
             deadline: self.deadline,
             peer: self.peer,

@@ -742,6 +742,7 @@ mod tests {
             http::Method::PUT,
             "/api/token/",
             Some(awkward.into()),
+            crate::trace_context::TraceContext::start(),
             Duration::from_secs(5),
         );
         let intent_before_facts = intent(&context, Operation::Update, "test", None, LIMIT);
@@ -831,6 +832,7 @@ mod tests {
             http::Method::POST,
             "/api/token/",
             None,
+            crate::trace_context::TraceContext::start(),
             Duration::from_secs(5),
         );
         context.set_client("team-a".into());

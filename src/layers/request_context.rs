@@ -85,11 +85,9 @@ where
             request.method().clone(),
             request.uri().path(),
             caller_id,
+            TraceContext::continued(request.headers()).unwrap_or_else(TraceContext::start),
             self.timeout,
         ));
-        if let Some(trace) = TraceContext::continued(request.headers()) {
-            context.set_trace(trace);
-        }
         let id = HeaderValue::from_str(context.id.as_str());
         request.extensions_mut().insert(context.clone());
         let response = self.inner.call(request);
