@@ -70,21 +70,6 @@ async fn creates(addr: std::net::SocketAddr, prefix: &str, n: usize) {
     }
 }
 
-/// Every line of the trail at `path`, oldest first, without newlines.
-fn lines_of(path: &Path) -> Vec<String> {
-    trail_files(path)
-        .unwrap()
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 fn parse(line: &str) -> Map<String, Value> {
     serde_json::from_str(line).unwrap()
 }
@@ -192,7 +177,7 @@ async fn checkpoints_every_n_records_and_at_shutdown_verify_with_the_public_key_
     let path = gateway.audit_path.clone();
     gateway.shutdown().await.unwrap();
 
-    let records: Vec<_> = lines_of(&path).iter().map(|l| parse(l)).collect();
+    let records: Vec<_> = audit_lines(&path).iter().map(|l| parse(l)).collect();
     // 24 records: a checkpoint after every 5th, and one at shutdown for the last 4.
     assert_eq!(runs_between_checkpoints(&records), [5, 5, 5, 5, 4, 0]);
     assert_eq!(records.len(), 29);
@@ -244,7 +229,7 @@ async fn a_checkpoint_comes_by_interval_and_none_without_new_records() {
     creates(gateway.addr, "interval", 1).await;
     let path = gateway.audit_path.clone();
     let count = |path: &Path| {
-        lines_of(path)
+        audit_lines(path)
             .iter()
             .filter(|l| is_checkpoint(&parse(l)))
             .count()
@@ -261,7 +246,7 @@ async fn a_checkpoint_comes_by_interval_and_none_without_new_records() {
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(count(&path), 1);
     gateway.shutdown().await.unwrap();
-    let records: Vec<_> = lines_of(&path).iter().map(|l| parse(l)).collect();
+    let records: Vec<_> = audit_lines(&path).iter().map(|l| parse(l)).collect();
     assert_eq!(runs_between_checkpoints(&records), [2, 0]);
     let (code, stdout, stderr) = verify_public(&public, &trail_files(&path).unwrap(), false);
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -277,7 +262,7 @@ async fn signed_trail() -> (tempfile::TempDir, PathBuf, PathBuf, Vec<String>) {
     creates(gateway.addr, "t", 6).await;
     let path = gateway.audit_path.clone();
     gateway.shutdown().await.unwrap();
-    let lines = lines_of(&path);
+    let lines = audit_lines(&path);
     let phases: Vec<bool> = lines.iter().map(|l| is_checkpoint(&parse(l))).collect();
     assert_eq!(lines.len(), 15);
     assert!(phases[4] && phases[9] && phases[14]);
@@ -422,7 +407,7 @@ async fn a_gateway_killed_between_checkpoints_signs_the_lines_before_the_kill_af
     let dir = gateway.take_dir();
     let trail = dir.path().join("audit").join("trail.jsonl");
     // r1-r3 C r4-r6 C r7-r9 C r10: one record waits for its checkpoint.
-    let records: Vec<_> = lines_of(&trail).iter().map(|l| parse(l)).collect();
+    let records: Vec<_> = audit_lines(&trail).iter().map(|l| parse(l)).collect();
     assert_eq!(runs_between_checkpoints(&records), [3, 3, 3, 1]);
 
     let mut restarted = Process::serve_in(&options, &[], dir);
@@ -437,7 +422,7 @@ async fn a_gateway_killed_between_checkpoints_signs_the_lines_before_the_kill_af
     let output = restarted.output();
     let dir = restarted.take_dir();
     let trail = dir.path().join("audit").join("trail.jsonl");
-    let records: Vec<_> = lines_of(&trail).iter().map(|l| parse(l)).collect();
+    let records: Vec<_> = audit_lines(&trail).iter().map(|l| parse(l)).collect();
     // The record from before the kill counts: a checkpoint after it and the 2 new ones, and
     // nothing left for shutdown.
     assert_eq!(runs_between_checkpoints(&records), [3, 3, 3, 3, 0]);
@@ -679,7 +664,7 @@ async fn an_openssl_key_signs_and_openssl_checks_the_signatures() {
         assert!(said.contains("Signature Verified Successfully"), "{said}");
     };
     let mut checked = 0;
-    for record in lines_of(&path).iter().map(|l| parse(l)) {
+    for record in audit_lines(&path).iter().map(|l| parse(l)) {
         if !is_checkpoint(&record) {
             continue;
         }
@@ -743,7 +728,7 @@ async fn checkpoints_turned_on_for_an_unsigned_trail_sign_it_from_seq_1_unless_i
     let mut gateway = TestGateway::start(options).await;
     creates(gateway.addr, "signed", 1).await;
     gateway.shutdown().await.unwrap();
-    let records: Vec<_> = lines_of(&path).iter().map(|l| parse(l)).collect();
+    let records: Vec<_> = audit_lines(&path).iter().map(|l| parse(l)).collect();
     assert_eq!(runs_between_checkpoints(&records), [22, 0]);
     let (code, stdout, stderr) = verify_public(&public, &trail_files(&path).unwrap(), false);
     assert_eq!(code, 0, "{stdout}{stderr}");
@@ -812,7 +797,7 @@ async fn a_failed_write_takes_the_digest_back_with_the_file() {
     let files = trail_files(&path).unwrap();
     let (code, stdout, stderr) = verify_public(&public, &files, true);
     assert_eq!(code, 0, "{stdout}{stderr}");
-    let records: Vec<_> = lines_of(&path).iter().map(|l| parse(l)).collect();
+    let records: Vec<_> = audit_lines(&path).iter().map(|l| parse(l)).collect();
     assert!(
         runs_between_checkpoints(&records).iter().all(|&n| n <= 1),
         "a checkpoint after every record"
@@ -864,7 +849,7 @@ async fn a_reload_keeps_the_running_checkpoint_key_and_says_so() {
     .unwrap();
     let home = gateway.take_dir();
     let trail = home.path().join("audit").join("trail.jsonl");
-    let records: Vec<_> = lines_of(&trail).iter().map(|l| parse(l)).collect();
+    let records: Vec<_> = audit_lines(&trail).iter().map(|l| parse(l)).collect();
     assert_eq!(runs_between_checkpoints(&records), [2, 2, 2, 0]);
     let (code, stdout, stderr) = verify_public(&public, &trail_files(&trail).unwrap(), true);
     assert_eq!(

@@ -26,21 +26,6 @@ async fn emulator() -> RunningEmulator {
         .unwrap()
 }
 
-/// Every line of the local trail at `path`, in order.
-fn local_lines(path: &Path) -> Vec<String> {
-    tokengate::audit::verify::trail_files(path)
-        .unwrap()
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// `(seq, line)` of every row of `origin`, in `seq` order.
 async fn table_rows(pg: &PgServer, origin: &str) -> Vec<(i64, String)> {
     let client = pg.client().await;
@@ -59,7 +44,7 @@ async fn table_rows(pg: &PgServer, origin: &str) -> Vec<(i64, String)> {
 /// Asserts that the table holds exactly the local trail's lines for `origin`: seq 1, 2, 3…,
 /// each line byte for byte.
 async fn assert_shipped(pg: &PgServer, origin: &str, trail: &Path) {
-    let local = local_lines(trail);
+    let local = audit_lines(trail);
     let rows = table_rows(pg, origin).await;
     let seqs: Vec<i64> = rows.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, (1..=local.len() as i64).collect::<Vec<_>>());
@@ -186,7 +171,7 @@ async fn two_replicas_ship_whole_chains_that_verify_and_query_like_the_files() {
     let config = dir_a.path().join("tokengate.toml");
     let (code, out, err) = store_cli("verify", &config, &pg, &[]);
     assert_eq!(code, 0, "{out}{err}");
-    let count = |dir| local_lines(&trail(dir)).len();
+    let count = |dir| audit_lines(&trail(dir)).len();
     assert!(
         out.contains(&format!(
             "origin replica-a: intact, {} records",
@@ -347,7 +332,7 @@ async fn two_replicas_ship_whole_chains_that_verify_and_query_like_the_files() {
         err.contains("origin \"replica-b\", seq 4: seq 4 where 3 was expected: records are missing before it"),
         "{err}"
     );
-    let local_b = local_lines(&trail(&dir_b));
+    let local_b = audit_lines(&trail(&dir_b));
     client
         .execute(
             "INSERT INTO tokengate_audit (origin, seq, ts, phase, request_id, client, op, token_ids, outcome, line, record) \
@@ -523,7 +508,7 @@ async fn a_gateway_killed_resumes_shipping_where_the_table_ends() {
     );
     let dir = first.take_dir();
     let trail = dir.path().join("audit").join("trail.jsonl");
-    assert!(local_lines(&trail).len() > shipped);
+    assert!(audit_lines(&trail).len() > shipped);
     assert_eq!(
         table_rows(pg_started(&mut pg), &origin).await.len(),
         shipped

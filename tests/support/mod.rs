@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
 use tokengate::{Config, Gateway};
 
-/// Every record of the audit trail at `path` (rotated files first), in order.
-pub fn audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+/// Every line of the audit trail at `path` (rotated files first), in order, without newlines.
+pub fn audit_lines(path: &std::path::Path) -> Vec<String> {
     tokengate::audit::verify::trail_files(path)
         .unwrap()
         .iter()
@@ -37,7 +37,14 @@ pub fn audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         })
-        .map(|line| serde_json::from_str(&line).unwrap())
+        .collect()
+}
+
+/// Every record of the audit trail at `path` (rotated files first), in order.
+pub fn audit_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    audit_lines(path)
+        .iter()
+        .map(|line| serde_json::from_str(line).unwrap())
         .collect()
 }
 
