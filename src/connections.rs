@@ -64,24 +64,28 @@ impl Connections {
     /// drops it mid-wait).
     pub async fn room(&self, cap: impl Fn() -> usize, reloaded: &Notify) {
         loop {
-            // Below the cap (the usual case), nothing shared is locked.
-            if self.has_room(cap()) {
-                return;
-            }
-            // At the cap: registered before the cap and the count are read again, so a reload
-            // or a close in between is not missed.
+            // Registered before the cap and the count are read, so a reload or a close in between
+            // is not missed.
             let reload = reloaded.notified();
             let closed = self.closed.notified();
             tokio::pin!(reload, closed);
             reload.as_mut().enable();
             closed.as_mut().enable();
             let cap = cap();
-            if self.has_room(cap) {
+            let open = self.open();
+            if open < cap {
+                if self.at_cap.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        open,
+                        max_connections = cap,
+                        "caller connections below server.max_connections again: accepting"
+                    );
+                }
                 return;
             }
             if !self.at_cap.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
-                    open = self.open(),
+                    open,
                     max_connections = cap,
                     "caller connections at server.max_connections: not accepting until one \
                      closes (the listen backlog holds new callers)"
@@ -95,22 +99,6 @@ impl Connections {
         }
     }
 
-    /// Whether fewer than `cap` connections are open; if so, an episode at the cap ends.
-    fn has_room(&self, cap: usize) -> bool {
-        let open = self.open();
-        if open >= cap {
-            return false;
-        }
-        if self.at_cap.swap(false, Ordering::Relaxed) {
-            tracing::info!(
-                open,
-                max_connections = cap,
-                "caller connections below server.max_connections again: accepting"
-            );
-        }
-        true
-    }
-
     /// Counts a connection just accepted once fewer than `cap()` are open, until the returned
     /// guard is dropped: at once unless another accept loop took the last room since
     /// [`Connections::room`] returned; then the connection waits here (unread, like one in the
@@ -121,16 +109,26 @@ impl Connections {
         reloaded: &Notify,
     ) -> Open {
         loop {
-            if let Some(open) = self.try_claim(cap()) {
-                return open;
-            }
             let reload = reloaded.notified();
             let closed = self.closed.notified();
             tokio::pin!(reload, closed);
             reload.as_mut().enable();
             closed.as_mut().enable();
-            if let Some(open) = self.try_claim(cap()) {
-                return open;
+            let cap = cap();
+            let mut open = self.open();
+            while open < cap {
+                match self.open.compare_exchange_weak(
+                    open,
+                    open + 1,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                ) {
+                    Ok(_) => {
+                        self.metrics.connection_opened();
+                        return Open(self.clone());
+                    }
+                    Err(now) => open = now,
+                }
             }
             tokio::select! {
                 () = &mut closed => {}
@@ -139,28 +137,7 @@ impl Connections {
         }
     }
 
-    /// Counts one more open connection if fewer than `cap` are open.
-    fn try_claim(self: &Arc<Connections>, cap: usize) -> Option<Open> {
-        let mut open = self.open();
-        while open < cap {
-            match self.open.compare_exchange_weak(
-                open,
-                open + 1,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => {
-                    self.metrics.connection_opened();
-                    return Some(Open(self.clone()));
-                }
-                Err(now) => open = now,
-            }
-        }
-        None
-    }
-
-    /// Counts a connection whatever the cap, until the returned guard is dropped (tests).
-    #[cfg(test)]
+    /// Counts a connection just accepted, until the returned guard is dropped.
     pub fn admit(self: &Arc<Connections>) -> Open {
         self.open.fetch_add(1, Ordering::AcqRel);
         self.metrics.connection_opened();
