@@ -59,7 +59,7 @@ impl Service<Request<Bytes>> for Forward {
                     method: route.endpoint.method(),
                     path_and_query: &route.upstream_path_and_query(),
                     headers: headers::to_upstream(
-                        &parts.headers,
+                        parts.headers,
                         context.source_ip(),
                         &context.id,
                         context.trace(),

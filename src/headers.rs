@@ -14,6 +14,7 @@ use std::net::IpAddr;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue};
 use ipnet::IpNet;
+use smallvec::SmallVec;
 
 use crate::context::{RequestId, SourceIp};
 use crate::error::GatewayError;
@@ -48,7 +49,9 @@ fn is_forwarding(name: &HeaderName) -> bool {
     name.starts_with("x-forwarded-") || name == "forwarded" || name == "x-real-ip"
 }
 
-/// The names listed in `Connection` (they are hop-by-hop for this message).
+/// The names a message's `Connection` header lists (hop-by-hop for this message), less those
+/// dropped anyway: none are usually left (`Connection: keep-alive` names a hop-by-hop header), so
+/// this allocates nothing on the common path.
 fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
     headers
         .get_all(header::CONNECTION)
@@ -56,82 +59,80 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !is_hop_by_hop(name))
         .collect()
 }
 
-/// The headers to send upstream for a caller's request (before the credential is added).
+/// The names of `headers` that `drop` picks, gathered first (a map cannot be changed while it is
+/// read), then removed with every value each has. A request or an answer drops a handful of
+/// names, so they sit on the stack; removing them in place keeps every other header where it is
+/// (no new map, no copy of the names and values kept).
+fn remove_where(headers: &mut HeaderMap, drop: impl Fn(&HeaderName) -> bool) {
+    let dropped: SmallVec<[HeaderName; 8]> = headers.keys().filter(|n| drop(n)).cloned().collect();
+    for name in dropped {
+        headers.remove(name);
+    }
+}
+
+/// The headers to send upstream for a caller's request (before the credential is added): the
+/// caller's own, filtered in place.
 pub fn to_upstream(
-    inbound: &HeaderMap,
+    mut headers: HeaderMap,
     source: SourceIp,
     request_id: &RequestId,
     trace: &TraceContext,
 ) -> HeaderMap {
-    let listed = connection_listed(inbound);
-    // Room for what is set beside the caller's: credential, user, traceparent, tracestate.
-    let mut out = HeaderMap::with_capacity(inbound.len() + 4);
-    for (name, value) in inbound {
-        let dropped = is_hop_by_hop(name)
+    let listed = connection_listed(&headers);
+    remove_where(&mut headers, |name| {
+        is_hop_by_hop(name)
             || listed.contains(name)
             || name == header::AUTHORIZATION
             || name == NEW_API_USER
             || name == header::COOKIE
+            // Set below.
             || name == header::ACCEPT_ENCODING
             // The body sent is the gateway's own plain serialisation (an encoded one is refused).
             || name == header::CONTENT_ENCODING
             || name == header::EXPECT
+            // The gateway's own id, the one caller IP and the checked trace context are set below.
             || name == X_REQUEST_ID
             || name == X_ONEAPI_REQUEST_ID
             || name == X_FORWARDED_FOR
-            // The request's trace context is set below, checked (SPEC §3).
             || name == TRACEPARENT
             || name == TRACESTATE
-            || (is_forwarding(name) && !source.via_trusted_proxy);
-        if !dropped {
-            out.append(name.clone(), value.clone());
-        }
-    }
+            || (is_forwarding(name) && !source.via_trusted_proxy)
+    });
     // The gateway reads upstream answers (envelopes, tokens to merge), and a caller must get the
     // bytes it can read: never a compressed answer (new-api compresses when asked to).
-    out.insert(
+    headers.insert(
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
     // An IP address in text is always a valid header value.
     if let Ok(ip) = HeaderValue::from_str(&source.ip.to_string()) {
-        out.insert(X_FORWARDED_FOR, ip);
+        headers.insert(X_FORWARDED_FOR, ip);
     }
     if let Ok(id) = HeaderValue::from_str(request_id.as_str()) {
         // new-api logs under the id it is given: its log lines then carry the gateway's id.
-        out.insert(X_ONEAPI_REQUEST_ID, id.clone());
-        out.insert(X_REQUEST_ID, id);
+        headers.insert(X_ONEAPI_REQUEST_ID, id.clone());
+        headers.insert(X_REQUEST_ID, id);
     }
-    trace.apply(&mut out);
-    out
+    trace.apply(&mut headers);
+    headers
 }
 
-/// The upstream's response headers as the caller gets them (the request-context layer then sets
-/// the gateway's `X-Request-Id` on every answer).
-pub fn to_caller(upstream: HeaderMap) -> HeaderMap {
-    let listed = connection_listed(&upstream);
-    let mut out = HeaderMap::with_capacity(upstream.len() + 1);
-    let mut last: Option<HeaderName> = None;
-    for (name, value) in upstream {
-        // `HeaderMap::into_iter` yields the name only with the first of repeated values.
-        if let Some(name) = name {
-            last = Some(name);
-        }
-        if let Some(name) = &last {
-            let dropped = is_hop_by_hop(name)
-                || listed.contains(name)
-                || *name == X_REQUEST_ID
-                // A session cookie of the upstream account must never reach a caller.
-                || *name == header::SET_COOKIE;
-            if !dropped {
-                out.append(name.clone(), value);
-            }
-        }
-    }
-    out
+/// The upstream's response headers as the caller gets them, filtered in place (the
+/// request-context layer then sets the gateway's `X-Request-Id` on every answer).
+pub fn to_caller(mut headers: HeaderMap) -> HeaderMap {
+    let listed = connection_listed(&headers);
+    remove_where(&mut headers, |name| {
+        is_hop_by_hop(name)
+            || listed.contains(name)
+            || name == X_REQUEST_ID
+            // A session cookie of the upstream account must never reach a caller.
+            || name == header::SET_COOKIE
+    });
+    headers
 }
 
 /// The caller IP (SPEC §3): the peer, unless the peer is a trusted proxy; then the right-most
@@ -223,19 +224,22 @@ mod tests {
             via_trusted_proxy: false,
         };
         let trace = TraceContext::start();
-        let out = to_upstream(&inbound, source, &RequestId::from_static("gw-id"), &trace);
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        let out = to_upstream(inbound, source, &RequestId::from_static("gw-id"), &trace);
+        // Filtering in place moves kept names around; the order of different names carries no
+        // meaning (RFC 9110 §5.3), so the set is compared.
+        let mut names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        names.sort_unstable();
         assert_eq!(
             names,
             [
+                "accept-encoding",
                 "accept-language",
                 "content-type",
+                "traceparent",
                 "user-agent",
-                "accept-encoding",
                 "x-forwarded-for",
                 "x-oneapi-request-id",
                 "x-request-id",
-                "traceparent"
             ]
         );
         assert_eq!(out["accept-encoding"], "identity");
@@ -257,7 +261,7 @@ mod tests {
             via_trusted_proxy: true,
         };
         let out = to_upstream(
-            &inbound,
+            inbound,
             source,
             &RequestId::from_static("id"),
             &TraceContext::start(),

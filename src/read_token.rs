@@ -99,7 +99,7 @@ pub async fn read_token(
             method: read.method(),
             path_and_query: &read.upstream_path(),
             headers: headers::to_upstream(
-                &HeaderMap::new(),
+                HeaderMap::new(),
                 context.source_ip(),
                 &context.id,
                 context.trace(),
