@@ -71,6 +71,7 @@ pub mod gateway;
 pub mod headers;
 pub mod layers;
 pub mod locks;
+pub mod memory;
 pub mod metrics;
 pub mod openapi;
 pub mod policy;

@@ -286,6 +286,7 @@ fn start_worker(
                 );
                 drop(generation);
                 let service = side.live.service();
+                tokio::spawn(crate::memory::tidy_this_thread());
                 serve(listener, service, Some(side), stop, grace, header_timeout).await;
                 // Bounded like the wait in `run_with`. What is still running when this runtime
                 // ends is cancelled with it (and no longer counted there), so it is logged here.

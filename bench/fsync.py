@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""What an operator can do about the trail's slow syncs (issue 21, the PATCH p99).
+
+tokengate appends each group commit (one `write` of the batch's records) to the trail and then
+calls `fdatasync` (`audit.fsync = "always"`). This measures, on the file system holding DIR, the
+latency of that step against what an operator could change:
+
+  append+fdatasync   what tokengate does
+  append, O_DSYNC    the file opened with O_DSYNC: write and sync in one system call
+  keep-size+fdatasync space reserved past the end (fallocate FALLOC_FL_KEEP_SIZE), appended to:
+                     the file stays plain JSON Lines, its size still grows
+  prealloc+fdatasync the file's space allocated and zeroed beforehand, batches written in place,
+                     so a sync has no file size or extent change to journal (the file then
+                     holds zeros past its last record)
+  append+fsync       fsync instead of fdatasync (inode times flushed too), for reference
+
+Each mode writes BATCH-byte batches (six 640-byte records by default) one after another for
+SECONDS and prints syncs/s and the p50, p99, p99.9 and largest latency in ms.
+
+    python3 bench/fsync.py DIR [SECONDS] [BATCH]
+"""
+import ctypes
+import os
+import sys
+import time
+
+FALLOC_FL_KEEP_SIZE = 1
+
+
+def reserve(fd, size):
+    """fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size): blocks reserved, the size unchanged."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if libc.fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, size) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
+
+
+def percentile(sorted_values, p):
+    return sorted_values[min(len(sorted_values) - 1, int(len(sorted_values) * p))]
+
+
+def run(path, seconds, batch, mode):
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    if mode == "append, O_DSYNC":
+        flags |= os.O_DSYNC
+    if mode != "prealloc+fdatasync":
+        flags |= os.O_APPEND
+    fd = os.open(path, flags, 0o600)
+    if mode == "prealloc+fdatasync":
+        size = 256 << 20
+        os.posix_fallocate(fd, 0, size)
+        zero = b"\0" * (1 << 20)
+        for offset in range(0, size, len(zero)):
+            os.pwrite(fd, zero, offset)
+        os.fsync(fd)
+    if mode == "keep-size+fdatasync":
+        reserve(fd, 256 << 20)
+        os.fsync(fd)
+    data = (b"x" * (batch - 1)) + b"\n"
+    latencies = []
+    offset = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        start = time.perf_counter()
+        if mode == "prealloc+fdatasync":
+            os.pwrite(fd, data, offset)
+            offset += len(data)
+            os.fdatasync(fd)
+        else:
+            os.write(fd, data)
+            if mode in ("append+fdatasync", "keep-size+fdatasync"):
+                os.fdatasync(fd)
+            elif mode == "append+fsync":
+                os.fsync(fd)
+        latencies.append((time.perf_counter() - start) * 1000)
+    os.close(fd)
+    os.unlink(path)
+    latencies.sort()
+    return (
+        len(latencies) / seconds,
+        percentile(latencies, 0.50),
+        percentile(latencies, 0.99),
+        percentile(latencies, 0.999),
+        latencies[-1],
+    )
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        sys.exit(2)
+    directory = sys.argv[1]
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 10
+    batch = int(sys.argv[3]) if len(sys.argv) > 3 else 6 * 640
+    path = os.path.join(directory, "fsync-study.bin")
+    print(f"{batch}-byte batches, {seconds:g} s per mode, in {directory}")
+    print(f"| mode | syncs/s | p50 ms | p99 ms | p99.9 ms | max ms |")
+    print(f"|---|---:|---:|---:|---:|---:|")
+    for mode in (
+        "append+fdatasync",
+        "append, O_DSYNC",
+        "keep-size+fdatasync",
+        "prealloc+fdatasync",
+        "append+fsync",
+    ):
+        rate, p50, p99, p999, top = run(path, seconds, batch, mode)
+        print(f"| {mode} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {top:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
