@@ -18,6 +18,10 @@
 #   put+fsync  the same, audited to disk with fsync = "always" (intent and outcome durable)
 #   patch      PATCH /api/token/1: tokengate reads the token, merges, checks, writes (2 upstream
 #              requests, audited with fsync = "always"); nginx passes the PATCH on as is
+#   bare, bare+fsync   put and put+fsync with a full update that carries neither `status` nor the
+#              masked `key`: nothing for tokengate to confirm on the stored token, so with
+#              CAPTURE_BEFORE=false one upstream request, as nginx sends (issue 21's put targets).
+#              Not in the default CASES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-10}
@@ -40,8 +44,9 @@ write_scripts
 # Each (case, target): URL, script, pid whose CPU counts, admin port for fsyncs.
 declare -A url script pid admin
 add() { url[$1/$2]=$3; script[$1/$2]=$work/$4.lua; pid[$1/$2]=${5:-}; admin[$1/$2]=${6:-}; }
-for c in get put put+fsync patch; do
+for c in get put put+fsync patch bare bare+fsync; do
   s=${c%+fsync}
+  [ "$s" = bare ] && s=put_bare
   add "$c" direct "http://127.0.0.1:$up_port" "$s" "$up_pid"
   add "$c" nginx "http://127.0.0.1:$nginx_port" "$s" "$nginx_pid"
 done
@@ -49,6 +54,8 @@ add get tokengate "http://127.0.0.1:$mem_port" get "$mem_pid"
 add put tokengate "http://127.0.0.1:$mem_port" put "$mem_pid"
 add put+fsync tokengate "http://127.0.0.1:$disk_port" put "$disk_pid" "$disk_admin"
 add patch tokengate "http://127.0.0.1:$disk_port" patch "$disk_pid" "$disk_admin"
+add bare tokengate "http://127.0.0.1:$mem_port" put_bare "$mem_pid"
+add bare+fsync tokengate "http://127.0.0.1:$disk_port" put_bare "$disk_pid" "$disk_admin"
 read -r -a cases <<< "${CASES:-get put put+fsync patch}"
 targets=(direct nginx tokengate)
 
@@ -66,8 +73,8 @@ raw=$work/raw.txt
 for round in $(seq "$rounds"); do
   for c in "${cases[@]}"; do
     for t in "${targets[@]}"; do
-      # put+fsync and patch through direct and nginx repeat the put and patch runs: skip them.
-      if [ "$c" = put+fsync ] && [ "$t" != tokengate ]; then continue; fi
+      # put+fsync and bare+fsync through direct and nginx repeat the put and bare runs: skip them.
+      if [[ $c == *+fsync ]] && [ "$t" != tokengate ]; then continue; fi
       r=$(measure "${url[$c/$t]}" "$conns" "$seconds" "${script[$c/$t]}" "${pid[$c/$t]}" "${admin[$c/$t]}")
       echo "$c $t $round $r" >> "$raw"
       echo "  round $round  $c  $t: $r" >&2

@@ -2,7 +2,7 @@
 
 Each raw line: case target round rps p50_ms p99_ms cpu_us fsyncs_per_s non2xx requests rss_kib.
 The figure of each (case, target) is the median over the rounds; tokengate's ratios compare it with
-nginx on the same case (put+fsync with nginx's plain put, which has no trail to write).
+nginx on the same case (put+fsync and bare+fsync with nginx's plain put and bare, which have no trail to write).
 """
 
 import statistics
@@ -42,7 +42,7 @@ print()
 print("| case | tokengate / nginx: requests/s | p99 | CPU per request |")
 print("|---|---:|---:|---:|")
 for case in cases:
-    peer = "put" if case == "put+fsync" else case
+    peer = case.removesuffix("+fsync")
     if (peer, "nginx") not in rows:
         print(f"| {case} | (no nginx run of {peer}: add it to CASES) | | |")
         continue
