@@ -1,4 +1,4 @@
-//! Body validation cost (SPEC §4): `Edit::parse` then `to_json`, as the validate layer runs them on
+//! Body validation cost (SPEC §4): `Edit::parse` then `canonical_json`, as the validate layer runs them on
 //! every write. Run with `cargo bench --bench validate`; figures are recorded in BENCHMARKS.md.
 
 use std::hint::black_box;
@@ -176,7 +176,7 @@ fn bench(c: &mut Criterion) {
         group.sample_size(if body.len() > 1024 { 10 } else { 100 });
         group.bench_function(*name, |b| {
             b.iter(|| match Edit::parse(*kind, black_box(body), &limits, now) {
-                Ok(edit) => edit.to_json().len(),
+                Ok(edit) => edit.canonical_json().len(),
                 Err(_) => 0,
             })
         });

@@ -135,7 +135,7 @@ pub struct RequestContext {
     op: OnceLock<Operation>,
     token_ids: OnceLock<Vec<u64>>,
     /// The checked body in canonical JSON, rendered once for all of the request's records.
-    request: Mutex<Option<Arc<[u8]>>>,
+    request: Mutex<Option<bytes::Bytes>>,
     forwarded: AtomicBool,
     itemized: AtomicBool,
     upstream: Mutex<Option<UpstreamFacts>>,
@@ -252,12 +252,17 @@ impl RequestContext {
 
     /// Records the checked request body, or what replaces it upstream (a PATCH's merged token).
     pub fn set_request(&self, body: serde_json::Value) {
-        let canonical = crate::audit::canonical::canonical(&body).into();
+        self.set_request_json(crate::audit::canonical::canonical(&body).into());
+    }
+
+    /// [`RequestContext::set_request`] with the body already in canonical JSON (RFC 8785): the
+    /// bytes the upstream receives, shared rather than written a second time.
+    pub fn set_request_json(&self, canonical: bytes::Bytes) {
         *self.request.lock().unwrap_or_else(|p| p.into_inner()) = Some(canonical);
     }
 
     /// The checked request body in canonical JSON (RFC 8785), if the request had one.
-    pub fn request(&self) -> Option<Arc<[u8]>> {
+    pub fn request(&self) -> Option<bytes::Bytes> {
         self.request
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -267,8 +272,8 @@ impl RequestContext {
     /// Starts the next change, whose checked body is `body`, of a request that sends two (a
     /// PATCH's status-only `PUT` after its full one): the upstream answer and the forwarded mark
     /// belong to the first change's records, not to the next one's.
-    pub fn next_change(&self, body: serde_json::Value) {
-        self.set_request(body);
+    pub fn next_change(&self, body: bytes::Bytes) {
+        self.set_request_json(body);
         self.set_changes(Vec::new());
         *self.upstream.lock().unwrap_or_else(|p| p.into_inner()) = None;
         self.forwarded.store(false, Ordering::Relaxed);

@@ -601,6 +601,23 @@ proptest! {
         prop_assert_eq!(again.to_json(), written);
     }
 
+    /// The body forwarded and recorded (`canonical_json`, written from the typed fields) is the
+    /// RFC 8785 form of the checked fields: the bytes the canonical writer gives for them as a
+    /// JSON value, and the same JSON as serde's own serialisation of them.
+    #[test]
+    fn the_forwarded_body_is_the_canonical_json_of_the_checked_fields(
+        (kind, body, _) in any_valid(NOW, NOW + 1),
+    ) {
+        let edit = Edit::parse(kind, body.to_string().as_bytes(), &gateway_limits(), NOW).unwrap();
+        let canonical = edit.canonical_json();
+        prop_assert_eq!(
+            String::from_utf8(canonical.clone()).unwrap(),
+            String::from_utf8(tokengate::audit::canonical::canonical(&edit.to_value())).unwrap()
+        );
+        let serde_json: Value = serde_json::from_slice(&edit.to_json()).unwrap();
+        prop_assert_eq!(serde_json::from_slice::<Value>(&canonical).unwrap(), serde_json);
+    }
+
     /// Leaving any complete-update field out of a valid full update is an `incomplete_update`
     /// naming exactly that field.
     #[test]

@@ -67,7 +67,7 @@ pub(crate) fn write_object(map: &Map<String, Value>, except: Option<&str>, out: 
 }
 
 /// RFC 8785 §3.2.3: member names compare as arrays of UTF-16 code units.
-fn utf16_order(a: &str, b: &str) -> Ordering {
+pub(crate) fn utf16_order(a: &str, b: &str) -> Ordering {
     a.encode_utf16().cmp(b.encode_utf16())
 }
 

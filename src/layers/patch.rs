@@ -124,6 +124,8 @@ where
             // answer is the caller's.
             let context = RequestContext::of(&request)?.clone();
             let mut follow_up = status_only_request(&request, id, status_after);
+            // Its body is its `request` in the records too, once the full PUT's outcome is written.
+            let follow_up_body = follow_up.body().clone();
             // The status-only PUT puts into use the token the full PUT wrote: policy judges it,
             // and its intent says it was the `before`.
             let extensions = request.extensions();
@@ -141,7 +143,7 @@ where
                 .audit
                 .outcome_of(&context, first.status().as_u16(), None)
                 .await;
-            context.next_change(status_only(id, status_after).to_value());
+            context.next_change(follow_up_body);
             // From here the full PUT is applied: a failure of the status-only one says so (SPEC
             // §4.5, §6 "truthful partial answers"), never "not forwarded".
             match inner.clone().oneshot(follow_up).await {
@@ -308,8 +310,9 @@ fn status_only(id: TokenId, status: Status) -> Edit {
 /// Makes `edit` the request's body, route and audited `request`.
 fn set_edit(request: &mut Request<Bytes>, context: &RequestContext, edit: Edit) {
     let status_only = matches!(edit, Edit::StatusOnly(_));
-    context.set_request(edit.to_value());
-    *request.body_mut() = Bytes::from(edit.to_json());
+    let body = Bytes::from(edit.canonical_json());
+    context.set_request_json(body.clone());
+    *request.body_mut() = body;
     let extensions = request.extensions_mut();
     extensions.insert(Route {
         endpoint: Endpoint::Update { status_only },
@@ -326,7 +329,7 @@ fn status_only_request(full: &Request<Bytes>, id: TokenId, status: Status) -> Re
     *follow_up.headers_mut() = full.headers().clone();
     *follow_up.extensions_mut() = full.extensions().clone();
     let edit = status_only(id, status);
-    *follow_up.body_mut() = Bytes::from(edit.to_json());
+    *follow_up.body_mut() = Bytes::from(edit.canonical_json());
     let extensions = follow_up.extensions_mut();
     extensions.insert(Route {
         endpoint: Endpoint::Update { status_only: true },

@@ -1,6 +1,7 @@
 //! Checks every write body before the upstream sees it (SPEC §4): `Content-Type` (415), one
 //! strict JSON object (400 `invalid_json`), and the field rules of its operation (400, every fault
-//! reported). The body forwarded is the checked edit, re-serialised; the typed [`Edit`] is left in
+//! reported). The body forwarded is the checked edit, re-serialised once in canonical JSON
+//! (the same bytes the audit records carry as `request`); the typed [`Edit`] is left in
 //! the request's extensions for the layers below (policy, audit).
 
 use std::sync::Arc;
@@ -53,8 +54,9 @@ impl Check<Bytes> for Validate {
             Ok(edit) => {
                 let context = RequestContext::of(request)?;
                 context.set_token_ids(edit.token_ids().iter().map(|id| id.get()).collect());
-                context.set_request(edit.to_value());
-                *request.body_mut() = Bytes::from(edit.to_json());
+                let body = Bytes::from(edit.canonical_json());
+                context.set_request_json(body.clone());
+                *request.body_mut() = body;
                 request.extensions_mut().insert(edit);
                 Ok(())
             }

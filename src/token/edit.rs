@@ -363,7 +363,9 @@ impl Edit {
         }
     }
 
-    /// The body to forward: exactly the checked fields.
+    /// Exactly the checked fields, in serde's order (the gateway forwards
+    /// [`Edit::canonical_json`], the same fields with sorted members; this is the reference the
+    /// property tests compare both against).
     pub fn to_json(&self) -> Vec<u8> {
         // Serialising plain structs of strings, integers and JSON values cannot fail.
         match self {
@@ -377,7 +379,21 @@ impl Edit {
         .unwrap_or_default()
     }
 
-    /// The checked fields as a JSON value (what the audit trail records as `request`).
+    /// The checked edit in canonical JSON (RFC 8785): written once, it is both the body the
+    /// upstream receives and the `request` of the audit records (SPEC §6).
+    pub fn canonical_json(&self) -> Vec<u8> {
+        match self {
+            Edit::Create(fields)
+            | Edit::Update(fields)
+            | Edit::StatusOnly(fields)
+            | Edit::Patch(fields) => fields.canonical_json(),
+            Edit::Ids(_) | Edit::BatchUpdate(_) => {
+                crate::audit::canonical::canonical(&self.to_value())
+            }
+        }
+    }
+
+    /// The checked fields as a JSON value.
     pub fn to_value(&self) -> Value {
         match self {
             Edit::Create(fields)

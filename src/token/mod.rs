@@ -2,6 +2,7 @@
 //! (SPEC §4).
 
 pub mod batch;
+pub mod canonical;
 pub mod edit;
 pub mod fields;
 pub mod json;
