@@ -15,9 +15,11 @@ latency of that step against what an operator could change:
   append+fsync       fsync instead of fdatasync (inode times flushed too), for reference
 
 Each mode writes BATCH-byte batches (six 640-byte records by default) one after another for
-SECONDS and prints syncs/s and the p50, p99, p99.9 and largest latency in ms.
+SECONDS, in ROUNDS rounds with the modes interleaved (a shared disk drifts, and a mode run after
+another sees what that one left: the order alone moved figures 10x); it prints syncs/s and the
+p50, p99, p99.9 and largest latency in ms over all rounds.
 
-    python3 bench/fsync.py DIR [SECONDS] [BATCH]
+    python3 bench/fsync.py DIR [SECONDS] [ROUNDS] [BATCH]
 """
 import ctypes
 import os
@@ -75,14 +77,7 @@ def run(path, seconds, batch, mode):
         latencies.append((time.perf_counter() - start) * 1000)
     os.close(fd)
     os.unlink(path)
-    latencies.sort()
-    return (
-        len(latencies) / seconds,
-        percentile(latencies, 0.50),
-        percentile(latencies, 0.99),
-        percentile(latencies, 0.999),
-        latencies[-1],
-    )
+    return latencies
 
 
 def main():
@@ -90,21 +85,30 @@ def main():
         print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
         sys.exit(2)
     directory = sys.argv[1]
-    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 10
-    batch = int(sys.argv[3]) if len(sys.argv) > 3 else 6 * 640
+    seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 5
+    rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 3
+    batch = int(sys.argv[4]) if len(sys.argv) > 4 else 6 * 640
     path = os.path.join(directory, "fsync-study.bin")
-    print(f"{batch}-byte batches, {seconds:g} s per mode, in {directory}")
-    print(f"| mode | syncs/s | p50 ms | p99 ms | p99.9 ms | max ms |")
-    print(f"|---|---:|---:|---:|---:|---:|")
-    for mode in (
+    modes = (
         "append+fdatasync",
         "append, O_DSYNC",
         "keep-size+fdatasync",
         "prealloc+fdatasync",
         "append+fsync",
-    ):
-        rate, p50, p99, p999, top = run(path, seconds, batch, mode)
-        print(f"| {mode} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {top:.3f} |")
+    )
+    seen = {mode: [] for mode in modes}
+    for round in range(rounds):
+        # Each round starts from another mode, so that none always follows the same one.
+        for mode in modes[round % len(modes):] + modes[:round % len(modes)]:
+            seen[mode] += run(path, seconds, batch, mode)
+    print(f"{batch}-byte batches, {rounds} rounds of {seconds:g} s per mode, in {directory}")
+    print("| mode | syncs/s | p50 ms | p99 ms | p99.9 ms | max ms |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for mode in modes:
+        latencies = sorted(seen[mode])
+        rate = len(latencies) / (seconds * rounds)
+        p50, p99, p999 = (percentile(latencies, p) for p in (0.50, 0.99, 0.999))
+        print(f"| {mode} | {rate:,.0f} | {p50:.3f} | {p99:.3f} | {p999:.3f} | {latencies[-1]:.3f} |")
 
 
 if __name__ == "__main__":
