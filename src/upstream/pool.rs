@@ -1,0 +1,262 @@
+//! Each sending thread's own connections to the upstream, on `hyper::client::conn`.
+//!
+//! A worker thread (`server.workers`) keeps its idle HTTP/1.1 connections in a thread-local list
+//! and its HTTP/2 connection (when the TLS upstream chose `h2`) beside them: taking and giving back
+//! a connection locks nothing, crosses no thread and hashes nothing, since there is one upstream
+//! origin. hyper-util's legacy client spent a keyed pool lookup, a lock and a spawned task per
+//! request on what this does with a `VecDeque` (BENCHMARKS.md, issue 21).
+//!
+//! An idle HTTP/1.1 connection is taken newest first, checked before reuse (closed ones are
+//! dropped, one still finishing its last answer is awaited), and dropped once idle for
+//! [`IDLE_TIMEOUT`] (a timestamp read at checkout: no timer per connection). It is given back only
+//! after its answer was read whole and did not say `Connection: close`. A request that a reused
+//! connection could not even start (the upstream closed it while it sat idle, and hyper hands the
+//! request back untouched) is sent once more on a fresh connection; one whose bytes may have
+//! reached the upstream never is.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use http::uri::Parts;
+use http::{HeaderValue, Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2, TrySendError};
+use tokio::time::Instant;
+
+use super::connect::{Body, Connector, Fresh};
+use crate::error::BoxError;
+
+/// How long an HTTP/1.1 connection may sit idle before it is dropped rather than reused (what
+/// hyper-util's client was configured with).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The most idle HTTP/1.1 connections a thread keeps; beyond it the oldest is closed.
+const MAX_IDLE: usize = 256;
+
+/// The connections of one [`Pool`] on one thread.
+struct Local {
+    /// [`Pool::id`].
+    id: u64,
+    /// Idle HTTP/1.1 connections, oldest first, each with the moment it was given back.
+    idle: VecDeque<(http1::SendRequest<Body>, Instant)>,
+    /// The thread's HTTP/2 connection, shared by its concurrent requests.
+    h2: Option<http2::SendRequest<Body>>,
+}
+
+thread_local! {
+    /// This thread's connections of the newest two pools: requests that began before a reload
+    /// replaced the upstream keep theirs while the new pool fills its own.
+    static LOCALS: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A connection taken for one request.
+enum Taken {
+    Http1(http1::SendRequest<Body>),
+    Http2(http2::SendRequest<Body>),
+}
+
+/// The connections to one configured upstream, kept per thread (see the module docs).
+pub(super) struct Pool {
+    /// Tells this pool's thread-local connections from an older (pre-reload) pool's.
+    id: u64,
+    connector: Connector,
+}
+
+/// The HTTP/1.1 connection an answer arrived on, to give back once the answer is read whole.
+pub(super) struct Lease<'a> {
+    pool: &'a Pool,
+    sender: Option<http1::SendRequest<Body>>,
+}
+
+impl Lease<'_> {
+    /// Gives the connection back to this thread's idle list, unless `head` said
+    /// `Connection: close`. Call it only after the whole answer was read; a lease dropped instead
+    /// (an error, a timeout) closes an HTTP/1.1 connection with its sender.
+    pub(super) fn release(mut self, head: &http::HeaderMap) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        if head
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(says_close)
+        {
+            return;
+        }
+        self.pool.with_local(|local| {
+            if local.idle.len() >= MAX_IDLE {
+                local.idle.pop_front();
+            }
+            local.idle.push_back((sender, Instant::now()));
+        });
+    }
+}
+
+/// Whether a `Connection` value holds the `close` token.
+fn says_close(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|b| *b == b',')
+        .any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+impl Pool {
+    pub(super) fn new(id: u64, connector: Connector) -> Pool {
+        Pool { id, connector }
+    }
+
+    /// Runs `f` on this thread's connections of this pool, made on first use (the oldest of
+    /// more than two pools is forgotten, its connections closed).
+    fn with_local<R>(&self, f: impl FnOnce(&mut Local) -> R) -> R {
+        LOCALS.with(|locals| {
+            let mut locals = locals.borrow_mut();
+            let at = match locals.iter().position(|local| local.id == self.id) {
+                Some(at) => at,
+                None => {
+                    if locals.len() >= 2 {
+                        locals.remove(0);
+                    }
+                    locals.push(Local {
+                        id: self.id,
+                        idle: VecDeque::new(),
+                        h2: None,
+                    });
+                    locals.len() - 1
+                }
+            };
+            f(&mut locals[at])
+        })
+    }
+
+    /// Sends `request` (an absolute URI; HTTP/1.1 connections get its origin form) and returns
+    /// the answer's head and streaming body, with the connection to give back once the body is
+    /// read. Connection failures carry [`super::connect::ConnectError`].
+    pub(super) async fn send(
+        &self,
+        request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease<'_>), BoxError> {
+        let request = match self.checkout().await {
+            None => request,
+            Some(taken) => match self.send_on(taken, request).await {
+                Ok(answered) => return Ok(answered),
+                // Nothing of it was written: safe to send again, on a fresh connection.
+                Err((_, Some(request))) => request,
+                Err((error, None)) => return Err(error.into()),
+            },
+        };
+        let taken = match self.connector.connect().await? {
+            Fresh::Http1(sender) => Taken::Http1(sender),
+            Fresh::Http2(sender) => {
+                self.with_local(|local| local.h2 = Some(sender.clone()));
+                Taken::Http2(sender)
+            }
+        };
+        self.send_on(taken, request)
+            .await
+            .map_err(|(error, _)| error.into())
+    }
+
+    /// A live connection of this thread, if one is at hand: the HTTP/2 one, or the newest idle
+    /// HTTP/1.1 one that is neither closed nor idle too long.
+    async fn checkout(&self) -> Option<Taken> {
+        loop {
+            let taken = self.with_local(|local| {
+                if let Some(h2) = &local.h2 {
+                    if !h2.is_closed() {
+                        return Some(Taken::Http2(h2.clone()));
+                    }
+                    local.h2 = None;
+                }
+                while let Some((sender, since)) = local.idle.pop_back() {
+                    if since.elapsed() >= IDLE_TIMEOUT {
+                        // The rest were given back earlier still.
+                        local.idle.clear();
+                        return None;
+                    }
+                    if !sender.is_closed() {
+                        return Some(Taken::Http1(sender));
+                    }
+                }
+                None
+            })?;
+            match taken {
+                Taken::Http1(mut sender) => {
+                    // Given back as soon as its answer was read, it may still be settling into
+                    // idle on its driver task (this thread's): wait for that, or find it closed.
+                    if sender.ready().await.is_ok() {
+                        return Some(Taken::Http1(sender));
+                    }
+                }
+                h2 => return Some(h2),
+            }
+        }
+    }
+
+    /// Sends on `taken`; on failure, the error and the request if hyper returned it unsent.
+    async fn send_on(
+        &self,
+        taken: Taken,
+        mut request: Request<Body>,
+    ) -> Result<(Response<Incoming>, Lease<'_>), (hyper::Error, Option<Request<Body>>)> {
+        let sent = match taken {
+            Taken::Http1(mut sender) => {
+                origin_form(request.uri_mut());
+                let sent = sender.try_send_request(request).await;
+                sent.map(|response| (response, Some(sender)))
+            }
+            Taken::Http2(mut sender) => sender
+                .try_send_request(request)
+                .await
+                .map(|response| (response, None)),
+        };
+        match sent {
+            Ok((response, sender)) => Ok((response, Lease { pool: self, sender })),
+            Err(mut failed) => {
+                let request = failed.take_message();
+                Err((TrySendError::into_error(failed), request))
+            }
+        }
+    }
+}
+
+/// Turns an absolute URI into its origin form (path and query), as HTTP/1.1 sends it.
+fn origin_form(uri: &mut Uri) {
+    if uri.scheme().is_none() {
+        return;
+    }
+    let mut parts = Parts::default();
+    parts.path_and_query = uri.path_and_query().cloned();
+    if let Ok(origin) = Uri::from_parts(parts) {
+        *uri = origin;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_close_is_found_among_tokens() {
+        for (value, close) in [
+            ("close", true),
+            ("Close", true),
+            ("keep-alive, close", true),
+            (" upgrade ,CLOSE", true),
+            ("keep-alive", false),
+            ("closed", false),
+        ] {
+            assert_eq!(says_close(&HeaderValue::from_static(value)), close, "{value}");
+        }
+    }
+
+    #[test]
+    fn absolute_uris_lose_scheme_and_authority() {
+        let mut uri: Uri = "https://api.example.com:8443/p/api/token/?p=1".parse().unwrap();
+        origin_form(&mut uri);
+        assert_eq!(uri.to_string(), "/p/api/token/?p=1");
+        assert!(uri.authority().is_none());
+        origin_form(&mut uri);
+        assert_eq!(uri.to_string(), "/p/api/token/?p=1");
+    }
+}
