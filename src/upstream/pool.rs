@@ -17,6 +17,8 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::time::Duration;
+#[cfg(test)]
+use std::sync::Arc;
 
 use http::uri::Parts;
 use http::{HeaderValue, Request, Response, Uri};
@@ -235,6 +237,86 @@ fn origin_form(uri: &mut Uri) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use http_body_util::BodyExt;
+    use hyper_util::rt::TokioIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    /// Reads one request head from `stream` and answers it with [`ANSWER`].
+    async fn answer_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(stream: &mut S) {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the request head arrives");
+            seen.extend_from_slice(&buf[..n]);
+        }
+        stream.write_all(ANSWER).await.unwrap();
+    }
+
+    fn request() -> Request<Body> {
+        let mut request = Request::new(Body::default());
+        *request.uri_mut() = "http://upstream/api/token/".parse().unwrap();
+        request
+            .headers_mut()
+            .insert(http::header::HOST, HeaderValue::from_static("upstream"));
+        request
+    }
+
+    /// The race of a kept-alive connection: the upstream closed it while it sat idle, and the
+    /// close is noticed only once the request is queued on it. hyper hands the request back
+    /// unsent, and it goes once more, on a fresh connection.
+    #[tokio::test]
+    async fn a_request_an_idle_connection_could_not_start_goes_on_a_fresh_one() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fresh = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            answer_one(&mut stream).await;
+            stream
+        });
+        let url = super::super::UpstreamUrl::parse(&format!("http://{addr}")).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        let pool = Pool::new(u64::MAX, Connector::new(&url, tls).unwrap());
+
+        // A kept-alive connection (in memory) that served one request and sits idle.
+        let (near, mut far) = tokio::io::duplex(4096);
+        let (mut sender, connection) = http1::handshake(TokioIo::new(near)).await.unwrap();
+        tokio::spawn(connection);
+        let (answered, far) = tokio::join!(sender.send_request(request()), async move {
+            answer_one(&mut far).await;
+            far
+        });
+        let (parts, body) = answered.unwrap().into_parts();
+        body.collect().await.unwrap();
+        Lease {
+            pool: &pool,
+            sender: Some(sender),
+        }
+        .release(&parts.headers);
+        // Let its driver settle into idle, then close it from the upstream's side: the driver
+        // is woken but has not run when the next request takes the connection.
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+        }
+        drop(far);
+
+        let (response, _lease) = pool.send(request()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "ok"
+        );
+        fresh.await.unwrap();
+    }
 
     #[test]
     fn connection_close_is_found_among_tokens() {
