@@ -22,7 +22,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 /// What a list request gets from the hand-written upstreams.
-const LIST: &str = r#"{"success":true,"message":"","data":{"page":1,"page_size":10,"total":0,"items":[]}}"#;
+const LIST: &str =
+    r#"{"success":true,"message":"","data":{"page":1,"page_size":10,"total":0,"items":[]}}"#;
 
 /// The requests each accepted connection carried, in the order they were accepted.
 #[derive(Clone, Default)]
@@ -257,7 +258,11 @@ async fn a_tls_upstream_gets_the_protocol_its_alpn_picks() {
             assert_eq!(reply.json()["success"], true);
         }
         assert_eq!(*versions.lock().unwrap(), vec![version; 3]);
-        assert_eq!(tally.per_connection(), vec![3], "{version:?}: one connection");
+        assert_eq!(
+            tally.per_connection(),
+            vec![3],
+            "{version:?}: one connection"
+        );
     }
 }
 

@@ -16,9 +16,9 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::time::Duration;
 #[cfg(test)]
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::uri::Parts;
 use http::{HeaderValue, Request, Response, Uri};
@@ -328,13 +328,19 @@ mod tests {
             ("keep-alive", false),
             ("closed", false),
         ] {
-            assert_eq!(says_close(&HeaderValue::from_static(value)), close, "{value}");
+            assert_eq!(
+                says_close(&HeaderValue::from_static(value)),
+                close,
+                "{value}"
+            );
         }
     }
 
     #[test]
     fn absolute_uris_lose_scheme_and_authority() {
-        let mut uri: Uri = "https://api.example.com:8443/p/api/token/?p=1".parse().unwrap();
+        let mut uri: Uri = "https://api.example.com:8443/p/api/token/?p=1"
+            .parse()
+            .unwrap();
         origin_form(&mut uri);
         assert_eq!(uri.to_string(), "/p/api/token/?p=1");
         assert!(uri.authority().is_none());
