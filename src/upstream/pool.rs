@@ -108,26 +108,33 @@ impl Pool {
         Pool { id, connector }
     }
 
-    /// Runs `f` on this thread's connections of this pool, made on first use (the oldest of
-    /// more than two pools is forgotten, its connections closed).
+    /// Runs `f` on this thread's connections of this pool, made on first use. A thread keeps the
+    /// newest two pools (pool ids grow with each reload): a third forgets the oldest, closing its
+    /// idle connections, and a pool older than both kept ones (a request that began before two
+    /// reloads) gets connections that are closed after its exchange instead of displacing them.
     fn with_local<R>(&self, f: impl FnOnce(&mut Local) -> R) -> R {
         LOCALS.with(|locals| {
             let mut locals = locals.borrow_mut();
-            let at = match locals.iter().position(|local| local.id == self.id) {
-                Some(at) => at,
-                None => {
-                    if locals.len() >= 2 {
-                        locals.remove(0);
-                    }
-                    locals.push(Local {
-                        id: self.id,
-                        idle: VecDeque::new(),
-                        h2: None,
-                    });
-                    locals.len() - 1
-                }
+            if let Some(local) = locals.iter_mut().find(|local| local.id == self.id) {
+                return f(local);
+            }
+            let mut fresh = Local {
+                id: self.id,
+                idle: VecDeque::new(),
+                h2: None,
             };
-            f(&mut locals[at])
+            if locals.len() >= 2 {
+                let Some(oldest) = (0..locals.len()).min_by_key(|&at| locals[at].id) else {
+                    return f(&mut fresh);
+                };
+                if locals[oldest].id > self.id {
+                    return f(&mut fresh);
+                }
+                locals.remove(oldest);
+            }
+            locals.push(fresh);
+            let last = locals.len() - 1;
+            f(&mut locals[last])
         })
     }
 
@@ -265,6 +272,41 @@ mod tests {
         request
     }
 
+    fn pool(id: u64, upstream: &str) -> Pool {
+        let url = super::super::UpstreamUrl::parse(upstream).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        Pool::new(id, Connector::new(&url, tls).unwrap())
+    }
+
+    fn kept_ids() -> Vec<u64> {
+        LOCALS.with(|locals| locals.borrow().iter().map(|local| local.id).collect())
+    }
+
+    #[test]
+    fn a_thread_keeps_the_newest_two_pools_and_no_stale_one() {
+        let pools: Vec<Pool> = [10, 11, 12, 5]
+            .into_iter()
+            .map(|id| pool(id, "http://127.0.0.1:1"))
+            .collect();
+        pools[0].with_local(|_| ());
+        pools[1].with_local(|_| ());
+        assert_eq!(kept_ids(), [10, 11]);
+        // A reload's pool: the oldest goes.
+        pools[2].with_local(|_| ());
+        assert_eq!(kept_ids(), [11, 12]);
+        // A request that began before two reloads displaces neither.
+        pools[3].with_local(|local| local.idle.clear());
+        assert_eq!(kept_ids(), [11, 12]);
+        pools[1].with_local(|_| ());
+        assert_eq!(kept_ids(), [11, 12]);
+    }
+
     /// The race of a kept-alive connection: the upstream closed it while it sat idle, and the
     /// close is noticed only once the request is queued on it. hyper hands the request back
     /// unsent, and it goes once more, on a fresh connection.
@@ -277,15 +319,7 @@ mod tests {
             answer_one(&mut stream).await;
             stream
         });
-        let url = super::super::UpstreamUrl::parse(&format!("http://{addr}")).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(rustls::RootCertStore::empty())
-        .with_no_client_auth();
-        let pool = Pool::new(u64::MAX, Connector::new(&url, tls).unwrap());
+        let pool = pool(u64::MAX, &format!("http://{addr}"));
 
         // A kept-alive connection (in memory) that served one request and sits idle.
         let (near, mut far) = tokio::io::duplex(4096);
