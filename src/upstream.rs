@@ -228,7 +228,8 @@ impl Upstream {
         let url = UpstreamUrl::parse(&config.url).map_err(|e| ("upstream.url".to_string(), e))?;
         let tls = tls_config(config).map_err(|e| ("upstream.ca_file".to_string(), e))?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let connector = Connector::new(&url, tls).map_err(|e| ("upstream.url".to_string(), e))?;
+        let connector =
+            Connector::new(&url, tls, timeout).map_err(|e| ("upstream.url".to_string(), e))?;
         Ok(Upstream {
             pool: Pool::new(NEXT_UPSTREAM.fetch_add(1, Ordering::Relaxed), connector),
             url,

@@ -176,6 +176,21 @@ async fn an_upstream_restarted_on_its_port_is_reached_again() {
 }
 
 #[tokio::test]
+async fn an_upstream_named_by_host_name_is_reached_on_an_address_that_accepts() {
+    // `localhost` may resolve to ::1 before 127.0.0.1; the emulator listens on 127.0.0.1 only,
+    // so a refused first address must not end the attempt.
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.upstream = format!("http://localhost:{}", upstream.addr.port());
+    let gateway = TestGateway::start(options).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+#[tokio::test]
 async fn an_answer_saying_connection_close_is_the_last_on_its_connection() {
     let (upstream, tally) = raw_upstream(After::SaysClose).await;
     let gateway = TestGateway::start(Options::new(upstream)).await;

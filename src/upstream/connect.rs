@@ -3,10 +3,15 @@
 //! HTTP/1.1 or HTTP/2 handshake as ALPN decided. The connection's driver task is spawned on the
 //! current runtime, so a worker's connections are driven by the worker's own thread.
 //!
-//! No timer here: the caller bounds the whole exchange, connecting included, by one deadline.
+//! The caller bounds the whole exchange, connecting included, by one deadline; the only timer
+//! here shares `upstream.timeout_ms` among the addresses of a host name that resolves to several
+//! (as hyper-util's connector did), so one that never answers leaves time for the next.
 
 use std::fmt;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -53,13 +58,19 @@ pub(super) struct Connector {
     /// The host without IPv6 brackets, as name resolution and SNI want it.
     host: String,
     port: u16,
+    /// `upstream.timeout_ms`, shared among a host name's addresses.
+    timeout: Duration,
     /// `Some` for an `https://` upstream.
     tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
 impl Connector {
-    /// A connector for `url`; `tls` is used only when the URL is `https://`.
-    pub(super) fn new(url: &UpstreamUrl, tls: rustls::ClientConfig) -> Result<Connector, String> {
+    /// A connector for `url` within `timeout`; `tls` is used only when the URL is `https://`.
+    pub(super) fn new(
+        url: &UpstreamUrl,
+        tls: rustls::ClientConfig,
+        timeout: Duration,
+    ) -> Result<Connector, String> {
         let host = url
             .authority
             .host()
@@ -81,14 +92,17 @@ impl Connector {
         } else {
             None
         };
-        Ok(Connector { host, port, tls })
+        Ok(Connector {
+            host,
+            port,
+            timeout,
+            tls,
+        })
     }
 
     /// Opens a connection and performs the HTTP handshake ALPN chose (HTTP/1.1 in clear).
     pub(super) async fn connect(&self) -> Result<Fresh, ConnectError> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| ConnectError(e.into()))?;
+        let tcp = self.tcp().await.map_err(|e| ConnectError(e.into()))?;
         tcp.set_nodelay(true).map_err(|e| ConnectError(e.into()))?;
         let Some((tls, name)) = &self.tls else {
             return http1_over(TokioIo::new(tcp)).await;
@@ -112,6 +126,38 @@ impl Connector {
         } else {
             http1_over(io).await
         }
+    }
+}
+
+impl Connector {
+    /// A TCP connection to the first of the host's addresses that accepts (an IP address is
+    /// not looked up). Errors never name the host or an address.
+    async fn tcp(&self) -> io::Result<TcpStream> {
+        let addresses: Vec<SocketAddr> = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .collect();
+        let share = self.timeout / u32::try_from(addresses.len().max(1)).unwrap_or(u32::MAX);
+        let mut last = None;
+        for &address in &addresses {
+            let attempt = TcpStream::connect(address);
+            let result = if addresses.len() == 1 {
+                attempt.await
+            } else {
+                tokio::time::timeout(share, attempt)
+                    .await
+                    .unwrap_or_else(|_| Err(io::Error::new(io::ErrorKind::TimedOut, "timed out")))
+            };
+            match result {
+                Ok(stream) => return Ok(stream),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                "the host name resolved to no address",
+            )
+        }))
     }
 }
 

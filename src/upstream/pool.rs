@@ -281,7 +281,10 @@ mod tests {
         .unwrap()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_no_client_auth();
-        Pool::new(id, Connector::new(&url, tls).unwrap())
+        Pool::new(
+            id,
+            Connector::new(&url, tls, Duration::from_secs(5)).unwrap(),
+        )
     }
 
     fn kept_ids() -> Vec<u64> {
