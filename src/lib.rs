@@ -33,7 +33,8 @@
 //! headers.rs      SPEC §3: which headers cross, caller IP
 //! trace_context.rs SPEC §3: W3C traceparent/tracestate kept, or a new trace; the trace id
 //! upstream.rs     the upstream client: credential injection, timeouts, status mapping
-//! upstream/       refusals.rs: new-api's HTTP-200 credential refusals, in each language it ships
+//! upstream/       refusals.rs: new-api's HTTP-200 credential refusals, in each language it ships;
+//!                 pool.rs: each thread's own connections; connect.rs: TCP, TLS, HTTP/1.1 or h2
 //! forward.rs      the innermost service
 //! token/          SPEC §4: strict JSON, one type per field rule, the typed edit of each operation,
 //!                 the PATCH merge, the batch update body

@@ -1,5 +1,6 @@
-//! The upstream new-api: its URL, the credential the gateway injects, and a pooled client (one
-//! pool per sending thread) that sends a request and reads the whole answer within a deadline.
+//! The upstream new-api: its URL, the credential the gateway injects, and a client (each
+//! sending thread with connections of its own: [`pool`], [`connect`]) that sends a request and
+//! reads the whole answer within one deadline.
 //!
 //! Everything that can go wrong here becomes a [`GatewayError`] that says what happened without
 //! saying where the upstream is: refused or reset connections and TLS failures are 502
@@ -9,7 +10,6 @@
 //! refusal of the caller's own token passes through on its forwarded request, and is a 401
 //! `unauthenticated` on a read the gateway makes for its own checks.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,10 +20,6 @@ use http::header::{HeaderName, AUTHORIZATION, HOST};
 use http::uri::{Authority, Scheme};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::config::{AuthScheme, Mode, RateLimitConfig, UpstreamConfig};
@@ -35,7 +31,12 @@ use crate::ratelimit::UpstreamLimit;
 use crate::route::Operation;
 use crate::secret::{strip_bearer, Secret};
 
+mod connect;
+mod pool;
 mod refusals;
+
+use connect::{ConnectError, Connector};
+use pool::Pool;
 
 /// `New-Api-User`, the header new-api compares with the user who owns the access token.
 pub const NEW_API_USER: HeaderName = HeaderName::from_static("new-api-user");
@@ -193,25 +194,15 @@ pub struct UpstreamResponse {
     pub body: Bytes,
 }
 
-/// The pooled client of one thread.
-type PooledClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
-
-/// Tells the [`Upstream`]s apart in each thread's [`CLIENTS`].
+/// Tells the [`Upstream`]s apart in each thread's connections (a reload builds a new one).
 static NEXT_UPSTREAM: AtomicU64 = AtomicU64::new(0);
 
-thread_local! {
-    /// This thread's clients, by [`Upstream::id`]: the newest two, so requests that began before
-    /// a reload replaced the upstream client keep their pool while the new one fills its own.
-    static CLIENTS: RefCell<Vec<(u64, PooledClient)>> = const { RefCell::new(Vec::new()) };
-}
-
-/// A pooled client for the one upstream: one pool per thread that sends (each worker thread of
-/// `server.workers` keeps its own), so a request and the upstream connection it takes are
-/// driven on the same thread, never handed across threads.
+/// A client for the one upstream: each thread that sends (each worker thread of
+/// `server.workers`) keeps connections of its own, so a request and the upstream connection it
+/// takes are driven on the same thread, never handed across threads.
 pub struct Upstream {
-    /// Builds each thread's client: the same TLS configuration and timeouts for all.
-    connector: HttpsConnector<HttpConnector>,
-    id: u64,
+    /// Each thread's connections, all made with the same TLS configuration.
+    pool: Pool,
     url: UpstreamUrl,
     timeout: Duration,
     mode: Mode,
@@ -237,19 +228,10 @@ impl Upstream {
         let url = UpstreamUrl::parse(&config.url).map_err(|e| ("upstream.url".to_string(), e))?;
         let tls = tls_config(config).map_err(|e| ("upstream.ca_file".to_string(), e))?;
         let timeout = Duration::from_millis(config.timeout_ms);
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout));
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+        let connector =
+            Connector::new(&url, tls, timeout).map_err(|e| ("upstream.url".to_string(), e))?;
         Ok(Upstream {
-            connector: https,
-            id: NEXT_UPSTREAM.fetch_add(1, Ordering::Relaxed),
+            pool: Pool::new(NEXT_UPSTREAM.fetch_add(1, Ordering::Relaxed), connector),
             url,
             timeout,
             mode: config.mode,
@@ -268,28 +250,6 @@ impl Upstream {
     /// Shares the global cap through `shared` (a reload keeps the running cluster's).
     pub fn share(&mut self, shared: Option<Arc<SharedBuckets>>) {
         self.shared = shared;
-    }
-
-    /// This thread's client, built on first use: its connections are driven by tasks of the
-    /// runtime this thread runs (a worker's own), and only this thread takes them from the pool.
-    fn client(&self) -> PooledClient {
-        CLIENTS.with(|clients| {
-            let mut clients = clients.borrow_mut();
-            if let Some((_, client)) = clients.iter().find(|(id, _)| *id == self.id) {
-                return client.clone();
-            }
-            let client = Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .pool_max_idle_per_host(256)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new())
-                .build(self.connector.clone());
-            if clients.len() >= 2 {
-                clients.remove(0);
-            }
-            clients.push((self.id, client.clone()));
-            client
-        })
     }
 
     /// The base URL (for start-up logs; it holds no secret).
@@ -337,25 +297,23 @@ impl Upstream {
             .headers_mut()
             .insert(NEW_API_USER, request.credential.user.clone());
 
-        let budget = self
-            .timeout
-            .min(request.deadline.saturating_duration_since(Instant::now()));
+        // One deadline for the whole exchange, connecting included: the sooner of the caller's
+        // and `upstream.timeout_ms` from now.
         let started = Instant::now();
-        let client = self.client();
+        let until = request.deadline.min(started + self.timeout);
+        let budget = until.saturating_duration_since(started);
         let exchange = async {
-            let response = client
-                .request(outbound)
-                .await
-                .map_err(|e| classify(e.into()))?;
+            let (response, lease) = self.pool.send(outbound).await.map_err(classify)?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_UPSTREAM_BODY)
                 .collect()
                 .await
                 .map_err(classify)?
                 .to_bytes();
+            lease.release(&parts.headers);
             Ok::<_, GatewayError>((parts, body))
         };
-        let result = tokio::time::timeout(budget, exchange).await;
+        let result = tokio::time::timeout_at(until, exchange).await;
         self.metrics
             .upstream_duration(request.op, started.elapsed());
         let (parts, body) = match result {
@@ -530,9 +488,7 @@ fn classify(error: BoxError) -> GatewayError {
     while let Some(e) = cause {
         tls |= e.is::<rustls::Error>();
         too_large |= e.is::<http_body_util::LengthLimitError>();
-        if let Some(e) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
-            connect |= e.is_connect();
-        }
+        connect |= e.is::<ConnectError>();
         // `io::Error::source` skips the error it wraps (a rustls error, say): descend into it.
         cause = match e
             .downcast_ref::<std::io::Error>()

@@ -1,0 +1,307 @@
+//! The gateway's own upstream connections (src/upstream/pool.rs): kept alive and reused, replaced
+//! when the upstream closed one or said `Connection: close`, and HTTP/2 over TLS when the
+//! upstream's ALPN picks it (HTTP/1.1 when it picks that). Every upstream here counts the
+//! connections it accepted and the requests each carried.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Response, Version};
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use support::tls::TestCa;
+use support::*;
+use tokengate::emulator::{Emulator, EmulatorConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// What a list request gets from the hand-written upstreams.
+const LIST: &str =
+    r#"{"success":true,"message":"","data":{"page":1,"page_size":10,"total":0,"items":[]}}"#;
+
+/// The requests each accepted connection carried, in the order they were accepted.
+#[derive(Clone, Default)]
+struct Tally(Arc<Mutex<Vec<usize>>>);
+
+impl Tally {
+    fn accepted(&self) -> usize {
+        let mut all = self.0.lock().unwrap();
+        all.push(0);
+        all.len() - 1
+    }
+
+    fn carried(&self, connection: usize) {
+        self.0.lock().unwrap()[connection] += 1;
+    }
+
+    fn per_connection(&self) -> Vec<usize> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+/// A counting TCP relay in front of `target`.
+async fn counting_relay(target: SocketAddr) -> (SocketAddr, Tally) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tally = Tally::default();
+    let counted = tally.clone();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counted.accepted();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    });
+    (addr, tally)
+}
+
+/// How a hand-written HTTP/1.1 upstream ends a connection after an answer.
+#[derive(Clone, Copy)]
+enum After {
+    /// Answers with keep-alive, then closes the socket anyway (as an upstream's idle timeout does).
+    Closing,
+    /// Answers `Connection: close` and keeps the socket open, still answering what arrives on it.
+    SaysClose,
+}
+
+/// An HTTP/1.1 upstream written by hand that answers every request head with [`LIST`].
+async fn raw_upstream(after: After) -> (SocketAddr, Tally) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tally = Tally::default();
+    let counted = tally.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let connection = counted.accepted();
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => seen.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    // A GET has no body: drop its head and answer.
+                    let end = seen.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                    seen.drain(..end);
+                    counted.carried(connection);
+                    let header = match after {
+                        After::Closing => "Connection: keep-alive",
+                        After::SaysClose => "Connection: close",
+                    };
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{header}\r\nContent-Length: {}\r\n\r\n{LIST}",
+                        LIST.len()
+                    );
+                    if stream.write_all(answer.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if let After::Closing = after {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, tally)
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let (relay, tally) = counting_relay(upstream.addr).await;
+    let gateway = TestGateway::start(Options::new(relay)).await;
+    for _ in 0..5 {
+        let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(upstream.emulator.seen().len(), 5);
+    assert_eq!(tally.per_connection().len(), 1, "one kept-alive connection");
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_replaced_not_failed() {
+    let (upstream, tally) = raw_upstream(After::Closing).await;
+    let gateway = TestGateway::start(Options::new(upstream)).await;
+    for round in 0..4 {
+        let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+        assert_eq!(reply.status, 200, "round {round}: {}", reply.text());
+        // Let the close reach the gateway while the connection sits idle.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(tally.per_connection(), vec![1; 4]);
+}
+
+#[tokio::test]
+async fn an_upstream_restarted_on_its_port_is_reached_again() {
+    let first = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let addr = first.addr;
+    let gateway = TestGateway::start(Options::new(addr)).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    // Stopping closes its kept-alive connection; a new emulator then listens on the same port.
+    first.shutdown().await.unwrap();
+    let listener = TcpListener::bind(addr).await.unwrap();
+    let second = Emulator::new(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID));
+    let serving = second.clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        serving
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(second.seen().len(), 1);
+    let _ = stop.send(());
+}
+
+#[tokio::test]
+async fn an_upstream_named_by_host_name_is_reached_on_an_address_that_accepts() {
+    // `localhost` may resolve to ::1 before 127.0.0.1; the emulator listens on 127.0.0.1 only,
+    // so a refused first address must not end the attempt.
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let mut options = Options::new(upstream.addr);
+    options.upstream = format!("http://localhost:{}", upstream.addr.port());
+    let gateway = TestGateway::start(options).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_answer_saying_connection_close_is_the_last_on_its_connection() {
+    let (upstream, tally) = raw_upstream(After::SaysClose).await;
+    let gateway = TestGateway::start(Options::new(upstream)).await;
+    for _ in 0..3 {
+        let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(tally.per_connection(), vec![1; 3]);
+}
+
+/// A TLS upstream offering `alpn`, answering [`LIST`] over HTTP/1.1 or HTTP/2 and recording the
+/// version of each request it served.
+async fn tls_upstream(
+    ca: &TestCa,
+    alpn: &[&[u8]],
+) -> (SocketAddr, Tally, Arc<Mutex<Vec<Version>>>) {
+    let (cert, key) = ca.leaf(&["127.0.0.1"]);
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![cert], key)
+    .unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tally = Tally::default();
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let (counted, seen) = (tally.clone(), versions.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let connection = counted.accepted();
+            let (acceptor, counted, seen) = (acceptor.clone(), counted.clone(), seen.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                    counted.carried(connection);
+                    seen.lock().unwrap().push(request.version());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from_static(LIST.as_bytes())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (addr, tally, versions)
+}
+
+#[tokio::test]
+async fn a_tls_upstream_gets_the_protocol_its_alpn_picks() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("tokengate test CA");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    for (alpn, version) in [
+        (&[b"h2".as_slice(), b"http/1.1"][..], Version::HTTP_2),
+        (&[b"http/1.1".as_slice()][..], Version::HTTP_11),
+    ] {
+        let (upstream, tally, versions) = tls_upstream(&ca, alpn).await;
+        let mut options = Options::new(upstream);
+        options.upstream = format!("https://{upstream}");
+        options.ca_file = Some(ca_path.display().to_string());
+        let gateway = TestGateway::start(options).await;
+        for _ in 0..3 {
+            let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+            assert_eq!(reply.status, 200, "{version:?}: {}", reply.text());
+            assert_eq!(reply.json()["success"], true);
+        }
+        assert_eq!(*versions.lock().unwrap(), vec![version; 3]);
+        assert_eq!(
+            tally.per_connection(),
+            vec![3],
+            "{version:?}: one connection"
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_requests_over_http2_share_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("tokengate test CA");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let (upstream, tally, versions) = tls_upstream(&ca, &[b"h2", b"http/1.1"]).await;
+    let mut options = Options::new(upstream);
+    options.upstream = format!("https://{upstream}");
+    options.ca_file = Some(ca_path.display().to_string());
+    let gateway = TestGateway::start(options).await;
+    // The first request opens the connection; the next eight run at once on it.
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let replies = futures_util::future::join_all(
+        (0..8).map(|_| admin(gateway.addr, "GET", "/api/token/", None)),
+    )
+    .await;
+    for reply in replies {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(*versions.lock().unwrap(), vec![Version::HTTP_2; 9]);
+    assert_eq!(tally.per_connection(), vec![9]);
+}
