@@ -6,14 +6,10 @@
 //! after a burst its resident size stayed at the burst's peak for as long as its keep-alive
 //! connections stayed open: 36 KiB per idle connection, of which ~2 KiB are live (BENCHMARKS.md,
 //! *Idle memory per keep-alive connection*). Returning the pages at once, as they are freed,
-//! costs a page fault per request and a fifth of the throughput; a tidy-up once a second on
-//! each worker costs nothing measurable and brings an idle gateway down to what it holds.
+//! costs a page fault per request and half the throughput; a tidy-up once a second on each
+//! worker costs nothing measurable and brings an idle gateway down to what it holds.
 
 use std::sync::OnceLock;
-use std::time::Duration;
-
-/// How often a worker tidies its allocator: freed pages go back within about twice this.
-pub const TIDY_EVERY: Duration = Duration::from_secs(1);
 
 static TIDY: OnceLock<fn()> = OnceLock::new();
 
@@ -23,17 +19,10 @@ pub fn set_tidy(tidy: fn()) {
     let _ = TIDY.set(tidy);
 }
 
-/// Runs the tidy-up every [`TIDY_EVERY`] on the calling runtime's thread, for as long as that
-/// runtime runs (a worker's: each thread's allocator heap is its own). Without a tidy-up set,
-/// returns at once.
-pub async fn tidy_this_thread() {
-    let Some(tidy) = TIDY.get().copied() else {
-        return;
-    };
-    let mut every = tokio::time::interval(TIDY_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
+/// Runs the allocator's tidy-up on the calling thread's heap, if one is set (each worker calls
+/// it from its housekeeping, once a second: see `server`).
+pub fn tidy() {
+    if let Some(tidy) = TIDY.get() {
         tidy();
     }
 }
@@ -46,22 +35,15 @@ mod tests {
 
     static TIDIED: AtomicUsize = AtomicUsize::new(0);
 
-    #[tokio::test(start_paused = true)]
-    async fn a_worker_tidies_once_a_second_while_it_runs() {
+    #[test]
+    fn the_tidy_up_set_first_is_the_one_run() {
+        tidy();
         set_tidy(|| {
             TIDIED.fetch_add(1, Ordering::Relaxed);
         });
-        let tidying = tokio::spawn(tidy_this_thread());
-        // The first tick is at once, then one a second.
-        tokio::time::sleep(TIDY_EVERY * 3 + TIDY_EVERY / 2).await;
-        assert_eq!(TIDIED.load(Ordering::Relaxed), 4);
-        tidying.abort();
-        let _ = tidying.await;
-        tokio::time::sleep(TIDY_EVERY * 3).await;
-        assert_eq!(
-            TIDIED.load(Ordering::Relaxed),
-            4,
-            "no tidy-up once the task ends"
-        );
+        set_tidy(|| panic!("only the first tidy-up set counts"));
+        tidy();
+        tidy();
+        assert_eq!(TIDIED.load(Ordering::Relaxed), 2);
     }
 }

@@ -250,6 +250,22 @@ async fn run_with(
     }
 }
 
+/// How often a worker does its housekeeping.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+
+/// A worker's housekeeping, for as long as its runtime runs: its upstream connections idle past
+/// their time are closed, and its allocator hands back the pages freed more than a second ago
+/// (`crate::memory`): an idle worker makes no allocation that would do it otherwise.
+async fn housekeeping() {
+    let mut every = tokio::time::interval(HOUSEKEEPING_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        crate::upstream::close_expired_idle();
+        crate::memory::tidy();
+    }
+}
+
 /// Starts worker `worker`: a thread with its own single-threaded runtime serving `listener`
 /// until `stop`, then keeping that runtime alive while forwarded changes detached on it run to
 /// their outcome records (they are tasks of this runtime, and dropping it would cancel them).
@@ -286,7 +302,7 @@ fn start_worker(
                 );
                 drop(generation);
                 let service = side.live.service();
-                tokio::spawn(crate::memory::tidy_this_thread());
+                tokio::spawn(housekeeping());
                 serve(listener, service, Some(side), stop, grace, header_timeout).await;
                 // Bounded like the wait in `run_with`. What is still running when this runtime
                 // ends is cancelled with it (and no longer counted there), so it is logged here.

@@ -36,6 +36,7 @@ mod pool;
 mod refusals;
 
 use connect::{ConnectError, Connector};
+pub(crate) use pool::close_expired_idle;
 use pool::Pool;
 
 /// `New-Api-User`, the header new-api compares with the user who owns the access token.

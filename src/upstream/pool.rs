@@ -8,7 +8,8 @@
 //!
 //! An idle HTTP/1.1 connection is taken newest first, checked before reuse (closed ones are
 //! dropped, one still finishing its last answer is awaited), and dropped once idle for
-//! [`IDLE_TIMEOUT`] (a timestamp read at checkout: no timer per connection). It is given back only
+//! [`IDLE_TIMEOUT`] (a timestamp read at checkout and by the worker's housekeeping once a second:
+//! no timer per connection). It is given back only
 //! after its answer was read whole and did not say `Connection: close`. A request that a reused
 //! connection could not even start (the upstream closed it while it sat idle, and hyper hands the
 //! request back untouched) is sent once more on a fresh connection; one whose bytes may have
@@ -229,6 +230,25 @@ impl Pool {
     }
 }
 
+/// Closes this thread's HTTP/1.1 connections idle for [`IDLE_TIMEOUT`] or more, of every pool it
+/// keeps: a worker's housekeeping calls it once a second, so an upstream that never closes idle
+/// connections itself is not held open by a worker that stopped sending (a checkout alone would
+/// look only when the next request comes).
+pub(crate) fn close_expired_idle() {
+    LOCALS.with(|locals| {
+        for local in locals.borrow_mut().iter_mut() {
+            // Oldest first: stop at the first one still young enough.
+            while local
+                .idle
+                .front()
+                .is_some_and(|(_, since)| since.elapsed() >= IDLE_TIMEOUT)
+            {
+                local.idle.pop_front();
+            }
+        }
+    });
+}
+
 /// Turns an absolute URI into its origin form (path and query), as HTTP/1.1 sends it.
 fn origin_form(uri: &mut Uri) {
     if uri.scheme().is_none() {
@@ -353,6 +373,49 @@ mod tests {
             "ok"
         );
         fresh.await.unwrap();
+    }
+
+    /// An idle connection of `pool`, over memory, that served one request; the far end is the
+    /// upstream's side.
+    async fn idle_one(pool: &Pool) -> tokio::io::DuplexStream {
+        let (near, mut far) = tokio::io::duplex(4096);
+        let (mut sender, connection) = http1::handshake(TokioIo::new(near)).await.unwrap();
+        tokio::spawn(connection);
+        let (answered, far) = tokio::join!(sender.send_request(request()), async move {
+            answer_one(&mut far).await;
+            far
+        });
+        let (parts, body) = answered.unwrap().into_parts();
+        body.collect().await.unwrap();
+        Lease {
+            pool,
+            sender: Some(sender),
+        }
+        .release(&parts.headers);
+        far
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn housekeeping_closes_connections_idle_too_long_and_keeps_the_rest() {
+        let pool = pool(u64::MAX - 1, "http://127.0.0.1:1");
+        let mut old = idle_one(&pool).await;
+        tokio::time::advance(IDLE_TIMEOUT / 2).await;
+        let mut young = idle_one(&pool).await;
+        tokio::time::advance(IDLE_TIMEOUT / 2).await;
+
+        close_expired_idle();
+        assert_eq!(pool.with_local(|local| local.idle.len()), 1);
+        // The upstream sees the old connection closed, and the young one still open.
+        let mut byte = [0u8; 1];
+        assert_eq!(old.read(&mut byte).await.unwrap(), 0, "closed");
+        let still_open =
+            tokio::time::timeout(Duration::from_millis(10), young.read(&mut byte)).await;
+        assert!(still_open.is_err(), "the young connection stays open");
+
+        tokio::time::advance(IDLE_TIMEOUT / 2).await;
+        close_expired_idle();
+        assert_eq!(pool.with_local(|local| local.idle.len()), 0);
+        assert_eq!(young.read(&mut byte).await.unwrap(), 0, "closed in turn");
     }
 
     #[test]
