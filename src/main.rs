@@ -11,7 +11,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     // mimalloc returns freed pages to the system only from a later allocation on the same
-    // thread: an idle worker collects once a second instead (`tokengate::memory`).
+    // thread, which an idle worker never makes: every worker collects once a second instead
+    // (`tokengate::memory`).
     tokengate::memory::set_tidy(|| {
         // SAFETY: `mi_collect` has no precondition; it works on the calling thread's heap.
         unsafe { libmimalloc_sys::mi_collect(false) }

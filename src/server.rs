@@ -195,6 +195,10 @@ async fn run_with(
     ));
     let reloads = reload_from.map(|path| tokio::spawn(reload_on_hangup(live.clone(), path)));
     let summaries = tokio::spawn(write_summaries(live.clone(), trail.clone()));
+    // This runtime's own (the callers' with `Callers::Here`; the admin listener's readiness
+    // probes reach the upstream from it too). On a multi-threaded runtime it tidies the thread it
+    // runs on; each worker runs its own.
+    let housekeeping = tokio::spawn(housekeeping());
     match &failed {
         None => {
             gateway.metrics.set_serving(true);
@@ -231,6 +235,7 @@ async fn run_with(
         }
     }
     summaries.abort();
+    housekeeping.abort();
     // The refusals counted since the last summaries, whatever their window, before the trail
     // closes.
     let unauthenticated = live.current().gateway.unauthenticated.clone();

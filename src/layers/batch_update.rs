@@ -154,11 +154,12 @@ where
     // From here on every id writes its own records; each records the patch it applies until its
     // token is read and merged (an id that fails before then still shows what was asked).
     context.set_itemized();
-    let asked = Edit::Patch(batch.fields.clone()).to_value();
+    // Written once: every id's records carry the same patch.
+    let asked = Bytes::from(Edit::Patch(batch.fields.clone()).canonical_json());
     let results: Vec<Part> = futures_util::stream::iter(batch.ids.iter().copied())
         .map(|id| {
             let part = Arc::new(context.part(id.get()));
-            part.set_request(asked.clone());
+            part.set_request_json(asked.clone());
             let mut sub = Request::new(Bytes::new());
             *sub.method_mut() = parts.method.clone();
             *sub.uri_mut() = parts.uri.clone();

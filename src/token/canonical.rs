@@ -80,26 +80,47 @@ impl TokenFields {
     /// The canonical JSON of these fields: the same bytes as the canonical form of
     /// `serde_json::to_value(self)`, without building that value.
     pub fn canonical_json(&self) -> Vec<u8> {
+        // Taken apart whole, so that a field added to `TokenFields` cannot be left out of the
+        // body the upstream receives without the compiler saying so.
+        let TokenFields {
+            id,
+            name,
+            remain_quota,
+            unlimited_quota,
+            expired_time,
+            model_limits_enabled,
+            model_limits,
+            allow_ips,
+            group,
+            cross_group_retry,
+            auto_groups,
+            status,
+            mj_image_mode,
+            mj_custom_proxy,
+            extra,
+            carried,
+            unconfirmed: _,
+        } = self;
         let mut members = Members {
             values: Vec::with_capacity(256),
             list: Vec::with_capacity(16),
         };
-        members.typed("id", self.id.map(TokenId::get).as_ref());
-        members.typed("name", self.name.as_ref());
-        members.typed("remain_quota", self.remain_quota.as_ref());
-        members.typed("unlimited_quota", self.unlimited_quota.as_ref());
-        members.typed("expired_time", self.expired_time.as_ref());
-        members.typed("model_limits_enabled", self.model_limits_enabled.as_ref());
-        members.typed("model_limits", self.model_limits.as_ref());
-        members.typed("allow_ips", self.allow_ips.as_ref());
-        members.typed("group", self.group.as_ref());
-        members.typed("cross_group_retry", self.cross_group_retry.as_ref());
-        members.typed("auto_groups", self.auto_groups.as_ref());
-        members.typed("status", self.status.as_ref());
-        members.typed("mj_image_mode", self.mj_image_mode.as_ref());
-        members.typed("mj_custom_proxy", self.mj_custom_proxy.as_ref());
-        members.map(&self.extra);
-        members.map(&self.carried);
+        members.typed("id", id.map(TokenId::get).as_ref());
+        members.typed("name", name.as_ref());
+        members.typed("remain_quota", remain_quota.as_ref());
+        members.typed("unlimited_quota", unlimited_quota.as_ref());
+        members.typed("expired_time", expired_time.as_ref());
+        members.typed("model_limits_enabled", model_limits_enabled.as_ref());
+        members.typed("model_limits", model_limits.as_ref());
+        members.typed("allow_ips", allow_ips.as_ref());
+        members.typed("group", group.as_ref());
+        members.typed("cross_group_retry", cross_group_retry.as_ref());
+        members.typed("auto_groups", auto_groups.as_ref());
+        members.typed("status", status.as_ref());
+        members.typed("mj_image_mode", mj_image_mode.as_ref());
+        members.typed("mj_custom_proxy", mj_custom_proxy.as_ref());
+        members.map(extra);
+        members.map(carried);
         members.finish()
     }
 }
