@@ -48,8 +48,8 @@ def run(path, seconds, batch, mode):
     if mode != "prealloc+fdatasync":
         flags |= os.O_APPEND
     fd = os.open(path, flags, 0o600)
+    size = 256 << 20
     if mode == "prealloc+fdatasync":
-        size = 256 << 20
         os.posix_fallocate(fd, 0, size)
         zero = b"\0" * (1 << 20)
         for offset in range(0, size, len(zero)):
@@ -65,6 +65,9 @@ def run(path, seconds, batch, mode):
     while time.monotonic() < end:
         start = time.perf_counter()
         if mode == "prealloc+fdatasync":
+            if offset + len(data) > size:
+                # Back to the start: still in place, never past the allocated space.
+                offset = 0
             os.pwrite(fd, data, offset)
             offset += len(data)
             os.fdatasync(fd)
