@@ -31,8 +31,9 @@ use super::UpstreamUrl;
 /// The body type of every upstream request (read whole before it is sent).
 pub(super) type Body = Full<Bytes>;
 
-/// A fresh connection, ready for its first request.
-pub(super) enum Fresh {
+/// A connection's request sender: fresh from [`Connector::connect`], or taken from a thread's
+/// connections for one request.
+pub(super) enum Sender {
     /// HTTP/1.1: one request at a time, then back to the thread's idle list.
     Http1(http1::SendRequest<Body>),
     /// HTTP/2 (the TLS upstream's ALPN chose `h2`): shared by the thread's concurrent requests.
@@ -108,8 +109,13 @@ impl Connector {
         })
     }
 
+    /// Whether connections may be HTTP/2 (ALPN offers it over TLS; clear text is HTTP/1.1).
+    pub(super) fn offers_h2(&self) -> bool {
+        self.tls.is_some()
+    }
+
     /// Opens a connection and performs the HTTP handshake ALPN chose (HTTP/1.1 in clear).
-    pub(super) async fn connect(&self) -> Result<Fresh, ConnectError> {
+    pub(super) async fn connect(&self) -> Result<Sender, ConnectError> {
         let tcp = self
             .tcp
             .clone()
@@ -135,7 +141,7 @@ impl Connector {
                     tracing::debug!(%error, "upstream HTTP/2 connection ended");
                 }
             });
-            Ok(Fresh::Http2(sender))
+            Ok(Sender::Http2(sender))
         } else {
             http1_over(io).await
         }
@@ -166,7 +172,7 @@ fn without_address(error: &(dyn std::error::Error + 'static)) -> io::Error {
 }
 
 /// The HTTP/1.1 handshake over `io`, its driver spawned on the current runtime.
-async fn http1_over<T>(io: T) -> Result<Fresh, ConnectError>
+async fn http1_over<T>(io: T) -> Result<Sender, ConnectError>
 where
     T: Read + Write + Unpin + Send + 'static,
 {
@@ -178,7 +184,7 @@ where
             tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
         }
     });
-    Ok(Fresh::Http1(sender))
+    Ok(Sender::Http1(sender))
 }
 
 #[cfg(test)]
