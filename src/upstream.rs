@@ -311,7 +311,7 @@ impl Upstream {
                 .await
                 .map_err(classify)?
                 .to_bytes();
-            lease.release(&parts.headers);
+            lease.release();
             Ok::<_, GatewayError>((parts, body))
         };
         let result = tokio::time::timeout_at(until, exchange).await;

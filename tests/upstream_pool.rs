@@ -305,3 +305,33 @@ async fn concurrent_requests_over_http2_share_its_connection() {
     assert_eq!(*versions.lock().unwrap(), vec![Version::HTTP_2; 9]);
     assert_eq!(tally.per_connection(), vec![9]);
 }
+
+#[tokio::test]
+async fn concurrent_first_requests_over_http2_wait_for_one_connection_per_worker() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("tokengate test CA");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let (upstream, tally, versions) = tls_upstream(&ca, &[b"h2", b"http/1.1"]).await;
+    let mut options = Options::new(upstream);
+    options.upstream = format!("https://{upstream}");
+    options.ca_file = Some(ca_path.display().to_string());
+    options.server_extra = "workers = 2".into();
+    let gateway = TestGateway::start(options).await;
+    // No warm-up: the first requests of each worker find no connection, and all but one wait
+    // for that one's connect instead of opening their own.
+    let replies = futures_util::future::join_all(
+        (0..16).map(|_| admin(gateway.addr, "GET", "/api/token/", None)),
+    )
+    .await;
+    for reply in replies {
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(*versions.lock().unwrap(), vec![Version::HTTP_2; 16]);
+    let connections = tally.per_connection();
+    assert!(
+        connections.len() <= 2,
+        "one connection per worker at most: {connections:?}"
+    );
+    assert_eq!(connections.iter().sum::<usize>(), 16);
+}
