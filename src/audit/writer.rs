@@ -666,16 +666,7 @@ impl Writer {
             }
             self.health.busy_since_ms.store(0, Ordering::Relaxed);
             self.report(&result);
-            for job in batch {
-                let done = match job {
-                    Job::Append { done, .. } => done,
-                    Job::Flush { done } | Job::Close { done } => Some(done),
-                };
-                if let Some(done) = done {
-                    let _ = done.send(result.clone());
-                }
-            }
-            // The batch's records are dropped: their bytes no longer wait for the disk.
+            // The batch's records are written or refused: their bytes no longer wait for the disk.
             let left = self
                 .health
                 .queued_bytes
@@ -683,8 +674,13 @@ impl Writer {
                 .saturating_sub(bytes);
             self.metrics.set_audit_queue_bytes(left);
             if closing {
+                // The trail's file and lock go with the writer, before `close` is answered: whoever
+                // opens the trail next (a restarted gateway in the same process) finds it free.
+                drop(self);
+                answer(batch, &result);
                 return;
             }
+            answer(batch, &result);
         }
     }
 
@@ -945,6 +941,19 @@ impl Writer {
 
 /// Seals a signed checkpoint record after record `seq` (whose hash is `prev`) into `out`, and
 /// starts the signer's next range with its line.
+/// Answers every waiter of `batch` with the batch's `result`.
+fn answer(batch: Vec<Job>, result: &Result<(), AuditError>) {
+    for job in batch {
+        let done = match job {
+            Job::Append { done, .. } => done,
+            Job::Flush { done } | Job::Close { done } => Some(done),
+        };
+        if let Some(done) = done {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
 fn append_checkpoint(
     signer: &mut Signer,
     key: &AuditKey,
@@ -1081,6 +1090,30 @@ pub fn timestamp(time: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `close` answers only once the trail's lock is released: a trail closed and opened again
+    /// at once (a gateway restarted in the same process) is never found in use. The writer used
+    /// to answer first and release the lock as its thread ended, which a loaded machine showed.
+    #[tokio::test]
+    async fn a_closed_trail_can_be_opened_again_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            path: dir.path().join("trail.jsonl"),
+            ..AuditConfig::default()
+        };
+        let key = AuditKey::new(&[7u8; 32]).unwrap();
+        for round in 0..50 {
+            let trail = Trail::open(
+                &config,
+                key.clone(),
+                Arc::new(Metrics::new()),
+                "test".into(),
+                None,
+            )
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+            trail.close().await.unwrap();
+        }
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc_millis() {
