@@ -1,5 +1,7 @@
 //! Body validation cost (SPEC §4): `Edit::parse` then `canonical_json`, as the validate layer runs them on
-//! every write. Run with `cargo bench --bench validate`; figures are recorded in BENCHMARKS.md.
+//! every write; and `token_of`, the parse of new-api's answer to the read that confirms stored
+//! values (and a PATCH's read, the before-read). Run with `cargo bench --bench validate`; figures
+//! are recorded in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
