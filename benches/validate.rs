@@ -7,8 +7,8 @@ use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use serde_json::json;
 use http::StatusCode;
+use serde_json::json;
 use tokengate::read_token::token_of;
 use tokengate::route::TokenId;
 use tokengate::token::edit::{Edit, EditKind, Limits};
