@@ -1,11 +1,16 @@
 //! Body validation cost (SPEC §4): `Edit::parse` then `canonical_json`, as the validate layer runs them on
-//! every write. Run with `cargo bench --bench validate`; figures are recorded in BENCHMARKS.md.
+//! every write; and `token_of`, the parse of new-api's answer to the read that confirms stored
+//! values (and a PATCH's read, the before-read). Run with `cargo bench --bench validate`; figures
+//! are recorded in BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use http::StatusCode;
 use serde_json::json;
+use tokengate::read_token::token_of;
+use tokengate::route::TokenId;
 use tokengate::token::edit::{Edit, EditKind, Limits};
 
 fn now() -> i64 {
@@ -181,6 +186,26 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+    read_answer(c, now);
+}
+
+/// The confirm read of a full update (and a PATCH's read, the before-read): new-api's answer to
+/// `GET /api/token/7`, `{success, message, data}` with the stored token in `data`.
+fn read_answer(c: &mut Criterion, now: i64) {
+    let token: serde_json::Value = serde_json::from_slice(&full_update(now)).unwrap_or_default();
+    let answer = json!({"success": true, "message": "", "data": token})
+        .to_string()
+        .into_bytes();
+    let Some(id) = TokenId::parse("7") else {
+        panic!("7 is a token id");
+    };
+    assert!(token_of(StatusCode::OK, &answer, id).is_ok());
+    let mut group = c.benchmark_group("read_token");
+    group.throughput(Throughput::Bytes(answer.len() as u64));
+    group.bench_function("token_of_400B", |b| {
+        b.iter(|| token_of(StatusCode::OK, black_box(&answer), id).map_or(0, |t| t.len()))
+    });
     group.finish();
 }
 

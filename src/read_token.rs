@@ -118,7 +118,8 @@ pub async fn read_token(
 }
 
 /// The token in a `GET /api/token/{id}` answer: HTTP 200, `success: true`, `data` an object.
-fn token_of(
+/// Public for `benches/validate.rs` (every audited write that confirms a value parses one).
+pub fn token_of(
     status: StatusCode,
     body: &[u8],
     id: TokenId,

@@ -286,15 +286,18 @@ impl Edit {
         limits: &Limits,
         now: i64,
     ) -> Result<Edit, BodyError> {
-        let map = json::parse_object(body).map_err(BodyError::Json)?;
         let rules = Rules {
             name_max_bytes: limits.name_max_bytes,
             now,
         };
         let mut faults = Vec::new();
         let edit = match kind {
-            EditKind::Ids => Edit::Ids(ids(map, limits, &mut faults)),
+            EditKind::Ids => {
+                let map = json::parse_object(body).map_err(BodyError::Json)?;
+                Edit::Ids(ids(map, limits, &mut faults))
+            }
             EditKind::BatchUpdate => {
+                let map = json::parse_object(body).map_err(BodyError::Json)?;
                 Edit::BatchUpdate(batch::parse(map, limits, &rules, &mut faults))
             }
             _ => {
@@ -302,7 +305,11 @@ impl Edit {
                     EditKind::Update | EditKind::StatusOnly => Stored::Later,
                     _ => Stored::None,
                 };
-                let fields = token_fields(kind, map, limits, &rules, stored, &mut faults);
+                // Each member is checked into its field as it is read: no map of the body.
+                let mut reader = FieldReader::new(kind, limits, &rules, stored);
+                json::for_each_member(body, |key, value| reader.member(key, value))
+                    .map_err(BodyError::Json)?;
+                let fields = reader.finish(&mut faults);
                 match kind {
                     EditKind::Create => Edit::Create(fields),
                     EditKind::Update => Edit::Update(fields),
@@ -451,14 +458,11 @@ pub(super) fn full_update(
         now,
     };
     let mut faults = Vec::new();
-    let fields = token_fields(
-        EditKind::Update,
-        map,
-        limits,
-        &rules,
-        Stored::Known(stored),
-        &mut faults,
-    );
+    let mut reader = FieldReader::new(EditKind::Update, limits, &rules, Stored::Known(stored));
+    for (key, value) in map {
+        reader.member(&key, value);
+    }
+    let fields = reader.finish(&mut faults);
     if faults.is_empty() {
         Ok(fields)
     } else {
@@ -466,130 +470,169 @@ pub(super) fn full_update(
     }
 }
 
-/// Reads the token fields of a create, update, status-only or PATCH body. A value that breaks a
-/// rule but may be the stored one (SPEC §4.2) is carried when it equals `stored`, or, for a
-/// full or status-only update, waits for the read when every other field passes.
-fn token_fields(
+/// Reads the token fields of a create, update, status-only or PATCH body, one member at a time
+/// ([`FieldReader::member`]) and then as a whole ([`FieldReader::finish`]). A value that breaks a
+/// rule but may be the stored one (SPEC §4.2) is carried when it equals `stored`, or, for a full
+/// or status-only update, waits for the read when every other field passes.
+struct FieldReader<'a> {
     kind: EditKind,
-    map: Map<String, Value>,
-    limits: &Limits,
-    rules: &Rules,
-    stored: Stored<'_>,
-    faults: &mut Vec<Fault>,
-) -> TokenFields {
-    let mut fields = TokenFields::default();
-    let mut waiting: Vec<Unconfirmed> = Vec::new();
-    // A refused value: carried when it is the stored one, waiting for the read, or a fault.
-    let mut refused = |fields: &mut TokenFields,
-                       faults: &mut Vec<Fault>,
-                       key: String,
-                       value: Value,
-                       fault: Fault| {
+    limits: &'a Limits,
+    rules: &'a Rules,
+    stored: Stored<'a>,
+    fields: TokenFields,
+    /// Refused values that wait for the stored token, in the order read.
+    waiting: Vec<Unconfirmed>,
+    /// The faults of the members, in the order read.
+    faults: Vec<Fault>,
+}
+
+impl<'a> FieldReader<'a> {
+    fn new(
+        kind: EditKind,
+        limits: &'a Limits,
+        rules: &'a Rules,
+        stored: Stored<'a>,
+    ) -> FieldReader<'a> {
+        FieldReader {
+            kind,
+            limits,
+            rules,
+            stored,
+            fields: TokenFields::default(),
+            waiting: Vec::new(),
+            faults: Vec::new(),
+        }
+    }
+
+    /// Checks one member of the body (each name comes at most once: the JSON reader refuses a
+    /// repeated one).
+    fn member(&mut self, key: &str, value: Value) {
+        if self.kind == EditKind::Patch && key == "id" {
+            self.faults.push(Fault {
+                field: key.into(),
+                code: FaultCode::UnknownField,
+                message: "is not a field of a PATCH: the token id is in the path".into(),
+            });
+            return;
+        }
+        match self.fields.set(key, &value, self.rules) {
+            Ok(true) => {}
+            Err(message) => {
+                let fault = Fault::invalid(key, message);
+                self.refused(key.into(), value, fault);
+            }
+            Ok(false) if READ_ONLY_FIELDS.contains(&key) => {}
+            Ok(false) if self.limits.extra_fields.iter().any(|extra| extra == key) => {
+                self.fields.extra.insert(key.into(), value);
+            }
+            Ok(false) => self.faults.push(Fault::unknown(key, &TOKEN_FIELDS)),
+        }
+    }
+
+    /// A refused value: carried when it is the stored one, waiting for the read, or a fault.
+    fn refused(&mut self, key: String, value: Value, fault: Fault) {
         // `id` names the token and `status` is what a status change sets: never stored values.
         let storable = key != "id" && key != "status";
-        match stored {
+        match self.stored {
             Stored::Known(stored) if storable && same_value(stored.get(&key), &value) => {
-                fields.carried.insert(key, value);
+                self.fields.carried.insert(key, value);
             }
-            Stored::Later if storable => waiting.push(Unconfirmed {
+            Stored::Later if storable => self.waiting.push(Unconfirmed {
                 field: key,
                 value,
                 fault,
             }),
-            _ => faults.push(fault),
+            _ => self.faults.push(fault),
         }
-    };
-    for (key, value) in map {
-        if kind == EditKind::Patch && key == "id" {
-            faults.push(Fault {
-                field: key,
-                code: FaultCode::UnknownField,
-                message: "is not a field of a PATCH: the token id is in the path".into(),
+    }
+
+    /// The checks of the body as a whole; its faults, the members' first in key order, are
+    /// added to `faults`.
+    fn finish(mut self, faults: &mut Vec<Fault>) -> TokenFields {
+        // The members came in the body's order: faults and waiting values are reported in key
+        // order whatever it was (each name once, so a stable sort by name is that order).
+        self.faults.sort_by(|a, b| a.field.cmp(&b.field));
+        self.waiting.sort_by(|a, b| a.field.cmp(&b.field));
+        faults.append(&mut self.faults);
+        let kind = self.kind;
+        if matches!(kind, EditKind::Create | EditKind::Update) {
+            for (key, value, fault) in ignored_by_new_api(kind, &self.fields) {
+                self.fields.set_none(&key);
+                self.refused(key, value, fault);
+            }
+            faults.append(&mut self.faults);
+        }
+        let FieldReader {
+            limits,
+            stored,
+            mut fields,
+            mut waiting,
+            ..
+        } = self;
+        let required: &[&str] = match kind {
+            EditKind::Create => &["name"],
+            EditKind::Update => &["id"],
+            EditKind::Patch => &[],
+            _ => &["id", "status"],
+        };
+        if kind == EditKind::Patch && fields == TokenFields::default() && faults.is_empty() {
+            faults.push(Fault::invalid(
+                "",
+                "a PATCH must carry at least one field to change".into(),
+            ));
+        }
+        for field in required {
+            if !fields.has(field) && !faults.iter().any(|f| f.field == *field) {
+                faults.push(Fault::invalid(field, "is required".into()));
+            }
+        }
+        if kind == EditKind::Update && limits.require_complete_updates {
+            for field in COMPLETE_UPDATE_FIELDS {
+                let waits = waiting.iter().any(|w| w.field == field);
+                if !fields.has(field) && !waits && !faults.iter().any(|f| f.field == field) {
+                    faults.push(Fault {
+                        field: field.into(),
+                        code: FaultCode::IncompleteUpdate,
+                        message: String::new(),
+                    });
+                }
+            }
+        }
+        // A full update's `status` is never applied by new-api (SPEC §4.2): it must be the stored one.
+        if let (EditKind::Update, Stored::Later, Some(status)) = (kind, stored, fields.status) {
+            waiting.push(Unconfirmed {
+                field: "status".into(),
+                value: Value::from(status.get()),
+                fault: Fault::invalid(
+                    "status",
+                    format!("{} differs from the token's stored status, and new-api's full update never changes status: change it with a status-only update (PUT /api/token/?status_only=true) or PATCH, or send the stored value", status.get()),
+                ),
             });
-            continue;
         }
-        match fields.set(&key, &value, rules) {
-            Ok(true) => {}
-            Err(message) => {
-                let fault = Fault::invalid(&key, message);
-                refused(&mut fields, faults, key, value, fault);
+        if faults.is_empty() {
+            for waiting in waiting {
+                if waiting.field != "status" {
+                    fields
+                        .carried
+                        .insert(waiting.field.clone(), waiting.value.clone());
+                }
+                fields.unconfirmed.push(waiting);
             }
-            Ok(false) if READ_ONLY_FIELDS.contains(&key.as_str()) => {}
-            Ok(false) if limits.extra_fields.contains(&key) => {
-                fields.extra.insert(key, value);
-            }
-            Ok(false) => faults.push(Fault::unknown(&key, &TOKEN_FIELDS)),
+        } else if waiting.iter().any(|w| w.field != "status") {
+            // Another fault refuses the body anyway: every fault is reported at once, those of the
+            // body's fields in key order, then the missing ones.
+            faults.extend(
+                waiting
+                    .into_iter()
+                    .filter(|w| w.field != "status")
+                    .map(|w| w.fault),
+            );
+            let missing =
+                |f: &Fault| f.code == FaultCode::IncompleteUpdate || f.message == "is required";
+            faults.sort_by(|a, b| (missing(a), &a.field).cmp(&(missing(b), &b.field)));
         }
+        fields
     }
-    if matches!(kind, EditKind::Create | EditKind::Update) {
-        for (key, value, fault) in ignored_by_new_api(kind, &fields) {
-            fields.set_none(&key);
-            refused(&mut fields, faults, key, value, fault);
-        }
-    }
-    let required: &[&str] = match kind {
-        EditKind::Create => &["name"],
-        EditKind::Update => &["id"],
-        EditKind::Patch => &[],
-        _ => &["id", "status"],
-    };
-    if kind == EditKind::Patch && fields == TokenFields::default() && faults.is_empty() {
-        faults.push(Fault::invalid(
-            "",
-            "a PATCH must carry at least one field to change".into(),
-        ));
-    }
-    for field in required {
-        if !fields.has(field) && !faults.iter().any(|f| f.field == *field) {
-            faults.push(Fault::invalid(field, "is required".into()));
-        }
-    }
-    if kind == EditKind::Update && limits.require_complete_updates {
-        for field in COMPLETE_UPDATE_FIELDS {
-            let waits = waiting.iter().any(|w| w.field == field);
-            if !fields.has(field) && !waits && !faults.iter().any(|f| f.field == field) {
-                faults.push(Fault {
-                    field: field.into(),
-                    code: FaultCode::IncompleteUpdate,
-                    message: String::new(),
-                });
-            }
-        }
-    }
-    // A full update's `status` is never applied by new-api (SPEC §4.2): it must be the stored one.
-    if let (EditKind::Update, Stored::Later, Some(status)) = (kind, stored, fields.status) {
-        waiting.push(Unconfirmed {
-            field: "status".into(),
-            value: Value::from(status.get()),
-            fault: Fault::invalid(
-                "status",
-                format!("{} differs from the token's stored status, and new-api's full update never changes status: change it with a status-only update (PUT /api/token/?status_only=true) or PATCH, or send the stored value", status.get()),
-            ),
-        });
-    }
-    if faults.is_empty() {
-        for waiting in waiting {
-            if waiting.field != "status" {
-                fields
-                    .carried
-                    .insert(waiting.field.clone(), waiting.value.clone());
-            }
-            fields.unconfirmed.push(waiting);
-        }
-    } else if waiting.iter().any(|w| w.field != "status") {
-        // Another fault refuses the body anyway: every fault is reported at once, those of the
-        // body's fields in key order, then the missing ones.
-        faults.extend(
-            waiting
-                .into_iter()
-                .filter(|w| w.field != "status")
-                .map(|w| w.fault),
-        );
-        let missing =
-            |f: &Fault| f.code == FaultCode::IncompleteUpdate || f.message == "is required";
-        faults.sort_by(|a, b| (missing(a), &a.field).cmp(&(missing(b), &b.field)));
-    }
-    fields
 }
 
 /// What new-api would silently not apply (SPEC §4.2), as the value sent and the fault: a
@@ -917,6 +960,94 @@ mod tests {
             })
         );
         assert_eq!(edit.token_ids(), [TokenId::parse("7").unwrap()]);
+    }
+
+    /// `members` as a body's text in the order given (`json!` would sort them).
+    fn body_in_order(members: &[(&str, &str)]) -> Vec<u8> {
+        let inner: Vec<String> = members
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v}"))
+            .collect();
+        format!("{{{}}}", inner.join(",")).into_bytes()
+    }
+
+    #[test]
+    fn the_order_of_a_bodys_members_changes_nothing() {
+        // Accepted with values waiting for the stored token, and refused with faults of every
+        // kind: the edit, its waiting values and its faults are the same in any member order.
+        let waiting = [
+            ("id", "7"),
+            ("status", "1"),
+            ("name", "\"ci\""),
+            ("expired_time", "-1"),
+            ("remain_quota", "-5"),
+            ("unlimited_quota", "true"),
+            ("model_limits_enabled", "false"),
+            ("model_limits", "\"\""),
+            ("allow_ips", "null"),
+            ("group", "\"\""),
+            ("cross_group_retry", "true"),
+            ("key", "\"sk\""),
+            ("billing_type", "2"),
+        ];
+        let refused = [
+            ("zzz", "1"),
+            ("status", "9"),
+            ("name", "\"\""),
+            ("remain_quota", "-5"),
+            ("expired_time", "0"),
+            ("cross_group_retry", "true"),
+            ("auto_groups", "[\"a\"]"),
+            ("aaa", "1"),
+            ("id", "1"),
+        ];
+        for (kind, members) in [
+            (EditKind::Update, &waiting[..]),
+            (EditKind::Update, &refused[..]),
+            (EditKind::Create, &refused[..]),
+            (EditKind::Patch, &refused[..]),
+            (EditKind::StatusOnly, &refused[..]),
+        ] {
+            let mut sorted = members.to_vec();
+            sorted.sort();
+            let expected = Edit::parse(kind, &body_in_order(&sorted), &limits(), NOW);
+            let mut reversed = sorted.clone();
+            reversed.reverse();
+            for order in [members.to_vec(), reversed] {
+                let result = Edit::parse(kind, &body_in_order(&order), &limits(), NOW);
+                assert_eq!(result, expected, "{kind:?} {order:?}");
+            }
+        }
+        let Ok(edit) = Edit::parse(EditKind::Update, &body_in_order(&waiting), &limits(), NOW)
+        else {
+            panic!("the stored values wait for the read");
+        };
+        let waits: Vec<&str> = edit
+            .unconfirmed()
+            .iter()
+            .map(|u| u.field.as_str())
+            .collect();
+        // The members' in key order, then what new-api would not apply, then `status`.
+        assert_eq!(waits, ["remain_quota", "cross_group_retry", "status"]);
+        let f = faults(Edit::parse(
+            EditKind::Create,
+            &body_in_order(&refused),
+            &limits(),
+            NOW,
+        ));
+        assert_eq!(
+            f.fields(),
+            [
+                "aaa",
+                "expired_time",
+                "name",
+                "remain_quota",
+                "status",
+                "zzz",
+                "cross_group_retry",
+                "auto_groups"
+            ]
+        );
     }
 
     #[test]

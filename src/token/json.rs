@@ -5,6 +5,8 @@
 //! first), so a body that carries one is refused rather than guessed at. serde_json's own `Value`
 //! keeps the last silently, so the body is read through a visitor that refuses instead.
 
+use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
@@ -34,6 +36,88 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, JsonError> {
             "the body must be one JSON object, not {}",
             kind(&other)
         ))),
+    }
+}
+
+/// Reads `bytes` as [`parse_object`] does, handing each member of the object to `member` as it is
+/// read instead of building the map of them: a write's fields are checked in the same pass that
+/// reads them (in the body's order, not the map's sorted one). On a refusal `member` may have seen
+/// some members; the error is [`parse_object`]'s own, word for word (the failure path reads the
+/// body again with it, so the two can never describe one body differently).
+pub fn for_each_member(bytes: &[u8], member: impl FnMut(&str, Value)) -> Result<(), JsonError> {
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return Err(JsonError("the body is not valid UTF-8".into()));
+    };
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    let read = deserializer
+        .deserialize_map(Members { member })
+        .and_then(|()| deserializer.end());
+    match read {
+        Ok(()) => Ok(()),
+        Err(error) => Err(match parse_object(bytes) {
+            Err(error) => error,
+            // Unreachable while both accept the same bodies; serde_json's words if ever not.
+            Ok(_) => JsonError(describe(&error)),
+        }),
+    }
+}
+
+/// The top-level object of [`for_each_member`]: duplicate names refused (compared without
+/// copying the names that need no unescaping), each value read by [`Strict`] at level 2.
+struct Members<F> {
+    member: F,
+}
+
+impl<'de, F: FnMut(&str, Value)> Visitor<'de> for Members<F> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("one JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(mut self, mut access: A) -> Result<(), A::Error> {
+        let inner = Strict { level: 1 }.nested()?;
+        let mut seen: BTreeSet<Cow<'de, str>> = BTreeSet::new();
+        while let Some(key) = access.next_key_seed(Key)? {
+            if seen.contains(&key) {
+                return Err(A::Error::custom(format_args!(
+                    "the key `{}` appears twice in one object",
+                    key.escape_debug()
+                )));
+            }
+            let value = access.next_value_seed(inner)?;
+            (self.member)(&key, value);
+            seen.insert(key);
+        }
+        Ok(())
+    }
+}
+
+/// A member name, borrowed from the body unless it had to be unescaped.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a member name")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(Cow::Owned(v))
     }
 }
 
@@ -206,6 +290,50 @@ mod tests {
         assert!(parse_object(br#"{"name":1,"n\u0061me":2}"#).is_err());
         // The same key in sibling objects is fine.
         assert!(parse_object(br#"{"a":{"k":1},"b":{"k":1}}"#).is_ok());
+    }
+
+    /// What [`for_each_member`] hands over, in order, or its error.
+    fn members(body: &[u8]) -> Result<Vec<(String, Value)>, JsonError> {
+        let mut seen = Vec::new();
+        for_each_member(body, |key, value| seen.push((key.to_owned(), value)))?;
+        Ok(seen)
+    }
+
+    #[test]
+    fn members_come_in_the_bodys_order_and_refusals_are_parse_objects() {
+        let read = members(br#"{"z":1,"a":{"k":[true]},"n\u0061me":"x"}"#).unwrap();
+        let names: Vec<&str> = read.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["z", "a", "name"]);
+        assert_eq!(read[1].1["k"][0], true);
+        assert!(members(b"{}").unwrap().is_empty());
+        let deep = format!("{{\"a\":{}", "[".repeat(100_000));
+        let too_deep = format!("{{\"a\":{}1{}}}", "[".repeat(32), "]".repeat(32));
+        for body in [
+            &b""[..],
+            b"[]",
+            b"[1",
+            b"1",
+            b"null",
+            b"{} {}",
+            b"{}x",
+            b"{\"a\":1,}",
+            b"{\"a\":01}",
+            b"{\"a\":\"\xff\"}",
+            br#"{"name":"a","name":"b"}"#,
+            br#"{"name":1,"n\u0061me":2}"#,
+            br#"{"x":{"k":1,"k":1}}"#,
+            deep.as_bytes(),
+            too_deep.as_bytes(),
+        ] {
+            let error = members(body).unwrap_err();
+            assert_eq!(
+                Err(error),
+                parse_object(body),
+                "{:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(members(nested(32).as_bytes()).is_ok());
     }
 
     #[test]
