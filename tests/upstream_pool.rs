@@ -252,21 +252,36 @@ async fn tls_upstream(
     (addr, tally, versions)
 }
 
-#[tokio::test]
-async fn a_tls_upstream_gets_the_protocol_its_alpn_picks() {
+/// A gateway in front of a [`tls_upstream`] offering `alpn`, trusting its private CA, with
+/// `server_extra` in `[server]`; the directory holds the CA file.
+async fn tls_gateway(
+    alpn: &[&[u8]],
+    server_extra: &str,
+) -> (
+    TestGateway,
+    Tally,
+    Arc<Mutex<Vec<Version>>>,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("tokengate test CA");
     let ca_path = dir.path().join("ca.pem");
     std::fs::write(&ca_path, ca.pem()).unwrap();
+    let (upstream, tally, versions) = tls_upstream(&ca, alpn).await;
+    let mut options = Options::new(upstream);
+    options.upstream = format!("https://{upstream}");
+    options.ca_file = Some(ca_path.display().to_string());
+    options.server_extra = server_extra.into();
+    (TestGateway::start(options).await, tally, versions, dir)
+}
+
+#[tokio::test]
+async fn a_tls_upstream_gets_the_protocol_its_alpn_picks() {
     for (alpn, version) in [
         (&[b"h2".as_slice(), b"http/1.1"][..], Version::HTTP_2),
         (&[b"http/1.1".as_slice()][..], Version::HTTP_11),
     ] {
-        let (upstream, tally, versions) = tls_upstream(&ca, alpn).await;
-        let mut options = Options::new(upstream);
-        options.upstream = format!("https://{upstream}");
-        options.ca_file = Some(ca_path.display().to_string());
-        let gateway = TestGateway::start(options).await;
+        let (gateway, tally, versions, _dir) = tls_gateway(alpn, "").await;
         for _ in 0..3 {
             let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
             assert_eq!(reply.status, 200, "{version:?}: {}", reply.text());
@@ -283,15 +298,7 @@ async fn a_tls_upstream_gets_the_protocol_its_alpn_picks() {
 
 #[tokio::test]
 async fn concurrent_requests_over_http2_share_its_connection() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("tokengate test CA");
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    let (upstream, tally, versions) = tls_upstream(&ca, &[b"h2", b"http/1.1"]).await;
-    let mut options = Options::new(upstream);
-    options.upstream = format!("https://{upstream}");
-    options.ca_file = Some(ca_path.display().to_string());
-    let gateway = TestGateway::start(options).await;
+    let (gateway, tally, versions, _dir) = tls_gateway(&[b"h2", b"http/1.1"], "").await;
     // The first request opens the connection; the next eight run at once on it.
     let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
@@ -308,16 +315,7 @@ async fn concurrent_requests_over_http2_share_its_connection() {
 
 #[tokio::test]
 async fn concurrent_first_requests_over_http2_wait_for_one_connection_per_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new("tokengate test CA");
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca.pem()).unwrap();
-    let (upstream, tally, versions) = tls_upstream(&ca, &[b"h2", b"http/1.1"]).await;
-    let mut options = Options::new(upstream);
-    options.upstream = format!("https://{upstream}");
-    options.ca_file = Some(ca_path.display().to_string());
-    options.server_extra = "workers = 2".into();
-    let gateway = TestGateway::start(options).await;
+    let (gateway, tally, versions, _dir) = tls_gateway(&[b"h2", b"http/1.1"], "workers = 2").await;
     // No warm-up: the first requests of each worker find no connection, and all but one wait
     // for that one's connect instead of opening their own.
     let replies = futures_util::future::join_all(

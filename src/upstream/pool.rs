@@ -420,19 +420,7 @@ mod tests {
         let pool = pool(u64::MAX, &format!("http://{addr}"));
 
         // A kept-alive connection (in memory) that served one request and sits idle.
-        let (near, mut far) = tokio::io::duplex(4096);
-        let (mut sender, connection) = http1::handshake(TokioIo::new(near)).await.unwrap();
-        tokio::spawn(connection);
-        let (answered, far) = tokio::join!(sender.send_request(request()), async move {
-            answer_one(&mut far).await;
-            far
-        });
-        answered.unwrap().into_body().collect().await.unwrap();
-        Lease {
-            pool: &pool,
-            sender: Some(sender),
-        }
-        .release();
+        let far = idle_one(&pool).await;
         // Let its driver settle into idle, then close it from the upstream's side: the driver
         // is woken but has not run when the next request takes the connection.
         for _ in 0..8 {
