@@ -19,7 +19,6 @@ use support::*;
 use tokengate::emulator::{Emulator, EmulatorConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
 /// What a list request gets from the hand-written upstreams.
 const LIST: &str =
@@ -208,16 +207,7 @@ async fn tls_upstream(
     alpn: &[&[u8]],
 ) -> (SocketAddr, Tally, Arc<Mutex<Vec<Version>>>) {
     let (cert, key) = ca.leaf(&["127.0.0.1"]);
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_no_client_auth()
-    .with_single_cert(vec![cert], key)
-    .unwrap();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let acceptor = support::tls::acceptor(cert, key, alpn);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let tally = Tally::default();

@@ -72,12 +72,12 @@ impl TestCa {
     }
 }
 
-/// Listens on 127.0.0.1:0 for TLS with `cert`, and relays each connection to `target` in clear.
-pub async fn tls_front(
-    target: SocketAddr,
+/// A TLS acceptor presenting `cert`, offering the protocols of `alpn` (ring, as the gateway).
+pub fn acceptor(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
-) -> SocketAddr {
+    alpn: &[&[u8]],
+) -> TlsAcceptor {
     let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -86,8 +86,17 @@ pub async fn tls_front(
     .with_no_client_auth()
     .with_single_cert(vec![cert], key)
     .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = TlsAcceptor::from(Arc::new(config));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsAcceptor::from(Arc::new(config))
+}
+
+/// Listens on 127.0.0.1:0 for TLS with `cert`, and relays each connection to `target` in clear.
+pub async fn tls_front(
+    target: SocketAddr,
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+) -> SocketAddr {
+    let acceptor = acceptor(cert, key, &[b"http/1.1"]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
