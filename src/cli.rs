@@ -691,6 +691,22 @@ fn trail_and_key(args: &AuditVerifyArgs, verb: &str) -> Result<(AuditKey, Vec<Pa
     Ok((key, files))
 }
 
+/// What `audit query` says of its output on standard error: how many changes matched, and how
+/// many of those have no outcome record yet.
+pub(crate) fn matched(printed: u64, unknown: u64) -> String {
+    let mut matched = if printed == 1 {
+        "1 change matches".to_owned()
+    } else {
+        format!("{printed} changes match")
+    };
+    if unknown > 0 {
+        matched.push_str(&format!(
+            " ({unknown} with an unknown result: an intent with no outcome record)"
+        ));
+    }
+    matched
+}
+
 /// `n word` or `n words`.
 pub(crate) fn plural(n: u64, word: &str) -> String {
     format!("{n} {word}{}", if n == 1 { "" } else { "s" })
@@ -908,17 +924,7 @@ fn audit_query(args: &AuditQueryArgs) -> ExitCode {
                     summary.first_seq
                 ));
             }
-            let mut matched = if report.printed == 1 {
-                "1 change matches".to_owned()
-            } else {
-                format!("{} changes match", report.printed)
-            };
-            if report.unknown > 0 {
-                matched.push_str(&format!(
-                    " ({} with an unknown result: an intent with no outcome record)",
-                    report.unknown
-                ));
-            }
+            let matched = matched(report.printed, report.unknown);
             eprintln!("{verdict}; {matched}");
             ExitCode::SUCCESS
         }

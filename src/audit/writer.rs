@@ -1046,14 +1046,16 @@ fn sync_dir(path: &Path) {
     }
 }
 
+/// A file's identity (device and inode): a trail file replaced under the same name (rotated or
+/// removed by hand) has another. The shipper's reader tells files apart by it too.
 #[cfg(unix)]
-fn identity_of(meta: &std::fs::Metadata) -> (u64, u64) {
+pub(crate) fn identity_of(meta: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     (meta.dev(), meta.ino())
 }
 
 #[cfg(not(unix))]
-fn identity_of(_meta: &std::fs::Metadata) -> (u64, u64) {
+pub(crate) fn identity_of(_meta: &std::fs::Metadata) -> (u64, u64) {
     (0, 0)
 }
 

@@ -9,7 +9,7 @@ use super::table::Table;
 use super::target::Target;
 use crate::audit::chain::AuditKey;
 use crate::audit::query::Filter;
-use crate::cli::{config_and_key, plural, AuditQueryArgs, AuditVerifyArgs};
+use crate::cli::{config_and_key, matched, plural, AuditQueryArgs, AuditVerifyArgs};
 use crate::config::DEFAULT_AUDIT_TABLE;
 use crate::secret;
 
@@ -143,17 +143,7 @@ pub fn query(args: &AuditQueryArgs, filter: Filter) -> ExitCode {
                 eprintln!("tokengate: note: {note}");
             }
             let checked: u64 = report.origins.iter().map(|o| o.records).sum();
-            let mut matched = if report.printed == 1 {
-                "1 change matches".to_owned()
-            } else {
-                format!("{} changes match", report.printed)
-            };
-            if report.unknown > 0 {
-                matched.push_str(&format!(
-                    " ({} with an unknown result: an intent with no outcome record)",
-                    report.unknown
-                ));
-            }
+            let matched = matched(report.printed, report.unknown);
             eprintln!(
                 "central store {} intact as read: {} checked in {}; {matched}",
                 target.table().name(),

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Map, Value};
 
 use crate::audit::verify::{present_files, MAX_LINE_BYTES};
+use crate::audit::writer::identity_of;
 
 /// Why the trail cannot be shipped on from where the table ends: shipping of this origin stops
 /// until an operator acts (records would otherwise be skipped).
@@ -246,17 +247,6 @@ fn first_seq(path: &Path) -> io::Result<Option<u64>> {
 
 fn identity(path: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(path).ok().map(|m| identity_of(&m))
-}
-
-#[cfg(unix)]
-fn identity_of(meta: &std::fs::Metadata) -> (u64, u64) {
-    use std::os::unix::fs::MetadataExt;
-    (meta.dev(), meta.ino())
-}
-
-#[cfg(not(unix))]
-fn identity_of(_meta: &std::fs::Metadata) -> (u64, u64) {
-    (0, 0)
 }
 
 #[cfg(test)]
