@@ -39,8 +39,6 @@ pub struct TraceContext {
     traceparent: HeaderValue,
     /// The caller's `tracestate`, when it and its `traceparent` were valid.
     tracestate: Option<HeaderValue>,
-    /// Whether the gateway started the trace (the caller sent no valid `traceparent`).
-    started: bool,
 }
 
 impl TraceContext {
@@ -55,7 +53,6 @@ impl TraceContext {
         Some(TraceContext {
             traceparent,
             tracestate: tracestate(headers),
-            started: false,
         })
     }
 
@@ -69,18 +66,19 @@ impl TraceContext {
         if bytes[16..].iter().all(|b| *b == 0) {
             bytes[23] = 1;
         }
-        let text = format!(
-            "00-{}-{}-01",
-            hex::encode(&bytes[..16]),
-            hex::encode(&bytes[16..])
-        );
+        // Written on the stack: every request without a trace of its own starts one.
+        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-01";
+        let hexed = hex::encode_to_slice(&bytes[..16], &mut text[3..35])
+            .and_then(|()| hex::encode_to_slice(&bytes[16..], &mut text[36..52]));
         TraceContext {
             // Lowercase hex and dashes are always a valid header value.
-            traceparent: HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(
-                "00-00000000000000000000000000000001-0000000000000001-01",
-            )),
+            traceparent: hexed
+                .ok()
+                .and_then(|()| HeaderValue::from_bytes(&text).ok())
+                .unwrap_or(HeaderValue::from_static(
+                    "00-00000000000000000000000000000001-0000000000000001-01",
+                )),
             tracestate: None,
-            started: true,
         }
     }
 
@@ -102,11 +100,6 @@ impl TraceContext {
     /// The `tracestate` sent upstream, if any.
     pub fn tracestate(&self) -> Option<&HeaderValue> {
         self.tracestate.as_ref()
-    }
-
-    /// Whether the gateway started this trace.
-    pub fn started(&self) -> bool {
-        self.started
     }
 
     /// Sets `traceparent` (and `tracestate`, or none) on an upstream request's headers.
@@ -286,7 +279,6 @@ mod tests {
         let trace = TraceContext::continued(&headers(&[("traceparent", VALID)])).unwrap();
         assert_eq!(trace.traceparent(), VALID);
         assert_eq!(trace.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert!(!trace.started());
         assert_eq!(trace.tracestate(), None);
         let unsampled = VALID.replace("-01", "-00");
         let trace = TraceContext::continued(&headers(&[("traceparent", &unsampled)])).unwrap();
@@ -403,7 +395,6 @@ mod tests {
     fn a_started_trace_is_valid_random_and_sampled() {
         let a = TraceContext::start();
         let b = TraceContext::start();
-        assert!(a.started());
         assert_ne!(a.trace_id(), b.trace_id());
         for trace in [&a, &b] {
             let text = trace.traceparent().to_str().unwrap();

@@ -60,7 +60,6 @@ impl Shipper {
         let (shipped_tx, shipped) = watch::channel(0);
         let halted = Arc::new(AtomicBool::new(false));
         let durable = trail.durable();
-        metrics.set_audit_ship_lag(*durable.borrow());
         let described = target.describe().to_owned();
         let task = Task {
             target,
@@ -84,11 +83,6 @@ impl Shipper {
             task: tokio::spawn(task.run()),
             target: described,
         }
-    }
-
-    /// Durable records not yet shipped.
-    pub fn lag(&self) -> u64 {
-        self.durable.borrow().saturating_sub(*self.shipped.borrow())
     }
 
     /// At a clean shutdown, after the trail is closed: waits, at most `within`, until every
@@ -180,7 +174,7 @@ impl Task {
                         );
                         failing = true;
                     }
-                    self.sleep_tracking_lag(backoff).await;
+                    self.sleep_watching_close(backoff).await;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
                 End::Halt(reason) => {
@@ -192,9 +186,9 @@ impl Task {
                         origin = %self.origin,
                         "shipping of this origin's audit records is STOPPED: {reason}; the local trail is unaffected; find out why (tampering with the table, or two trails under one origin), then restart the gateway"
                     );
-                    // The lag keeps being reported, for alerts.
+                    // Waits for the end; the lag gauge keeps growing meanwhile, for alerts.
                     loop {
-                        self.sleep_tracking_lag(BACKOFF_MAX).await;
+                        self.sleep_watching_close(BACKOFF_MAX).await;
                         if self.closed {
                             return;
                         }
@@ -211,15 +205,11 @@ impl Task {
         self.durable.borrow().saturating_sub(*self.shipped.borrow())
     }
 
-    fn report_lag(&self) {
-        self.metrics.set_audit_ship_lag(self.lag());
-    }
-
-    /// Sleeps `pause`, updating the lag gauge as records become durable.
-    async fn sleep_tracking_lag(&mut self, pause: Duration) {
+    /// Sleeps `pause`, noticing meanwhile when the trail closes (the lag gauge is kept by
+    /// [`report_lag`], whatever this task does).
+    async fn sleep_watching_close(&mut self, pause: Duration) {
         let until = tokio::time::Instant::now() + pause;
         loop {
-            self.report_lag();
             if self.closed {
                 tokio::time::sleep_until(until).await;
                 return;
@@ -267,7 +257,6 @@ impl Task {
         };
         loop {
             let durable = *self.durable.borrow_and_update();
-            self.report_lag();
             if source.next_seq() > durable {
                 if self.closed {
                     return End::Done;
@@ -426,7 +415,6 @@ impl Task {
         tx.commit().await?;
         self.shipped.send_replace(u64::try_from(last).unwrap_or(0));
         self.metrics.audit_shipped(count);
-        self.report_lag();
         Ok(())
     }
 }
