@@ -71,6 +71,9 @@ enum After {
     Closing,
     /// Answers `Connection: close` and keeps the socket open, still answering what arrives on it.
     SaysClose,
+    /// Answers the first request with keep-alive; takes the second whole and closes without an
+    /// answer (it may have acted on it: a gateway must not send it again).
+    SwallowsSecond,
 }
 
 /// An HTTP/1.1 upstream written by hand that answers every request head with [`LIST`].
@@ -100,6 +103,10 @@ async fn raw_upstream(after: After) -> (SocketAddr, Tally) {
                     let header = match after {
                         After::Closing => "Connection: keep-alive",
                         After::SaysClose => "Connection: close",
+                        After::SwallowsSecond if counted.per_connection()[connection] == 2 => {
+                            return
+                        }
+                        After::SwallowsSecond => "Connection: keep-alive",
                     };
                     let answer = format!(
                         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{header}\r\nContent-Length: {}\r\n\r\n{LIST}",
@@ -144,6 +151,24 @@ async fn a_connection_the_upstream_closed_is_replaced_not_failed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(tally.per_connection(), vec![1; 4]);
+}
+
+/// A request written on a reused connection that then closes without an answer may have been
+/// acted on: it is a 502, and the upstream sees it once, never a second time on a new connection.
+#[tokio::test]
+async fn a_request_the_upstream_took_and_never_answered_is_not_sent_again() {
+    let (upstream, tally) = raw_upstream(After::SwallowsSecond).await;
+    let gateway = TestGateway::start(Options::new(upstream)).await;
+    let first = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    admin(gateway.addr, "GET", "/api/token/", None)
+        .await
+        .assert_envelope(502, "upstream_unavailable");
+    assert_eq!(
+        tally.per_connection(),
+        vec![2],
+        "taken once, on the reused connection"
+    );
 }
 
 #[tokio::test]
