@@ -23,6 +23,15 @@ use super::chain::{hash_of, AuditKey, GENESIS};
 /// held records of a checked body of up to 16 MiB plus an `upstream_message` of up to 16 MiB.
 pub const MAX_LINE_BYTES: usize = 48 << 20;
 
+/// Reads one line of a trail file into `buf`, its `\n` included, and no more than
+/// `MAX_LINE_BYTES + 1` bytes of it: a longer line stops there (its length then says it is too
+/// long), so a damaged file without newlines never fills memory.
+pub(crate) fn read_line<R: BufRead>(reader: &mut R, buf: &mut Vec<u8>) -> io::Result<usize> {
+    reader
+        .take(MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', buf)
+}
+
 /// The files of the trail whose live file is `path`, oldest first: `<path>.k`, `<path>.k+1`, …
 /// `<path>.n` (numeric order, higher is newer), then `<path>` if it exists. The oldest rotated
 /// files may be gone (retention is the operator's, SPEC §6), so the numbering may start above 1;
@@ -329,10 +338,7 @@ impl Iterator for Records<'_> {
             let index = *index;
             let file = &self.files[index];
             self.buf.clear();
-            let read = match reader
-                .take(MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut self.buf)
-            {
+            let read = match read_line(reader, &mut self.buf) {
                 Ok(read) => read,
                 Err(e) => {
                     let failure =

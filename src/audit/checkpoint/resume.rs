@@ -2,14 +2,14 @@
 //! back from the files, wherever the last run stopped (a clean stop, a crash, a repair).
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::LinesDigest;
 use crate::audit::chain::AuditKey;
-use crate::audit::verify::{check_record, MAX_LINE_BYTES};
+use crate::audit::verify::{check_record, read_line};
 
 /// Whether a line of the trail is a checkpoint record, from its first bytes alone (the writer
 /// reads back up to a whole trail at start): canonical JSON sorts members by name, every other
@@ -46,9 +46,7 @@ pub(crate) fn resume(files: &[PathBuf], key: &AuditKey) -> Result<LinesDigest, S
         let mut reader = BufReader::with_capacity(64 << 10, handle);
         loop {
             line.clear();
-            let read = io::Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut line)
-                .map_err(fail)?;
+            let read = read_line(&mut reader, &mut line).map_err(fail)?;
             if read == 0 {
                 break;
             }
@@ -100,9 +98,7 @@ fn last_checkpoint_in(file: &Path) -> Result<Option<u64>, String> {
     let mut line = Vec::with_capacity(4096);
     loop {
         line.clear();
-        let read = io::Read::take(&mut reader, MAX_LINE_BYTES as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(fail)?;
+        let read = read_line(&mut reader, &mut line).map_err(fail)?;
         if read == 0 {
             return Ok(found);
         }

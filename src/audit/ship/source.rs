@@ -8,12 +8,12 @@
 //! writer resumed from a verified tail, and `audit verify --postgres` checks what arrived.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
-use crate::audit::verify::{present_files, MAX_LINE_BYTES};
+use crate::audit::verify::{present_files, read_line};
 use crate::audit::writer::identity_of;
 
 /// Why the trail cannot be shipped on from where the table ends: shipping of this origin stops
@@ -77,9 +77,7 @@ impl Source {
                 return Ok(None);
             };
             self.buf.clear();
-            let read = (&mut open.reader)
-                .take(MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut self.buf);
+            let read = read_line(&mut open.reader, &mut self.buf);
             let read = match read {
                 Ok(read) => read,
                 Err(error) => {
@@ -165,10 +163,7 @@ impl Source {
         let mut line = Vec::new();
         loop {
             line.clear();
-            let Ok(read) = (&mut open.reader)
-                .take(MAX_LINE_BYTES as u64 + 1)
-                .read_until(b'\n', &mut line)
-            else {
+            let Ok(read) = read_line(&mut open.reader, &mut line) else {
                 return Ok(false);
             };
             if read == 0 || line.last() != Some(&b'\n') {
@@ -232,9 +227,7 @@ fn open(path: &Path) -> io::Result<Open> {
 fn first_seq(path: &Path) -> io::Result<Option<u64>> {
     let mut reader = BufReader::new(File::open(path)?);
     let mut line = Vec::new();
-    (&mut reader)
-        .take(MAX_LINE_BYTES as u64 + 1)
-        .read_until(b'\n', &mut line)?;
+    read_line(&mut reader, &mut line)?;
     if line.last() != Some(&b'\n') {
         return Ok(None);
     }
