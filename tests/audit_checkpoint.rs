@@ -15,7 +15,7 @@ use support::*;
 use tokengate::audit::chain::{line, seal, AuditKey};
 use tokengate::audit::checkpoint::{message, CheckpointKey};
 use tokengate::audit::verify::trail_files;
-use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
+use tokengate::emulator::RunningEmulator;
 
 /// `tokengate keys checkpoint --out DIR`: (private key, public key, the command's stdout).
 fn key_pair(dir: &Path) -> (PathBuf, PathBuf, String) {
@@ -36,12 +36,6 @@ fn pem_body(path: &Path) -> String {
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect()
-}
-
-async fn emulator() -> RunningEmulator {
-    Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
-        .await
-        .unwrap()
 }
 
 /// Gateway options signing with `key`, every `every` records, at least every `interval_s`.

@@ -15,16 +15,10 @@ use serde_json::json;
 use support::postgres::{PgServer, PG_PASSWORD};
 use support::redis::RedisServer;
 use support::*;
-use tokengate::emulator::{Emulator, EmulatorConfig, NewToken, RunningEmulator};
+use tokengate::emulator::{NewToken, RunningEmulator};
 
 /// The `[audit.postgres]` lines of a gateway whose URL is in `TG_PG_URL`.
 const STORE: &str = "\n[audit.postgres]\nurl_env = \"TG_PG_URL\"\n";
-
-async fn emulator() -> RunningEmulator {
-    Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
-        .await
-        .unwrap()
-}
 
 /// `(seq, line)` of every row of `origin`, in `seq` order.
 async fn table_rows(pg: &PgServer, origin: &str) -> Vec<(i64, String)> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 use support::redis::RedisServer;
 use support::*;
-use tokengate::emulator::{Emulator, EmulatorConfig, NewToken, RunningEmulator};
+use tokengate::emulator::{NewToken, RunningEmulator};
 
 const TEAM_KEY: &str = "tg_team_key_for_cluster_tests_55555555555555555555555555555555555";
 
@@ -52,12 +52,6 @@ async fn team(replica: &Process, method: &str, path: &str, body: Option<&str>) -
         headers.push(("content-type", "application/json"));
     }
     send(replica.addr, method, path, &headers, body).await
-}
-
-async fn emulator() -> RunningEmulator {
-    Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
-        .await
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,15 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use support::kept_alive::Connection;
 use support::*;
-use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
+use tokengate::emulator::RunningEmulator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn emulator() -> RunningEmulator {
-    Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
-        .await
-        .unwrap()
-}
 
 /// A gateway in front of `upstream` with `server` lines added to `[server]`.
 async fn gateway_with(upstream: &RunningEmulator, server: &str) -> TestGateway {

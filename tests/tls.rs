@@ -8,13 +8,6 @@ mod support;
 use http::Version;
 use support::tls::{call, call_with, connect, server_tls, TestCa};
 use support::*;
-use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
-
-async fn emulator() -> RunningEmulator {
-    Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
-        .await
-        .unwrap()
-}
 
 #[tokio::test]
 async fn a_silent_connection_after_the_handshake_is_closed_after_the_header_timeout() {

@@ -14,18 +14,12 @@ use std::time::Duration;
 
 use support::kept_alive::Connection;
 use support::*;
-use tokengate::emulator::{Emulator, EmulatorConfig, RunningEmulator};
+use tokengate::emulator::RunningEmulator;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 const WORKERS: usize = 4;
 const NEW_KEY: &str = "tg_worker_new_client_key_777777777777777777777777777777777777777777777";
-
-async fn emulator() -> RunningEmulator {
-    Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
-        .await
-        .unwrap()
-}
 
 /// Options for a gateway of [`WORKERS`] workers with `server` lines added to `[server]`.
 fn options(upstream: &RunningEmulator, server: &str) -> Options {

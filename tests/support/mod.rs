@@ -360,11 +360,16 @@ impl Drop for TestGateway {
     }
 }
 
-/// An emulator (E2) holding `UPSTREAM_TOKEN` for `USER_ID`, and a gateway in front of it.
-pub async fn emulator_and_gateway() -> (RunningEmulator, TestGateway) {
-    let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+/// An emulator (E2) holding `UPSTREAM_TOKEN` for `USER_ID`.
+pub async fn emulator() -> RunningEmulator {
+    Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// An [`emulator`] and a gateway in front of it.
+pub async fn emulator_and_gateway() -> (RunningEmulator, TestGateway) {
+    let emulator = emulator().await;
     let gateway = TestGateway::start(Options::new(emulator.addr)).await;
     (emulator, gateway)
 }
