@@ -18,11 +18,7 @@ impl Tmpfs {
             .status()
             .is_ok_and(|status| status.success());
         if !mounted {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI must be able to mount a tmpfs (run as root)"
-            );
-            eprintln!("SKIPPED: cannot mount a tmpfs on this machine (not root?)");
+            super::tools::missing("a tmpfs this test can mount", "run as root");
             return None;
         }
         Some(Tmpfs(at))

@@ -18,17 +18,22 @@ pub fn python_tool(name: &str) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
-/// [`python_tool`], required: panics under `CI=true` when the tool is missing, and otherwise
-/// prints why the test is skipped and returns `None`.
+/// [`python_tool`], required: see [`missing`] when the tool is not installed.
 pub fn require_tool(name: &str) -> Option<PathBuf> {
     let found = python_tool(name);
     if found.is_none() {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!(
-                "{name} is not installed (run .ci/run's python tools step); CI=true requires it"
-            );
-        }
-        println!("skipping: {name} not installed (run .ci/run's python tools step)");
+        missing(name, "run .ci/run's python tools step");
     }
     found
+}
+
+/// What a test does when something it needs (`what`) is missing here: under `CI` it fails (CI
+/// installs or can do everything the tests need; `remedy` says how), elsewhere it prints why
+/// it is skipped and the caller returns.
+pub fn missing(what: &str, remedy: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{what}: missing, and CI must run this test ({remedy})"
+    );
+    eprintln!("SKIPPED: {what}: missing ({remedy})");
 }
