@@ -516,6 +516,86 @@ async fn a_gateway_killed_resumes_shipping_where_the_table_ends() {
     assert_shipped(&pg, &origin, &trail).await;
 }
 
+/// A clean shutdown with records not yet shipped (SPEC §6.3: it "waits, within
+/// `server.shutdown_grace_ms`, for the lag to reach 0"). PostgreSQL still down at `SIGTERM`: the
+/// gateway leaves within its grace, saying how many records wait, and the table is untouched.
+/// Started again while PostgreSQL is down, its shipper backs off to an 8 s wait; PostgreSQL comes
+/// back and `SIGTERM` arrives in that wait, with records waiting: the shutdown does not sit out
+/// the backoff nor leave them behind; it ships every one before it exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_ships_what_waits_or_says_what_is_left() {
+    let Some(mut pg) = PgServer::start() else {
+        return;
+    };
+    let upstream = emulator().await;
+    let id = upstream.emulator.insert_token(USER_ID, NewToken::default());
+    let mut options = Options::new(upstream.addr);
+    options.audit_extra = STORE.into();
+    let url = pg.url();
+    let env = [("TG_PG_URL", url.as_str())];
+    let failures = |process: &Process| {
+        let admin = process.admin;
+        async move { metric(admin, "tokengate_audit_ship_failures_total").await }
+    };
+
+    let mut first = Process::serve(&options, &env);
+    some_changes(first.addr, id, 2).await;
+    eventually(Duration::from_secs(10), "first records shipped", || async {
+        metric(first.admin, "tokengate_audit_ship_lag_records").await == 0.0
+    })
+    .await;
+    let shipped = pg
+        .client()
+        .await
+        .query("SELECT count(*) FROM tokengate_audit", &[])
+        .await
+        .unwrap()[0]
+        .get::<_, i64>(0);
+    pg.stop();
+    some_changes(first.addr, id, 2).await;
+    eventually(Duration::from_secs(10), "a failure counted", || async {
+        failures(&first).await > 0.0
+    })
+    .await;
+    let stopping = Instant::now();
+    first.signal("TERM");
+    assert!(first.wait(Duration::from_secs(20)).success());
+    // Its grace is 5 s; the drain of requests took none of it.
+    assert!(stopping.elapsed() < Duration::from_secs(9), "{:?}", stopping.elapsed());
+    let output = first.output();
+    assert!(output.contains("not yet in the central store at exit"), "{output}");
+    assert!(!output.contains("every audit record is in the central store"), "{output}");
+    assert!(!output.contains(PG_PASSWORD), "{output}");
+    let dir = first.take_dir();
+    let trail = dir.path().join("audit").join("trail.jsonl");
+
+    // Started again with PostgreSQL down: failures 1…5 sleep 0.5, 1, 2, 4 and then 8 s.
+    let mut second = Process::serve_in(&options, &env, dir);
+    some_changes(second.addr, id, 1).await;
+    eventually(Duration::from_secs(30), "five failures", || async {
+        failures(&second).await >= 5.0
+    })
+    .await;
+    pg.start_again();
+    let lag = metric(second.admin, "tokengate_audit_ship_lag_records").await;
+    assert!(lag > 0.0, "nothing waits to be shipped: the test would prove nothing");
+    second.signal("TERM");
+    assert!(second.wait(Duration::from_secs(20)).success());
+    let output = second.output();
+    assert!(output.contains("every audit record is in the central store"), "{output}");
+    assert!(!output.contains("not yet in the central store"), "{output}");
+    assert!(!output.contains(PG_PASSWORD), "{output}");
+    let origin: String = pg
+        .client()
+        .await
+        .query("SELECT DISTINCT origin FROM tokengate_audit", &[])
+        .await
+        .unwrap()[0]
+        .get(0);
+    assert_shipped(&pg, &origin, &trail).await;
+    assert!(audit_lines(&trail).len() as i64 > shipped);
+}
+
 /// Starts `pg` again and hands it back.
 fn pg_started(pg: &mut PgServer) -> &PgServer {
     pg.start_again();

@@ -206,7 +206,10 @@ impl Task {
     }
 
     /// Sleeps `pause`, noticing meanwhile when the trail closes (the lag gauge is kept by
-    /// [`report_lag`], whatever this task does).
+    /// [`report_lag`], whatever this task does). The close cuts the sleep short: the shutdown has
+    /// only its grace to ship what waits, so the shipper tries at once rather than sitting out a
+    /// backoff of up to 30 s; a failure after the close sleeps its whole backoff (the shutdown
+    /// ends the wait).
     async fn sleep_watching_close(&mut self, pause: Duration) {
         let until = tokio::time::Instant::now() + pause;
         loop {
@@ -219,6 +222,7 @@ impl Task {
                 changed = self.durable.changed() => {
                     if changed.is_err() {
                         self.closed = true;
+                        return;
                     }
                 }
             }
