@@ -482,7 +482,7 @@ async fn passthrough_callers_meet_the_upstream_cap_too() {
 /// label or cache entry is made for a key before a caller is known (the one state kept is the
 /// source address's, for the limit on refusals before authentication).
 #[tokio::test]
-async fn thirty_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged() {
+async fn sixty_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged() {
     let emulator = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
         .await
         .unwrap();
@@ -542,7 +542,7 @@ async fn thirty_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged()
             .await
             .text(),
     );
-    flood(30_000).await;
+    flood(60_000).await;
     let after_rss = rss(gateway.child.id());
     let after_text = send(gateway.admin, "GET", "/metrics", &[], None)
         .await
@@ -557,13 +557,13 @@ async fn thirty_thousand_unknown_keys_leave_memory_and_limiter_state_unchanged()
         after_text.contains("tokengate_unauthenticated_addresses 1"),
         "one address, however many keys: {after_text}"
     );
-    // Per-key state of even 110 bytes would be 3 MiB here. The resident size wanders by up to
-    // about 2 MiB from run to run whatever the load (measured: it rises and falls between
-    // successive floods), so that is the margin.
+    // Per-key state of even 110 bytes would be 6.6 MB here. The resident size wanders by up to
+    // about 3.5 MiB from run to run whatever the load (measured: it rises and falls between
+    // successive floods, more on a busy machine), so the margin is 5 MiB.
     let growth = after_rss.saturating_sub(before_rss);
     assert!(
-        growth < 3 * 1024 * 1024,
-        "resident memory grew by {growth} bytes over 30 000 unknown keys"
+        growth < 5 * 1024 * 1024,
+        "resident memory grew by {growth} bytes over 60 000 unknown keys"
     );
     // And the configured callers still have their buckets.
     let reply = send(
