@@ -1,6 +1,10 @@
 //! Accepting connections and draining them: the caller-facing and admin listeners, HTTP/1.1 and
 //! HTTP/2 on each (over TLS on the caller side when `server.tls` is set), a short header-read
-//! timeout against slow-header attacks (the TLS handshake shares it), and a graceful stop.
+//! timeout against slow-header attacks (the TLS handshake, the choice of protocol and the idle
+//! time between requests share it), and a graceful stop.
+
+mod idle;
+mod preface;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,14 +16,12 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 use tower::{Service, ServiceExt};
 
@@ -419,7 +421,9 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     let admin_builder = connection_builder(header_timeout, None);
-    let graceful = GracefulShutdown::new();
+    // Each connection task holds a sender; when all are dropped the drain is over (mini-redis's
+    // `shutdown_complete`).
+    let (open_tx, mut all_closed) = mpsc::channel::<()>(1);
     loop {
         if let Some(CallerSide {
             live, connections, ..
@@ -451,7 +455,11 @@ pub async fn serve<S>(
                     };
                     let _ = stream.set_nodelay(true);
                     let service = service.clone();
-                    let watcher = graceful.watcher();
+                    let held = Held {
+                        stop: stop.clone(),
+                        header_timeout,
+                        _open: open_tx.clone(),
+                    };
                     let (tls, builder) = match &caller {
                         Some(CallerSide { live, .. }) => {
                             let generation = live.current();
@@ -466,19 +474,14 @@ pub async fn serve<S>(
                     let mut stop = stop.clone();
                     tokio::spawn(async move {
                         let _open = open;
-                        // Until the first byte, hyper has no timer running (it is still choosing
-                        // between HTTP/1 and HTTP/2): a connection that sends nothing is closed.
-                        let mut first = [0u8; 1];
-                        tokio::select! {
-                            peeked = tokio::time::timeout(header_timeout, stream.peek(&mut first)) => {
-                                if !matches!(peeked, Ok(Ok(n)) if n > 0) {
-                                    return;
-                                }
-                            }
-                            _ = stop.changed() => return,
-                        }
                         let Some(tls) = tls else {
-                            return drive(&builder, watcher, stream, service, peer, None).await;
+                            // hyper has no timer running until it has chosen between HTTP/1.1
+                            // and HTTP/2: the first bytes are read under the header timeout here.
+                            let Some(stream) = first_bytes(stream, header_timeout, &mut stop).await
+                            else {
+                                return;
+                            };
+                            return drive(&builder, held, stream, service, peer, None).await;
                         };
                         let handshake = TlsAcceptor::from(tls).accept(stream);
                         let stream = tokio::select! {
@@ -499,19 +502,14 @@ pub async fn serve<S>(
                             .peer_certificates()
                             .and_then(|chain| chain.first())
                             .map(|leaf| Arc::new(PeerIdentity::of(leaf)));
-                        // The same wait for a first byte, now of plaintext: a client that completes
-                        // the handshake and then sends nothing would otherwise hold the connection
-                        // forever. A one-byte buffer: hyper's own reads pass it by after that byte.
-                        let mut stream = BufReader::with_capacity(1, stream);
-                        tokio::select! {
-                            filled = tokio::time::timeout(header_timeout, stream.fill_buf()) => {
-                                if !matches!(filled, Ok(Ok(bytes)) if !bytes.is_empty()) {
-                                    return;
-                                }
-                            }
-                            _ = stop.changed() => return,
-                        }
-                        drive(&builder, watcher, stream, service, peer, identity).await;
+                        // The same read of the first bytes, now of plaintext: a client that
+                        // completes the handshake and then sends nothing, or half the HTTP/2
+                        // preface, would otherwise hold the connection for ever.
+                        let Some(stream) = first_bytes(stream, header_timeout, &mut stop).await
+                        else {
+                            return;
+                        };
+                        drive(&builder, held, stream, service, peer, identity).await;
                     });
                 }
                 Err(error) => {
@@ -525,11 +523,34 @@ pub async fn serve<S>(
         }
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
+    drop(open_tx);
+    // `recv` answers `None` once every connection task has dropped its sender.
+    if tokio::time::timeout(grace, all_closed.recv())
         .await
         .is_err()
     {
         tracing::warn!("shutdown grace period ran out; remaining connections closed");
+    }
+}
+
+/// What a connection task holds of its listener: the stop signal, the idle limit, and a sender
+/// whose drop tells the drain this connection is gone.
+struct Held {
+    stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+    _open: mpsc::Sender<()>,
+}
+
+/// Reads a connection's first bytes (see [`preface`]) within `limit`. `None`: the peer sent
+/// nothing usable in time, closed, or the server is stopping.
+async fn first_bytes<I: AsyncRead + Unpin>(
+    io: I,
+    limit: Duration,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<preface::Prefixed<I>> {
+    tokio::select! {
+        read = tokio::time::timeout(limit, preface::read(io)) => read.ok()?.ok()?,
+        _ = stop.changed() => None,
     }
 }
 
@@ -570,10 +591,12 @@ fn connection_builder(
 }
 
 /// Serves one connection until it ends, each request carrying the peer's address and, over
-/// mutual TLS, the names of its verified certificate.
+/// mutual TLS, the names of its verified certificate. The connection is ended gracefully when the
+/// server stops or when no request has been in flight on it for the header timeout (see
+/// [`idle`]).
 async fn drive<S, I>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: Watcher,
+    held: Held,
     io: I,
     service: S,
     peer: std::net::SocketAddr,
@@ -586,19 +609,51 @@ async fn drive<S, I>(
     S::Future: Send + 'static,
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let service = service.map_request(move |mut request: Request<Incoming>| {
-        let extensions = request.extensions_mut();
-        extensions.insert(PeerAddr(peer));
-        if let Some(identity) = &identity {
-            extensions.insert(identity.clone());
+    let activity = idle::Activity::new();
+    let counted = activity.clone();
+    let service = service
+        .map_request(move |mut request: Request<Incoming>| {
+            let extensions = request.extensions_mut();
+            extensions.insert(PeerAddr(peer));
+            if let Some(identity) = &identity {
+                extensions.insert(identity.clone());
+            }
+            request
+        })
+        .map_future(move |answer| {
+            let busy = counted.begin();
+            async move {
+                let answer = answer.await;
+                drop(busy);
+                answer
+            }
+        });
+    let Held {
+        mut stop,
+        header_timeout,
+        _open,
+    } = held;
+    let connection = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
+    let idle = activity.idle_for(header_timeout);
+    tokio::pin!(connection, idle);
+    let mut ending = false;
+    loop {
+        tokio::select! {
+            ended = connection.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%peer, %error, "connection ended with an error");
+                }
+                return;
+            }
+            _ = stop.changed(), if !ending => {
+                connection.as_mut().graceful_shutdown();
+                ending = true;
+            }
+            () = &mut idle, if !ending => {
+                connection.as_mut().graceful_shutdown();
+                ending = true;
+            }
         }
-        request
-    });
-    let connection = builder
-        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
-        .into_owned();
-    if let Err(error) = watcher.watch(connection).await {
-        tracing::debug!(%peer, %error, "connection ended with an error");
     }
 }
 

@@ -561,10 +561,20 @@ async fn a_clean_shutdown_ships_what_waits_or_says_what_is_left() {
     first.signal("TERM");
     assert!(first.wait(Duration::from_secs(20)).success());
     // Its grace is 5 s; the drain of requests took none of it.
-    assert!(stopping.elapsed() < Duration::from_secs(9), "{:?}", stopping.elapsed());
+    assert!(
+        stopping.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        stopping.elapsed()
+    );
     let output = first.output();
-    assert!(output.contains("not yet in the central store at exit"), "{output}");
-    assert!(!output.contains("every audit record is in the central store"), "{output}");
+    assert!(
+        output.contains("not yet in the central store at exit"),
+        "{output}"
+    );
+    assert!(
+        !output.contains("every audit record is in the central store"),
+        "{output}"
+    );
     assert!(!output.contains(PG_PASSWORD), "{output}");
     let dir = first.take_dir();
     let trail = dir.path().join("audit").join("trail.jsonl");
@@ -578,11 +588,17 @@ async fn a_clean_shutdown_ships_what_waits_or_says_what_is_left() {
     .await;
     pg.start_again();
     let lag = metric(second.admin, "tokengate_audit_ship_lag_records").await;
-    assert!(lag > 0.0, "nothing waits to be shipped: the test would prove nothing");
+    assert!(
+        lag > 0.0,
+        "nothing waits to be shipped: the test would prove nothing"
+    );
     second.signal("TERM");
     assert!(second.wait(Duration::from_secs(20)).success());
     let output = second.output();
-    assert!(output.contains("every audit record is in the central store"), "{output}");
+    assert!(
+        output.contains("every audit record is in the central store"),
+        "{output}"
+    );
     assert!(!output.contains("not yet in the central store"), "{output}");
     assert!(!output.contains(PG_PASSWORD), "{output}");
     let origin: String = pg

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::kept_alive::Connection;
 use support::*;
 use tokengate::emulator::RunningEmulator;
@@ -110,6 +110,75 @@ async fn callers_over_max_connections_wait_in_the_backlog_until_one_closes() {
     let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     open_connections_settle_at(&gateway, 0.0).await;
+}
+
+/// A gateway with `max_connections = 1` and a header timeout of `timeout_ms`.
+async fn one_place(upstream: &RunningEmulator, timeout_ms: u64) -> TestGateway {
+    let mut options = Options::new(upstream.addr);
+    options.server_extra = "max_connections = 1".into();
+    options.request_timeout_ms = timeout_ms;
+    TestGateway::start(options).await
+}
+
+/// Asserts that the gateway ends `stream` within 5 s (its header timeout is far shorter).
+async fn closed_by_the_gateway(mut stream: TcpStream) {
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection was left open: {read:?}"
+    );
+}
+
+/// hyper's choice between HTTP/1.1 and HTTP/2 waits for the whole 24-byte preface with no timer:
+/// a client that sends part of it and then nothing is closed after the header timeout all the
+/// same, and its place under `max_connections` goes to the next caller.
+#[tokio::test]
+async fn half_an_http2_preface_is_closed_after_the_header_timeout() {
+    let upstream = emulator().await;
+    let gateway = one_place(&upstream, 300).await;
+    let mut stalled = TcpStream::connect(gateway.addr).await.unwrap();
+    stalled.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    closed_by_the_gateway(stalled).await;
+    let mut next = Connection::open(gateway.addr).await;
+    next.ask(ADMIN_KEY).await;
+    assert_eq!(next.answer().await, 200);
+    assert_eq!(upstream.emulator.seen().len(), 1);
+}
+
+/// HTTP/2 has no idle timer of its own (its PINGs are answered by a quiet client): a connection
+/// with no request in flight for the header timeout is ended with a GOAWAY, as an HTTP/1.1 one
+/// is closed between requests. One kept busy for longer than that stays open.
+#[tokio::test]
+async fn an_idle_http2_connection_is_ended_after_the_header_timeout() {
+    let upstream = emulator().await;
+    let gateway = one_place(&upstream, 400).await;
+    let stream = TcpStream::connect(gateway.addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let mut connection = tokio::spawn(connection);
+    // A request every 100 ms for 2 s, five times the limit: the connection stays.
+    for _ in 0..20 {
+        let request = Request::get(format!("http://{}/api/token/", gateway.addr))
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let _ = response.into_body().collect().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!connection.is_finished());
+    assert_eq!(upstream.emulator.seen().len(), 20);
+    // Then nothing: the gateway ends it, and the one place is free again.
+    let ended = tokio::time::timeout(Duration::from_secs(5), &mut connection).await;
+    assert!(matches!(ended, Ok(Ok(_))), "never ended: {ended:?}");
+    open_connections_settle_at(&gateway, 0.0).await;
+    let mut next = Connection::open(gateway.addr).await;
+    next.ask(ADMIN_KEY).await;
+    assert_eq!(next.answer().await, 200);
 }
 
 #[tokio::test]
