@@ -305,16 +305,34 @@ struct View<'a> {
 }
 
 impl<'a> View<'a> {
+    /// The checked fields, and where a field is a carried stored value (one the body rules would
+    /// refuse, sent equal to the stored one: SPEC §4.2) that value, as the upstream will store
+    /// it: a PATCH that carries a stored `expired_time` in milliseconds is judged on it.
     fn of(fields: &'a TokenFields) -> View<'a> {
+        let carried = View::stored(&fields.carried);
         View {
-            name: fields.name.as_ref().map(|n| n.as_str()),
-            remain_quota: fields.remain_quota.map(|q| q.get()),
-            unlimited_quota: fields.unlimited_quota,
-            expired_time: fields.expired_time.map(|e| e.seconds()),
-            model_limits_enabled: fields.model_limits_enabled,
-            model_limits: fields.model_limits.as_ref().map(|m| m.as_str()),
-            group: fields.group.as_ref().map(|g| g.as_str()),
-            auto_groups: fields.auto_groups.as_ref().map(|a| a.groups().collect()),
+            name: fields.name.as_ref().map(|n| n.as_str()).or(carried.name),
+            remain_quota: fields
+                .remain_quota
+                .map(|q| q.get())
+                .or(carried.remain_quota),
+            unlimited_quota: fields.unlimited_quota.or(carried.unlimited_quota),
+            expired_time: fields
+                .expired_time
+                .map(|e| e.seconds())
+                .or(carried.expired_time),
+            model_limits_enabled: fields.model_limits_enabled.or(carried.model_limits_enabled),
+            model_limits: fields
+                .model_limits
+                .as_ref()
+                .map(|m| m.as_str())
+                .or(carried.model_limits),
+            group: fields.group.as_ref().map(|g| g.as_str()).or(carried.group),
+            auto_groups: fields
+                .auto_groups
+                .as_ref()
+                .map(|a| a.groups().collect())
+                .or(carried.auto_groups),
         }
     }
 
@@ -663,6 +681,40 @@ mod tests {
         // The omitted group is stored as "" (refused); the omitted expiry as 0 (allowed: it is
         // not -1 and not too far).
         assert_eq!(rules(&policy, &sparse), [("groups", "group")]);
+    }
+
+    /// SPEC §5: a PATCH is judged on the merged token. A stored value the body rules would
+    /// refuse is carried when the merge sends it back unchanged, and it is judged as stored: a
+    /// rename does not slip a stored expiry in milliseconds (years away) past `max_expiry_days`.
+    #[test]
+    fn a_merged_patch_is_judged_on_the_stored_values_it_carries() {
+        let stored = serde_json::json!({"id": 7, "name": "t", "remain_quota": 5,
+            "unlimited_quota": false, "model_limits_enabled": false, "model_limits": "",
+            "allow_ips": "", "group": "", "expired_time": (NOW + 86_400) * 1000, "status": 1});
+        let stored = stored.as_object().unwrap();
+        let Edit::Patch(rename) = Edit::parse(
+            EditKind::Patch,
+            br#"{"name":"renamed"}"#,
+            &Limits::default(),
+            NOW,
+        )
+        .unwrap() else {
+            panic!("not a PATCH");
+        };
+        let id = crate::route::TokenId::parse("7").unwrap();
+        let merged =
+            crate::token::patch::merge(stored, id, &rename, &Limits::default(), NOW).unwrap();
+        assert!(merged.carried.contains_key("expired_time"));
+        let policy = Policy {
+            max_expiry_days: Some(30),
+            ..Policy::default()
+        };
+        assert_eq!(
+            rules(&policy, &Edit::Update(merged.clone())),
+            [("max_expiry_days", "expired_time")]
+        );
+        // Without the rule the same merge passes: only the rule refuses it.
+        assert_eq!(rules(&Policy::default(), &Edit::Update(merged)), []);
     }
 
     #[test]

@@ -425,6 +425,50 @@ async fn a_client_without_policy_keys_may_not_write_unlimited_tokens() {
         .any(|t| t.name == "renamed" && t.unlimited_quota));
 }
 
+/// SPEC §5: a PATCH is judged on the merged token, including the stored values it sends back
+/// unchanged that the body rules would refuse (SPEC §4.2): a stored expiry written in
+/// milliseconds (centuries away) does not pass `max_expiry_days` under a rename.
+#[tokio::test]
+async fn a_patch_is_judged_on_the_stored_values_it_sends_back() {
+    let (upstream, gateway) = gateway_with("max_expiry_days = 30").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let id = upstream.emulator.insert_token(
+        USER_ID,
+        NewToken {
+            expired_time: (now + 86_400) * 1000,
+            ..token("far")
+        },
+    );
+    let path = format!("/api/token/{id}");
+    let reply = team(&gateway, "PATCH", &path, Some(r#"{"name":"renamed"}"#)).await;
+    reply.assert_envelope(403, "forbidden");
+    let json = reply.json();
+    assert_eq!(json["error"]["field"], "expired_time", "{json}");
+    assert!(
+        json["message"]
+            .as_str()
+            .unwrap()
+            .contains("max_expiry_days"),
+        "{json}"
+    );
+    let seen = upstream.emulator.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].method, "GET");
+    // Setting an expiry within the rule in the same PATCH passes.
+    let body = format!(r#"{{"name":"renamed","expired_time":{}}}"#, now + 86_400);
+    let reply = team(&gateway, "PATCH", &path, Some(&body)).await;
+    assert_eq!(reply.json()["success"], true, "{}", reply.text());
+    let stored = upstream.emulator.tokens();
+    let stored = stored.iter().find(|t| t.id == id).unwrap();
+    assert_eq!(
+        (stored.name.as_str(), stored.expired_time),
+        ("renamed", now + 86_400)
+    );
+}
+
 /// SPEC §5: enabling a token puts the stored token back into use, so it is judged by every rule
 /// on the stored token, whichever way it comes (status-only update, PATCH, fan-out batch);
 /// disabling only restricts, so only `name_prefix` applies to it.
