@@ -181,11 +181,12 @@ pub struct Unconfirmed {
 /// The token as the upstream stores it, when a value that breaks a rule may be a stored one.
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Stored<'a> {
-    /// No stored token applies (a create, a PATCH's own fields, a batch's).
+    /// No stored token applies (a create, a batch's fields).
     None,
     /// Known: a PATCH or a batch read it; values equal to it are carried.
     Known(&'a Map<String, Value>),
-    /// Not read yet (a full or status-only update): such values wait for the read.
+    /// Not read yet (a full or status-only update, a PATCH before its merge): such values wait
+    /// for the read.
     Later,
 }
 
@@ -302,7 +303,8 @@ impl Edit {
             }
             _ => {
                 let stored = match kind {
-                    EditKind::Update | EditKind::StatusOnly => Stored::Later,
+                    // A PATCH's held-back values are judged by its merge, against the token read.
+                    EditKind::Update | EditKind::StatusOnly | EditKind::Patch => Stored::Later,
                     _ => Stored::None,
                 };
                 // Each member is checked into its field as it is read: no map of the body.
@@ -575,7 +577,11 @@ impl<'a> FieldReader<'a> {
             EditKind::Patch => &[],
             _ => &["id", "status"],
         };
-        if kind == EditKind::Patch && fields == TokenFields::default() && faults.is_empty() {
+        if kind == EditKind::Patch
+            && fields == TokenFields::default()
+            && waiting.is_empty()
+            && faults.is_empty()
+        {
             faults.push(Fault::invalid(
                 "",
                 "a PATCH must carry at least one field to change".into(),

@@ -236,16 +236,41 @@ mod tests {
         assert_eq!(value["remain_quota"], -12345);
         assert_eq!(value["expired_time"], 1_000);
         assert_eq!(value["name"], "x");
+        // Sent back as read, it passes too (SPEC §4.2: judged once the token is read).
+        let merged = merge(
+            &token,
+            id(),
+            &patch(r#"{"remain_quota": -12345, "expired_time": 1000}"#),
+            &Limits::default(),
+            NOW,
+        )
+        .expect("stored values sent back pass");
+        assert_eq!(
+            serde_json::to_value(&merged).unwrap()["remain_quota"],
+            -12345
+        );
         // A value the PATCH changes is judged by the rules.
-        let Err(BodyError::Fields(faults)) = Edit::parse(
-            EditKind::Patch,
-            br#"{"remain_quota": -5}"#,
+        let Err(BodyError::Fields(faults)) = merge(
+            &token,
+            id(),
+            &patch(r#"{"remain_quota": -5}"#),
             &Limits::default(),
             NOW,
         ) else {
             panic!("a negative quota is never set")
         };
         assert_eq!(faults.field(), Some("remain_quota"));
+        // And a refused value beside another fault is reported with it, before any read.
+        let Err(BodyError::Fields(faults)) = Edit::parse(
+            EditKind::Patch,
+            br#"{"remain_quota": -5, "status": 9}"#,
+            &Limits::default(),
+            NOW,
+        ) else {
+            panic!("status 9 is never set")
+        };
+        assert_eq!(faults.field(), Some("remain_quota"));
+        assert_eq!(faults.0.len(), 2);
     }
 
     #[test]
