@@ -250,6 +250,16 @@ async fn a_bad_patch_or_a_missing_token_is_refused_without_a_put() {
     .await
     .assert_envelope(404, "not_found");
     assert_eq!(upstream.emulator.seen().len(), 1, "the read only");
+    // A full update whose value only the stored token can judge reads it too: a missing token is
+    // the same 404, not a 400 saying the value differs from a stored one.
+    upstream.emulator.clear_seen();
+    let body = r#"{"id": 999, "name": "x", "remain_quota": -5, "unlimited_quota": false, "expired_time": -1, "model_limits_enabled": false, "model_limits": "", "allow_ips": "", "group": ""}"#;
+    admin(gateway.addr, "PUT", "/api/token/", Some(body))
+        .await
+        .assert_envelope(404, "not_found");
+    let seen = upstream.emulator.seen();
+    assert_eq!(seen.len(), 1, "the read only: {seen:?}");
+    assert_eq!(seen[0].method, "GET");
 }
 
 #[tokio::test]

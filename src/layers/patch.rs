@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::future::Either;
 use http::{Request, Response};
 use http_body_util::BodyExt;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tokio::time::Instant;
 use tower::{Layer, Service, ServiceExt};
 
@@ -203,19 +203,13 @@ async fn confirm_stored_values(
             "the patch layer runs after authenticate".into(),
         ));
     };
-    let stored = match read_token(&layer.upstream, caller, &context, id).await {
-        Ok(stored) => Some(stored),
-        // Nothing is stored: no value is a stored one (the upstream says the rest).
-        Err(GatewayError::TokenNotFound(_)) => None,
-        Err(other) => return Err(other),
-    };
-    edit.confirm(stored.as_ref().unwrap_or(&Map::new()))
-        .map_err(GatewayError::from)?;
+    // A token that does not exist is a 404, as for a PATCH: no value can be the stored one, and
+    // "differs from the stored value" would mislead.
+    let stored = read_token(&layer.upstream, caller, &context, id).await?;
+    edit.confirm(&stored).map_err(GatewayError::from)?;
     let extensions = request.extensions_mut();
     extensions.insert(edit);
-    if let Some(stored) = stored {
-        extensions.insert(KnownTokens::read(vec![(id, Arc::new(stored))], false));
-    }
+    extensions.insert(KnownTokens::read(vec![(id, Arc::new(stored))], false));
     Ok(())
 }
 
