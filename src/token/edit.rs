@@ -430,17 +430,19 @@ impl IdsBody {
     }
 }
 
-/// Whether `sent` is the `stored` value (numbers by value: `-0` is 0).
+/// Whether `sent` is the `stored` value. Numbers by value, but an integer only as an integer:
+/// `-0` (a float to serde_json) is 0, as new-api reads it, while `5.0` is not 5 (new-api's
+/// integer fields refuse it, so carrying it would fail upstream).
 pub(crate) fn same_value(stored: Option<&Value>, sent: &Value) -> bool {
-    let number = |v: &Value| match v {
-        Value::Number(n) if n.as_f64() == Some(0.0) => Some(0.0),
-        Value::Number(n) => n.as_f64(),
-        _ => None,
-    };
+    let minus_zero =
+        |n: &serde_json::Number| n.as_f64().is_some_and(|f| f == 0.0 && f.is_sign_negative());
     match (stored, sent) {
         (Some(Value::Number(a)), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
             (Some(a), Some(b)) => a == b,
-            _ => number(&Value::Number(a.clone())) == number(sent),
+            (Some(0), None) => minus_zero(b),
+            (None, Some(0)) => minus_zero(a),
+            (Some(_), None) | (None, Some(_)) => false,
+            (None, None) => a.as_f64() == b.as_f64(),
         },
         (Some(stored), sent) => stored == sent,
         (None, _) => false,
@@ -945,6 +947,21 @@ mod tests {
             Err(BodyError::Fields(faults)) => faults,
             other => panic!("expected field faults, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_same_value_is_an_integer_for_an_integer() {
+        let parse = |text: &str| serde_json::from_str::<Value>(text).unwrap();
+        assert!(same_value(Some(&parse("5")), &parse("5")));
+        assert!(same_value(Some(&parse("0")), &parse("-0")));
+        assert!(same_value(Some(&parse("-0")), &parse("0")));
+        assert!(same_value(Some(&parse("-1.5")), &parse("-1.5")));
+        // new-api's integer fields refuse 5.0: never carried as the stored 5.
+        assert!(!same_value(Some(&parse("5")), &parse("5.0")));
+        assert!(!same_value(Some(&parse("-12345")), &parse("-12345.0")));
+        assert!(!same_value(Some(&parse("0")), &parse("0.0")));
+        assert!(!same_value(None, &parse("5")));
+        assert!(!same_value(Some(&parse("\"5\"")), &parse("5")));
     }
 
     #[test]
