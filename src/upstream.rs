@@ -318,7 +318,10 @@ impl Upstream {
         self.metrics
             .upstream_duration(request.op, started.elapsed());
         let (parts, body) = match result {
-            Err(_elapsed) => return Err(GatewayError::UpstreamTimeout(budget.as_millis() as u64)),
+            Err(_elapsed) => {
+                self.pool.forget_h2();
+                return Err(GatewayError::UpstreamTimeout(budget.as_millis() as u64));
+            }
             Ok(outcome) => outcome?,
         };
 
@@ -332,6 +335,17 @@ impl Upstream {
             context.set_upstream(UpstreamFacts {
                 status: status.as_u16(),
                 body: body.clone(),
+            });
+        }
+        if status.is_informational() {
+            // hyper hands over a 101 (an upgrade nobody asked for); no token answer is one.
+            tracing::warn!(
+                status = status.as_u16(),
+                "upstream answered with an informational status; refused"
+            );
+            return Err(GatewayError::UpstreamUnavailable {
+                reason: "the upstream answered with an informational (1xx) status",
+                source: None,
             });
         }
         if status.is_redirection() {

@@ -104,6 +104,19 @@ async fn redirects_are_never_passed_on() {
     }
 }
 
+/// hyper passes a 101 on as an answer (an upgrade); an upstream's token API never switches
+/// protocols, so it is a 502, never handed to the caller.
+#[tokio::test]
+async fn an_informational_answer_is_502_upstream_unavailable() {
+    let answer =
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    let gateway = gateway_to(Fake::Answer(answer)).await;
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    reply.assert_envelope(502, "upstream_unavailable");
+    assert!(reply.headers.get("upgrade").is_none());
+    assert!(reply.text().contains("informational"), "{}", reply.text());
+}
+
 #[tokio::test]
 async fn a_refused_gateway_credential_is_502_upstream_auth_failed() {
     // new-api (E2) answers 401 when New-Api-User does not match the token's user.

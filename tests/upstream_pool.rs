@@ -6,6 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -347,4 +348,87 @@ async fn concurrent_first_requests_over_http2_wait_for_one_connection_per_worker
         "one connection per worker at most: {connections:?}"
     );
     assert_eq!(connections.iter().sum::<usize>(), 16);
+}
+
+/// A TCP relay in front of `target` whose connections open so far can be frozen (`freeze`): they
+/// stay open and swallow what arrives, answering nothing, as a peer that vanished without a FIN
+/// or RST. Connections accepted later are relayed as ever.
+async fn freezing_relay(target: SocketAddr) -> (SocketAddr, Arc<AtomicUsize>) {
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        accepted_in: usize,
+        epoch: Arc<AtomicUsize>,
+    ) {
+        let mut buf = vec![0u8; 16384];
+        loop {
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if epoch.load(Ordering::SeqCst) != accepted_in {
+                // Frozen: read and drop, holding `to` open, until the other end gives up.
+                continue;
+            }
+            if to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let epoch = Arc::new(AtomicUsize::new(0));
+    let freeze = epoch.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let accepted_in = epoch.load(Ordering::SeqCst);
+            let epoch = epoch.clone();
+            tokio::spawn(async move {
+                let Ok(outbound) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let (in_read, in_write) = inbound.into_split();
+                let (out_read, out_write) = outbound.into_split();
+                tokio::join!(
+                    pump(in_read, out_write, accepted_in, epoch.clone()),
+                    pump(out_read, in_write, accepted_in, epoch),
+                );
+            });
+        }
+    });
+    (addr, freeze)
+}
+
+/// An HTTP/2 connection whose upstream stops answering (no FIN, no RST) is not handed the next
+/// requests once one has run out of time: the next one opens a fresh connection and is served.
+/// (One that dies while idle is found by HTTP/2 pings every 10 s, closed when one goes
+/// unanswered for `upstream.timeout_ms`.)
+#[tokio::test]
+async fn an_http2_connection_that_stops_answering_is_not_used_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("tokengate test CA");
+    let ca_path = dir.path().join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    let (upstream, tally, versions) = tls_upstream(&ca, &[b"h2"]).await;
+    let (relay, freeze) = freezing_relay(upstream).await;
+    let mut options = Options::new(relay);
+    options.upstream = format!("https://{relay}");
+    options.ca_file = Some(ca_path.display().to_string());
+    options.upstream_timeout_ms = 500;
+    options.server_extra = "workers = 1".into();
+    let gateway = TestGateway::start(options).await;
+
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    freeze.fetch_add(1, Ordering::SeqCst);
+    let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+    reply.assert_envelope(504, "upstream_timeout");
+    for _ in 0..2 {
+        let reply = admin(gateway.addr, "GET", "/api/token/", None).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    // The frozen connection carried the first request (the second never reached the upstream);
+    // a fresh one carried the rest.
+    assert_eq!(tally.per_connection(), vec![1, 2]);
+    assert_eq!(*versions.lock().unwrap(), vec![Version::HTTP_2; 3]);
 }

@@ -21,7 +21,7 @@ use hyper::client::conn::{http1, http2};
 use hyper::rt::{Read, Write};
 use hyper_util::client::legacy::connect::dns::GaiResolver;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio_rustls::TlsConnector;
 use tower::Service;
@@ -62,6 +62,12 @@ impl std::error::Error for ConnectError {
 /// the other family starts beside it (what hyper-util's client used, and RFC 6555 suggests).
 const HAPPY_EYEBALLS: Duration = Duration::from_millis(300);
 
+/// How often an HTTP/2 connection pings the upstream, idle or not: a connection whose peer
+/// vanished without a FIN or RST (a dropped NAT entry, a frozen host) is closed when a ping goes
+/// unanswered for `upstream.timeout_ms`, instead of taking every request of its thread until the
+/// kernel gives up on it minutes later.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How to reach the upstream: where, and with which TLS settings.
 pub(super) struct Connector {
     /// The upstream's scheme and authority, as `HttpConnector` takes them.
@@ -70,6 +76,8 @@ pub(super) struct Connector {
     tcp: HttpConnector<GaiResolver>,
     /// `Some` for an `https://` upstream.
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// HTTP/2's handshake, with its pings.
+    h2: http2::Builder<TokioExecutor>,
 }
 
 impl Connector {
@@ -102,10 +110,16 @@ impl Connector {
         } else {
             None
         };
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .keep_alive_interval(H2_PING_INTERVAL)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true);
         Ok(Connector {
             origin,
             tcp: tcp_connector(HttpConnector::new(), timeout),
             tls,
+            h2,
         })
     }
 
@@ -133,7 +147,9 @@ impl Connector {
         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
         let io = TokioIo::new(stream);
         if h2 {
-            let (sender, connection) = http2::handshake(TokioExecutor::new(), io)
+            let (sender, connection) = self
+                .h2
+                .handshake(io)
                 .await
                 .map_err(|e| ConnectError(e.into()))?;
             tokio::spawn(async move {

@@ -202,6 +202,14 @@ impl Pool {
         }
     }
 
+    /// Stops handing out this thread's HTTP/2 connection: an exchange on it ran out of time, and
+    /// a connection that no longer answers would take every request of the thread until its
+    /// pings find it dead. Requests still on it keep it until they end; the next one connects
+    /// afresh (at worst one handshake more after an upstream that was only slow).
+    pub(super) fn forget_h2(&self) {
+        self.with_local(|local| local.h2 = None);
+    }
+
     /// With no connection at hand: wait for the HTTP/2 connect in flight, or make one (the one
     /// others wait for, while HTTP/2 is likely).
     fn plan(&self) -> Plan {
