@@ -96,7 +96,6 @@ impl Cluster {
             .set_max_delay(Duration::from_secs(1));
         let connection = ConnectionManager::new_lazy_with_config(client, config)
             .map_err(|e| format!("cannot be used: {:?}", e.kind()))?;
-        metrics.set_cluster_up(true);
         Ok(Cluster {
             connection,
             prefix: prefix.to_owned(),

@@ -99,13 +99,16 @@ pub struct Gateway {
 impl Gateway {
     /// Resolves secrets and files and builds the state; every fault names its key.
     pub fn build(config: &Config) -> Result<Gateway, ConfigErrors> {
-        Gateway::build_with(config, Arc::new(Metrics::new()))
+        let gateway = Gateway::build_with(config, Arc::new(Metrics::new()))?;
+        // Up until a call finds otherwise (a reload sets it from the running cluster instead: a
+        // refused one must not touch it).
+        gateway.metrics.set_cluster_up(true);
+        Ok(gateway)
     }
 
     /// [`Gateway::build`] into an existing metrics registry.
     fn build_with(config: &Config, metrics: Arc<Metrics>) -> Result<Gateway, ConfigErrors> {
         let mut errors = Vec::new();
-        metrics.set_cluster_up(true);
         let cluster = match config.cluster.as_ref().map(|c| cluster(c, metrics.clone())) {
             Some(Ok(cluster)) => Some(Arc::new(cluster)),
             Some(Err(error)) => {

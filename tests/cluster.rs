@@ -286,6 +286,22 @@ async fn with_redis_stopped_limits_fall_back_and_locked_changes_are_refused_then
         .await
         .text();
     assert!(metrics.contains("tokengate_cluster_up 0"), "{metrics}");
+    // A reload refused late (its credential file is gone) leaves the gauge as the running
+    // cluster has it.
+    let token_file = replica.dir().join("upstream-token");
+    let token = std::fs::read(&token_file).unwrap();
+    std::fs::remove_file(&token_file).unwrap();
+    replica.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !replica.output().contains("the configuration was refused") {
+        assert!(Instant::now() < deadline, "{}", replica.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&token_file, token).unwrap();
+    let metrics = send(replica.admin, "GET", "/metrics", &[], None)
+        .await
+        .text();
+    assert!(metrics.contains("tokengate_cluster_up 0"), "{metrics}");
     // Ready all the same (the body says why): a Redis outage must not empty the load balancer.
     let ready = send(replica.admin, "GET", "/readyz", &[], None).await;
     assert_eq!(ready.status, 200, "{}", ready.text());
