@@ -120,8 +120,9 @@ impl Gateway {
         let shared_limits = cluster
             .as_ref()
             .map(|cluster| Arc::new(SharedBuckets::new(cluster.clone())));
+        let in_flight = Arc::new(InFlight::default());
         let upstream = Upstream::new(&config.upstream, &config.rate_limit, metrics.clone())
-            .map(|upstream| upstream.with_shared(shared_limits.clone()))
+            .map(|upstream| upstream.with_shared(shared_limits.clone(), in_flight.clone()))
             .map_err(|(key, message)| errors.push(ConfigError { key, message }))
             .ok();
         let held_credential = match config.upstream.mode {
@@ -228,7 +229,7 @@ impl Gateway {
             origin: origin(config).into(),
             cluster,
             shared_limits,
-            in_flight: Arc::new(InFlight::default()),
+            in_flight,
             upstream_timeout: Duration::from_millis(config.upstream.timeout_ms),
             unauthenticated: Arc::new(Unauthenticated::new(
                 config.rate_limit.unauthenticated_per_minute,
@@ -287,7 +288,7 @@ impl Gateway {
         next.shared_limits = self.shared_limits.clone();
         next.origin = self.origin.clone();
         if let Some(upstream) = Arc::get_mut(&mut next.upstream) {
-            upstream.share(self.shared_limits.clone());
+            upstream.share(self.shared_limits.clone(), self.in_flight.clone());
         }
         next.in_flight = self.in_flight.clone();
         if next.unauthenticated.settings() == self.unauthenticated.settings() {

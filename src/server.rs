@@ -221,15 +221,16 @@ async fn run_with(
         let _ = receiver.await;
     }
     let _ = admin.await;
-    // Changes whose callers are gone (or were cut at the grace) run to their outcome records;
-    // every upstream exchange ends within upstream.timeout_ms, so that bounds the wait.
+    // Changes whose callers are gone (or were cut at the grace) run to their outcome records,
+    // for upstream.timeout_ms at most; what still waits on the upstream then is recorded as a
+    // timeout (SPEC §6).
     let in_flight = gateway.in_flight.clone();
     if in_flight.running() > 0 {
         tracing::info!(
             running = in_flight.running(),
             "waiting for forwarded changes to get their outcome records"
         );
-        if !in_flight.wait(gateway.upstream_timeout).await {
+        if !in_flight.finish(gateway.upstream_timeout).await {
             tracing::error!(
                 running = in_flight.running(),
                 "forwarded changes still without an outcome at exit"
@@ -313,7 +314,7 @@ fn start_worker(
                 serve(listener, service, Some(side), stop, grace, header_timeout).await;
                 // Bounded like the wait in `run_with`. What is still running when this runtime
                 // ends is cancelled with it (and no longer counted there), so it is logged here.
-                if !in_flight.wait(upstream_timeout).await {
+                if !in_flight.finish(upstream_timeout).await {
                     tracing::error!(
                         worker,
                         running = in_flight.running(),

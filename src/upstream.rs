@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::config::{AuthScheme, Mode, RateLimitConfig, UpstreamConfig};
 use crate::context::{RequestContext, UpstreamFacts};
 use crate::error::{BoxError, GatewayError};
+use crate::layers::detach::InFlight;
 use crate::metrics::Metrics;
 use crate::ratelimit::shared::SharedBuckets;
 use crate::ratelimit::UpstreamLimit;
@@ -210,6 +211,8 @@ pub struct Upstream {
     limit: UpstreamLimit,
     /// With `[cluster]`, the global cap is one bucket every replica shares.
     shared: Option<Arc<SharedBuckets>>,
+    /// The gateway's detached changes: at shutdown it cuts every exchange still waiting short.
+    in_flight: Arc<InFlight>,
     metrics: Arc<Metrics>,
 }
 
@@ -238,19 +241,27 @@ impl Upstream {
             mode: config.mode,
             limit: UpstreamLimit::new(rates),
             shared: None,
+            in_flight: Arc::default(),
             metrics,
         })
     }
 
-    /// The client with its global cap shared through `shared` (SPEC §11), when given.
-    pub fn with_shared(mut self, shared: Option<Arc<SharedBuckets>>) -> Upstream {
-        self.share(shared);
+    /// The client with its global cap shared through `shared` (SPEC §11), when given, serving
+    /// the detached changes of `in_flight`.
+    pub fn with_shared(
+        mut self,
+        shared: Option<Arc<SharedBuckets>>,
+        in_flight: Arc<InFlight>,
+    ) -> Upstream {
+        self.share(shared, in_flight);
         self
     }
 
-    /// Shares the global cap through `shared` (a reload keeps the running cluster's).
-    pub fn share(&mut self, shared: Option<Arc<SharedBuckets>>) {
+    /// Shares the global cap through `shared` and serves the changes of `in_flight` (a reload
+    /// keeps the running gateway's).
+    pub fn share(&mut self, shared: Option<Arc<SharedBuckets>>, in_flight: Arc<InFlight>) {
         self.shared = shared;
+        self.in_flight = in_flight;
     }
 
     /// The base URL (for start-up logs; it holds no secret).
@@ -314,15 +325,19 @@ impl Upstream {
             lease.release();
             Ok::<_, GatewayError>((parts, body))
         };
-        let result = tokio::time::timeout_at(until, exchange).await;
+        let result = tokio::select! {
+            result = tokio::time::timeout_at(until, exchange) => result.ok(),
+            // Shutdown stopped waiting (SPEC §6): recorded as a timeout like one that ran out.
+            () = self.in_flight.cut_off() => None,
+        };
         self.metrics
             .upstream_duration(request.op, started.elapsed());
         let (parts, body) = match result {
-            Err(_elapsed) => {
+            None => {
                 self.pool.forget_h2();
                 return Err(GatewayError::UpstreamTimeout(budget.as_millis() as u64));
             }
-            Ok(outcome) => outcome?,
+            Some(outcome) => outcome?,
         };
 
         let status = parts.status;

@@ -160,6 +160,73 @@ async fn shutdown_waits_for_a_forwarded_change_past_the_grace() {
     assert_eq!(token.status, 2);
 }
 
+/// SPEC §6: shutdown waits for forwarded changes at most `upstream.timeout_ms`; a change still
+/// unanswered then is recorded as `timeout` before the process exits, and a fan-out batch starts
+/// no more ids: every intent in the trail has its outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_records_a_timeout_for_what_is_still_unanswered() {
+    let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
+        .await
+        .unwrap();
+    let ids: Vec<i64> = (0..6)
+        .map(|i| seed(&upstream.emulator, &format!("t{i}")))
+        .collect();
+    // Each upstream request takes 1.5 s: an id's read ends at 1.5 s, its PUT would at 3 s. Shut
+    // down at 0, the gateway stops waiting at 0.2 + 2 s, with the first id's PUT in flight.
+    upstream.emulator.set_delay(Duration::from_millis(1500));
+    let mut options = Options::new(upstream.addr);
+    options.shutdown_grace_ms = 200;
+    options.upstream_timeout_ms = 2_000;
+    options.request_timeout_ms = 60_000;
+    options.limits = "batch_concurrency = 1\n".into();
+    let mut gateway = Process::serve(&options, &[]);
+    let dir = gateway.take_dir();
+    let trail = dir.path().join("audit").join("trail.jsonl");
+    let addr = gateway.addr;
+    let body = format!(r#"{{"ids":{ids:?},"update_fields":["remain_quota"],"remain_quota":5}}"#);
+    let request = format!(
+        "PUT /api/token/batch HTTP/1.1\r\nHost: x\r\nAuthorization: {ADMIN_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let batch = tokio::spawn(async move { raw(addr, request.as_bytes()).await });
+    for _ in 0..200 {
+        if !upstream.emulator.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.signal("TERM");
+    let (status, output) = tokio::task::spawn_blocking(move || {
+        let status = gateway.wait(Duration::from_secs(10));
+        (status, gateway.output())
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0), "{output}");
+    assert!(!output.contains("still without an outcome"), "{output}");
+    let _ = batch.await;
+    let (intents, outcomes) = records_of(&trail, "batch_update");
+    assert_eq!(
+        intents.len(),
+        1,
+        "only the first id got as far as its PUT: {intents:#?}"
+    );
+    let key = |r: &Value| (r["request_id"].clone(), r["token_ids"].clone());
+    let outcome = outcomes
+        .iter()
+        .find(|o| key(o) == key(&intents[0]))
+        .unwrap_or_else(|| panic!("the intent has no outcome: {outcomes:#?}"));
+    assert_eq!(outcome["outcome"], "timeout", "{outcome}");
+    // The ids after it were not sent: never a PUT beyond the first.
+    let puts = upstream
+        .emulator
+        .seen()
+        .iter()
+        .filter(|s| s.method == "PUT")
+        .count();
+    assert_eq!(puts, 1);
+}
+
 /// SPEC §6, truthful partial answers: a PATCH whose full PUT was applied, and whose status-only
 /// PUT could then not be recorded (the trail stuck), says what was applied, never "not forwarded".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

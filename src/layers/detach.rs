@@ -4,9 +4,12 @@
 //! record, the access-log line, or the token lock held until the upstream answered. The caller's
 //! connection only waits for the task's answer; when it goes away, the task runs on.
 //!
-//! The tasks are counted ([`InFlight`]), so that shutdown can wait for them (bounded by
-//! `upstream.timeout_ms`: every upstream exchange ends within it) before the trail is flushed.
-//! Reads are not detached: cancelling one changes nothing, and leaves nothing half-recorded.
+//! The tasks are counted ([`InFlight`]), so that shutdown can wait for them before the trail is
+//! flushed: `upstream.timeout_ms` at most, then every upstream exchange still waiting is cut
+//! short as a timeout, so each change still unanswered gets its `timeout` outcome record and a
+//! fan-out batch starts no more (SPEC §6: an intent with no outcome means a crash, nothing
+//! else). Reads are not detached: cancelling one changes nothing, and leaves nothing
+//! half-recorded.
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,7 +19,7 @@ use std::time::Duration;
 
 use futures_util::future::Either;
 use http::{Method, Request, Response};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
@@ -28,6 +31,8 @@ use crate::error::{Body, GatewayError};
 pub struct InFlight {
     running: AtomicUsize,
     done: Notify,
+    /// Set once shutdown stops waiting: upstream exchanges end at once ([`InFlight::cut_off`]).
+    cut: watch::Sender<bool>,
 }
 
 impl InFlight {
@@ -48,6 +53,28 @@ impl InFlight {
             }
         };
         tokio::time::timeout(limit, all_done).await.is_ok()
+    }
+
+    /// At shutdown: waits up to `limit` for the detached requests; then cuts every upstream
+    /// exchange still waiting short and waits up to [`crate::audit::writer::WAIT`] more for their
+    /// outcome records. Whether they all ended.
+    pub async fn finish(&self, limit: Duration) -> bool {
+        if self.wait(limit).await {
+            return true;
+        }
+        tracing::warn!(
+            running = self.running(),
+            "forwarded changes still unanswered: their upstream exchanges end now, recorded as timeout"
+        );
+        self.cut.send_replace(true);
+        self.wait(crate::audit::writer::WAIT).await
+    }
+
+    /// Resolves once shutdown has cut upstream exchanges short (never before).
+    pub async fn cut_off(&self) {
+        let mut cut = self.cut.subscribe();
+        // The sender lives in `self`: `wait_for` ends only when the value is set.
+        let _ = cut.wait_for(|cut| *cut).await;
     }
 
     fn start(self: &Arc<Self>) -> Running {
@@ -155,5 +182,27 @@ mod tests {
         drop(running);
         assert!(waiter.await.unwrap());
         assert_eq!(in_flight.running(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finishing_cuts_what_still_runs_after_the_limit() {
+        let in_flight = Arc::new(InFlight::default());
+        let running = in_flight.start();
+        // A request whose upstream exchange waits until cut, then ends (its record written).
+        let task = {
+            let in_flight = in_flight.clone();
+            tokio::spawn(async move {
+                in_flight.cut_off().await;
+                drop(running);
+            })
+        };
+        let started = tokio::time::Instant::now();
+        assert!(in_flight.finish(Duration::from_secs(30)).await);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+        task.await.unwrap();
+        // Once cut, an exchange that starts later ends at once.
+        tokio::time::timeout(Duration::ZERO, in_flight.cut_off())
+            .await
+            .unwrap();
     }
 }
