@@ -56,13 +56,16 @@ impl Connections {
     /// Returns once fewer than `cap()` connections are open. `cap` is read again after each
     /// close and each time `reloaded` is notified (with `notify_waiters`), so a reload that
     /// raises the cap lets the waiting loop go on at once. Reaching the cap starts an episode
-    /// (one warning, one count); returning ends it.
+    /// (one warning, one count); finding room without waiting for a close ends it. Room a close
+    /// made does not: the connection accepted next fills it again, and a gateway held at the
+    /// cap, where every close lets one caller in, is one episode, not one per close.
     ///
     /// With several accept loops (one per worker thread) the room found here may be taken by
     /// another loop before this one accepts: [`Connections::claim`] then holds the accepted
     /// connection until there is room again, so the cap is never passed. Cancel-safe (a shutdown
     /// drops it mid-wait).
     pub async fn room(&self, cap: impl Fn() -> usize, reloaded: &Notify) {
+        let mut waited = false;
         loop {
             // Registered before the cap and the count are read, so a reload or a close in between
             // is not missed.
@@ -74,7 +77,7 @@ impl Connections {
             let cap = cap();
             let open = self.open();
             if open < cap {
-                if self.at_cap.swap(false, Ordering::Relaxed) {
+                if !waited && self.at_cap.swap(false, Ordering::Relaxed) {
                     tracing::info!(
                         open,
                         max_connections = cap,
@@ -92,10 +95,11 @@ impl Connections {
                 );
                 self.metrics.connection_cap_reached();
             }
-            tokio::select! {
-                () = &mut closed => {}
-                () = &mut reload => {}
-            }
+            // A reload may have moved the cap: room then ends the episode as if found at once.
+            waited = tokio::select! {
+                () = &mut closed => true,
+                () = &mut reload => false,
+            };
         }
     }
 
@@ -203,9 +207,13 @@ mod tests {
         assert!(done.is_ok());
         assert_eq!(connections.open(), 1);
 
-        // A second episode is counted again; a raised cap (a reload) ends it without a close.
+        // Filled again at once: still the same episode, however many closes let one in.
         let _third = connections.admit();
         assert!(!has_room(&connections, &cap, &reloaded).await);
+        assert!(metrics
+            .render()
+            .contains("tokengate_connection_cap_reached_total 1"));
+        // A raised cap (a reload) lets the waiting loop go on without a close.
         let waiting = connections.room(|| cap.load(Ordering::Relaxed), &reloaded);
         let raising = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -217,12 +225,16 @@ mod tests {
             raising
         );
         assert!(done.is_ok());
+        // Room without waiting ends the episode; the cap reached again is a second one.
+        assert!(has_room(&connections, &cap, &reloaded).await);
+        let _fourth = connections.admit();
+        assert!(!has_room(&connections, &cap, &reloaded).await);
         let text = metrics.render();
         assert!(
             text.contains("tokengate_connection_cap_reached_total 2"),
             "{text}"
         );
-        assert!(text.contains("tokengate_open_connections 2"), "{text}");
+        assert!(text.contains("tokengate_open_connections 3"), "{text}");
     }
 
     #[tokio::test]

@@ -288,7 +288,7 @@ async fn with_redis_stopped_limits_fall_back_and_locked_changes_are_refused_then
     assert!(metrics.contains("tokengate_cluster_up 0"), "{metrics}");
     // A reload refused late (its credential file is gone) leaves the gauge as the running
     // cluster has it.
-    let token_file = replica.dir().join("upstream-token");
+    let token_file = replica.config_path().with_file_name("upstream-token");
     let token = std::fs::read(&token_file).unwrap();
     std::fs::remove_file(&token_file).unwrap();
     replica.signal("HUP");

@@ -659,11 +659,6 @@ impl Process {
     }
 
     /// The directory holding the configuration, secrets and trail (to start the gateway again).
-    /// The directory of its configuration, secrets and trail.
-    pub fn dir(&self) -> &std::path::Path {
-        self.dir.as_ref().unwrap().path()
-    }
-
     pub fn take_dir(&mut self) -> tempfile::TempDir {
         self.dir.take().unwrap()
     }
