@@ -121,10 +121,10 @@ pub fn build(gateway: &Gateway, trail: Arc<Trail>) -> GatewayService {
             PROXY_AUTHORIZATION,
             COOKIE,
         ]))
-        // A change runs to its outcome record even if its caller goes away.
-        .layer(DetachLayer::new(gateway.in_flight.clone()))
         // Give the request its id and deadline; echo the id to the caller.
         .layer(RequestContextLayer::new(gateway.request_timeout))
+        // A change runs to its outcome record even if its caller goes away.
+        .layer(DetachLayer::new(gateway.in_flight.clone()))
         // One access-log line and the request metrics, whatever happened below.
         .layer(AccessLogLayer::new(gateway.metrics.clone()))
         // The outcome record of every audited request, refused or forwarded, durable before the answer.

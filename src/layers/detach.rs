@@ -23,7 +23,7 @@ use tokio::sync::{watch, Notify};
 use tower::{Layer, Service};
 
 use super::BoxFuture;
-use crate::context::RequestId;
+use crate::context::{RequestContext, RequestId};
 use crate::error::{Body, GatewayError};
 
 /// The detached requests still running, shared by every configuration generation.
@@ -142,6 +142,9 @@ where
         if request.method() == Method::GET {
             return Either::Left(self.inner.call(request));
         }
+        // A task that panics is answered under the request's own id (its logs carry it).
+        let id = RequestContext::of(&request)
+            .map_or_else(|_| RequestId::next(), |context| context.id.clone());
         let running = self.in_flight.start();
         let answer = self.inner.call(request);
         let task = tokio::spawn(async move {
@@ -157,7 +160,7 @@ where
                     tracing::error!(%error, "a request's task ended abnormally");
                     let fault =
                         GatewayError::Internal("the request's task ended abnormally".into());
-                    Ok(fault.into_response(&RequestId::next()))
+                    Ok(fault.into_response(&id))
                 }
             }
         }))
@@ -182,6 +185,38 @@ mod tests {
         drop(running);
         assert!(waiter.await.unwrap());
         assert_eq!(in_flight.running(), 0);
+    }
+
+    /// A fault of the gateway, not of the input: the caller still gets the SPEC §9 envelope,
+    /// under the request's own id (the one its log lines carry).
+    #[tokio::test]
+    async fn a_task_that_panics_is_a_500_under_the_requests_id() {
+        let inner = tower::service_fn(|_: Request<()>| async {
+            if true {
+                panic!("a fault of the gateway");
+            }
+            Ok::<_, Infallible>(Response::new(Body::from(Vec::new())))
+        });
+        let mut detach = DetachLayer::new(Arc::new(InFlight::default())).layer(inner);
+        let context = Arc::new(RequestContext::new(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+            Method::POST,
+            "/api/token/",
+            None,
+            crate::trace_context::TraceContext::start(),
+            Duration::from_secs(10),
+        ));
+        let mut request = Request::post("/api/token/").body(()).unwrap();
+        request.extensions_mut().insert(context.clone());
+        let response = detach.call(request).await.unwrap();
+        assert_eq!(response.status(), 500);
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["request_id"], context.id.as_str(), "{json}");
+        assert_eq!(json["error"]["code"], "internal");
     }
 
     #[tokio::test(start_paused = true)]
