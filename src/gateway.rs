@@ -121,10 +121,15 @@ impl Gateway {
             .as_ref()
             .map(|cluster| Arc::new(SharedBuckets::new(cluster.clone())));
         let in_flight = Arc::new(InFlight::default());
-        let upstream = Upstream::new(&config.upstream, &config.rate_limit, metrics.clone())
-            .map(|upstream| upstream.with_shared(shared_limits.clone(), in_flight.clone()))
-            .map_err(|(key, message)| errors.push(ConfigError { key, message }))
-            .ok();
+        let upstream = Upstream::new(
+            &config.upstream,
+            &config.rate_limit,
+            in_flight.clone(),
+            metrics.clone(),
+        )
+        .map(|upstream| upstream.with_shared(shared_limits.clone()))
+        .map_err(|(key, message)| errors.push(ConfigError { key, message }))
+        .ok();
         let held_credential = match config.upstream.mode {
             Mode::Hold => match held_credential(config) {
                 Ok(credential) => Some(Arc::new(credential)),

@@ -456,7 +456,7 @@ pub async fn serve<S>(
                     };
                     let _ = stream.set_nodelay(true);
                     let service = service.clone();
-                    let held = Held {
+                    let mut held = Held {
                         stop: stop.clone(),
                         header_timeout,
                         _open: open_tx.clone(),
@@ -472,13 +472,13 @@ pub async fn serve<S>(
                         }
                         None => (None, admin_builder.clone()),
                     };
-                    let mut stop = stop.clone();
                     tokio::spawn(async move {
                         let _open = open;
                         let Some(tls) = tls else {
                             // hyper has no timer running until it has chosen between HTTP/1.1
                             // and HTTP/2: the first bytes are read under the header timeout here.
-                            let Some(stream) = first_bytes(stream, header_timeout, &mut stop).await
+                            let Some(stream) =
+                                first_bytes(stream, header_timeout, &mut held.stop).await
                             else {
                                 return;
                             };
@@ -495,7 +495,7 @@ pub async fn serve<S>(
                                 }
                                 Err(_) => return,
                             },
-                            _ = stop.changed() => return,
+                            _ = held.stop.changed() => return,
                         };
                         let identity = stream
                             .get_ref()
@@ -506,7 +506,7 @@ pub async fn serve<S>(
                         // The same read of the first bytes, now of plaintext: a client that
                         // completes the handshake and then sends nothing, or half the HTTP/2
                         // preface, would otherwise hold the connection for ever.
-                        let Some(stream) = first_bytes(stream, header_timeout, &mut stop).await
+                        let Some(stream) = first_bytes(stream, header_timeout, &mut held.stop).await
                         else {
                             return;
                         };

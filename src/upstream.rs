@@ -224,9 +224,11 @@ impl fmt::Debug for Upstream {
 
 impl Upstream {
     /// A client for the configured upstream, trusting the web PKI roots or `upstream.ca_file`.
+    /// It serves the detached changes of `in_flight`.
     pub fn new(
         config: &UpstreamConfig,
         rates: &RateLimitConfig,
+        in_flight: Arc<InFlight>,
         metrics: Arc<Metrics>,
     ) -> Result<Upstream, (String, String)> {
         let url = UpstreamUrl::parse(&config.url).map_err(|e| ("upstream.url".to_string(), e))?;
@@ -241,19 +243,14 @@ impl Upstream {
             mode: config.mode,
             limit: UpstreamLimit::new(rates),
             shared: None,
-            in_flight: Arc::default(),
+            in_flight,
             metrics,
         })
     }
 
-    /// The client with its global cap shared through `shared` (SPEC §11), when given, serving
-    /// the detached changes of `in_flight`.
-    pub fn with_shared(
-        mut self,
-        shared: Option<Arc<SharedBuckets>>,
-        in_flight: Arc<InFlight>,
-    ) -> Upstream {
-        self.share(shared, in_flight);
+    /// The client with its global cap shared through `shared` (SPEC §11), when given.
+    pub fn with_shared(mut self, shared: Option<Arc<SharedBuckets>>) -> Upstream {
+        self.shared = shared;
         self
     }
 
@@ -325,10 +322,22 @@ impl Upstream {
             lease.release();
             Ok::<_, GatewayError>((parts, body))
         };
+        // Shutdown stops waiting for changes (SPEC §6): recorded as a timeout like one that ran
+        // out. Only what serves a detached request (any method but GET, its reads included)
+        // registers for that; a caller's GET is not detached.
+        let detached = request
+            .served
+            .is_some_and(|served| served.context.method != Method::GET);
+        let cut_off = async {
+            if detached {
+                self.in_flight.cut_off().await
+            } else {
+                std::future::pending().await
+            }
+        };
         let result = tokio::select! {
             result = tokio::time::timeout_at(until, exchange) => result.ok(),
-            // Shutdown stopped waiting (SPEC §6): recorded as a timeout like one that ran out.
-            () = self.in_flight.cut_off() => None,
+            () = cut_off => None,
         };
         self.metrics
             .upstream_duration(request.op, started.elapsed());
