@@ -106,6 +106,28 @@ async fn a_fan_out_batch_cancelled_mid_way_records_every_id() {
         .all(|t| t.remain_quota == 77));
 }
 
+/// Sends `SIGTERM` to `gateway` once `upstream` has seen a request (waiting 2 s at most for
+/// that), then waits up to `limit` for the process to exit: its exit status and output.
+async fn stop_once_reached(
+    mut gateway: Process,
+    upstream: &Emulator,
+    limit: Duration,
+) -> (std::process::ExitStatus, String) {
+    for _ in 0..200 {
+        if !upstream.seen().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gateway.signal("TERM");
+    tokio::task::spawn_blocking(move || {
+        let status = gateway.wait(limit);
+        (status, gateway.output())
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_a_forwarded_change_past_the_grace() {
     let upstream = Emulator::spawn(EmulatorConfig::new(UPSTREAM_TOKEN, USER_ID))
@@ -126,20 +148,8 @@ async fn shutdown_waits_for_a_forwarded_change_past_the_grace() {
         body.len()
     );
     let in_flight = tokio::spawn(async move { raw(addr, request.as_bytes()).await });
-    for _ in 0..200 {
-        if !upstream.emulator.seen().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    gateway.signal("TERM");
-    let status = tokio::task::spawn_blocking(move || {
-        let status = gateway.wait(Duration::from_secs(8));
-        (status, gateway.output())
-    })
-    .await
-    .unwrap();
-    let (status, output) = status;
+    let (status, output) =
+        stop_once_reached(gateway, &upstream.emulator, Duration::from_secs(8)).await;
     assert_eq!(status.code(), Some(0), "{output}");
     let _ = in_flight.await;
     let (intents, outcomes) = records_of(&trail, "update");
@@ -189,19 +199,8 @@ async fn shutdown_records_a_timeout_for_what_is_still_unanswered() {
         body.len()
     );
     let batch = tokio::spawn(async move { raw(addr, request.as_bytes()).await });
-    for _ in 0..200 {
-        if !upstream.emulator.seen().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    gateway.signal("TERM");
-    let (status, output) = tokio::task::spawn_blocking(move || {
-        let status = gateway.wait(Duration::from_secs(10));
-        (status, gateway.output())
-    })
-    .await
-    .unwrap();
+    let (status, output) =
+        stop_once_reached(gateway, &upstream.emulator, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(0), "{output}");
     assert!(!output.contains("still without an outcome"), "{output}");
     let _ = batch.await;
