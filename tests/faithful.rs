@@ -212,10 +212,7 @@ async fn a_used_unlimited_token_stays_editable_every_way() {
 #[tokio::test]
 async fn an_expired_tokens_whole_status_only_body_passes() {
     let (upstream, gateway) = emulator_and_gateway().await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     let id = upstream.emulator.insert_token(
         USER_ID,
         NewToken {

@@ -54,10 +54,7 @@ max_expiry_days = 30
 name_prefix = "team-""#,
     )
     .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     let good = serde_json::json!({"name": "team-ci", "remain_quota": 1000, "group": "team",
         "model_limits_enabled": true, "model_limits": "o3", "expired_time": now + 29 * 86400});
     let with = |key: &str, value: Value| {
@@ -431,10 +428,7 @@ async fn a_client_without_policy_keys_may_not_write_unlimited_tokens() {
 #[tokio::test]
 async fn a_patch_is_judged_on_the_stored_values_it_sends_back() {
     let (upstream, gateway) = gateway_with("max_expiry_days = 30").await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     let id = upstream.emulator.insert_token(
         USER_ID,
         NewToken {
@@ -481,10 +475,7 @@ models = ["o3"]
 max_expiry_days = 30"#,
     )
     .await;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
+    let now = unix_now();
     // A token this client could have written, disabled; then one breaking each rule in turn.
     let good = NewToken {
         status: 2,
